@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine with Python 3.11+ and pip:
+#   make reproduce   # set up .venv, run every notebook end to end on the embedded phantom
+#   make test        # set up .venv, run the test suite
+# Both create or refresh the virtual environment idempotently (re-installed only when
+# pyproject.toml changes). PROFILE=smoke|quick|paper picks the profile (quick: CPU default).
+
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= quick
+RUN_DIR ?= runs/$(PROFILE)
+STAMP := $(VENV)/.coin-installed
+
+.PHONY: setup reproduce test clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+reproduce: $(STAMP)
+	$(VENV)/bin/coin reproduce --profile $(PROFILE) --run-dir $(RUN_DIR)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,220 @@
+"""Training the classifier f, the first of the two stages (paper Sec. 4.3).
+
+BCE on one logit, Adam, random flips as augmentation, early stopping on validation AUC.
+Each epoch ends with an atomic checkpoint (``classifier_last.pt``); the best weights by
+validation AUC are kept in ``classifier.pt`` and the per-epoch history in
+``classifier_history.json``. Re-running with the same config resumes from the last
+checkpoint, or returns at once when training had finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .classifier import build_classifier
+from .config import AnomalyConfig, ClassifierConfig, to_dict
+from .data import SliceDataset, evaluation_set
+from .files import read_json, write_json
+from .prepared import PreparedSlices, open_prepared
+from .runtime import (
+    ResumableSampler,
+    autocast,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    seed_everything,
+)
+
+__all__ = ["train_classifier", "load_classifier", "predict", "roc_auc", "roc_curve", "random_flips"]
+
+BEST, LAST, HISTORY = "classifier.pt", "classifier_last.pt", "classifier_history.json"
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every distinct score, from (0, 0) to (1, 1)."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    labels, scores = labels[order], scores[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tps = np.cumsum(labels)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    positives, negatives = max(labels.sum(), 1), max((~labels).sum(), 1)
+    return np.r_[0.0, fps / negatives], np.r_[0.0, tps / positives]
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); nan for one class."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # mid-ranks: every member of a tie gets the mean of the ranks the tie spans
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def random_flips(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image left-right and up-down with probability 1/2 each (augmentation)."""
+    flips = torch.rand(2, x.shape[0], generator=generator, device="cpu").lt(0.5).to(x.device)
+    x = torch.where(flips[0].view(-1, 1, 1, 1), x.flip(-1), x)
+    return torch.where(flips[1].view(-1, 1, 1, 1), x.flip(-2), x)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """p_abnormal = sigmoid(f(x)) for every item: arrays ``p_abnormal``, ``label``, ``index``."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    probs, labels, indices = [], [], []
+    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        with autocast(device):
+            logits = model(batch["image"].to(device, non_blocking=True))
+        probs.append(torch.sigmoid(logits.float()).cpu())
+        labels.append(batch["label"])
+        indices.append(batch["index"])
+    return {
+        "p_abnormal": torch.cat(probs).numpy(),
+        "label": torch.cat(labels).numpy(),
+        "index": torch.cat(indices).numpy(),
+    }
+
+
+def _bce_epoch_loss(model: nn.Module, loader, device) -> float:
+    losses = []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch["image"].to(device)).float()
+            losses.append(F.binary_cross_entropy_with_logits(logits, batch["label"].to(device)).item())
+    return float(np.mean(losses))
+
+
+def train_classifier(
+    prepared: PreparedSlices | str | os.PathLike,
+    config: ClassifierConfig,
+    anomaly: AnomalyConfig | None,
+    out_dir: str | os.PathLike,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train f on ``prepared`` (synthetic anomalies when ``anomaly`` is given, else tumours).
+
+    Returns the path of the best checkpoint (``out_dir/classifier.pt``). Stops early when
+    validation AUC has not improved for ``config.patience`` epochs (paper Sec. 4.3 trains
+    the classifier to convergence before the GAN; FACTS "Models").
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
+    device = pick_device(device if isinstance(device, str) else (str(device) if device else None))
+    run_config = {"classifier": to_dict(config), "anomaly": to_dict(anomaly) if anomaly else None,
+                  "data": str(prepared.root)}
+
+    seed_everything(config.seed)
+    model = build_classifier(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = {"epoch": 0, "best_auc": -1.0, "bad_epochs": 0, "history": [], "finished": False}
+    if (out / LAST).is_file():
+        saved = load_checkpoint(out / LAST, {"classifier": model}, {"adam": optimizer},
+                                map_location=device, restore_rng=True)
+        if saved["config"] != run_config:
+            raise ValueError(
+                f"{out / LAST} was written with a different config; use a new output folder "
+                "or delete it to retrain"
+            )
+        state = {k: saved[k] for k in state}
+        if state["finished"]:
+            return out / BEST
+
+    seed = config.seed
+    train_set = SliceDataset(prepared, "train", anomaly, fresh_anomalies=True, seed=seed)
+    val_set = evaluation_set(prepared, "val", anomaly)
+    sampler = ResumableSampler(len(train_set), seed=seed)
+    flip_rng = torch.Generator().manual_seed(seed)
+    steps = config.steps_per_epoch or -(-len(train_set) // config.batch_size)
+
+    for epoch in range(state["epoch"], config.max_epochs):
+        flip_rng.manual_seed(seed * 1_000_003 + epoch)
+        sampler.set_position(epoch)
+        train_set.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True
+        )
+        model.train()
+        running = torch.zeros((), device=device)
+        bar = tqdm(zip(range(steps), loader), total=min(steps, len(loader)),
+                   desc=f"classifier epoch {epoch + 1}/{config.max_epochs}", disable=not progress, leave=False)
+        for done, batch in bar:
+            x = random_flips(batch["image"].to(device, non_blocking=True), flip_rng)
+            with autocast(device):
+                logits = model(x)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.detach()
+        train_loss = float(running.item() / max(steps, 1))  # one host sync per epoch
+
+        scores = predict(model, val_set, batch_size=config.batch_size * 2, device=device)
+        val_auc = roc_auc(scores["label"], scores["p_abnormal"])
+        improved = val_auc > state["best_auc"]
+        state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_auc": val_auc})
+        if improved:
+            state["best_auc"], state["bad_epochs"] = val_auc, 0
+            save_checkpoint(out / BEST, {"classifier": model}, run_config, state={"val_auc": val_auc})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        state["finished"] = state["bad_epochs"] >= config.patience or state["epoch"] >= config.max_epochs
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val AUC {val_auc:.4f}"
+                       + (" (best)" if improved else ""))
+        save_checkpoint(out / LAST, {"classifier": model}, run_config, {"adam": optimizer}, state)
+        write_json(out / HISTORY, state["history"])
+        if state["finished"]:
+            break
+    return out / BEST
+
+
+def load_classifier(run_dir: str | os.PathLike, device: torch.device | str | None = None) -> nn.Module:
+    """The best classifier of a run folder, frozen (eval mode, no gradients)."""
+    path = Path(run_dir) / BEST
+    config_path = path.with_suffix(".json")
+    run_config = read_json(config_path)
+    from .config import from_dict
+
+    config = from_dict(ClassifierConfig, run_config["classifier"])
+    model = build_classifier(dataclasses.replace(config, weights_path=None))
+    load_checkpoint(path, {"classifier": model})
+    model.to(pick_device(str(device) if device else None)).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    return read_json(Path(run_dir) / HISTORY)

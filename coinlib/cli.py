@@ -1,0 +1,127 @@
+"""The ``coin`` command: each sub-command is a thin wrapper over a ``coinlib`` function.
+
+    coin phantom --out DIR --subjects N --seed S [--layout kits23]
+    coin prepare --layout totalsegmentator|kits23 --src DIR --out DIR [--image-size 256]
+    coin train-classifier --profile quick --run-dir runs/quick [--track synthetic|tumour]
+    coin train --profile quick --run-dir runs/quick [--variant coin]
+    coin evaluate --profile quick --run-dir runs/quick [--variant coin]
+    coin reproduce --profile quick --run-dir runs/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -> None:
+    parser.add_argument("--profile", default="quick", help="smoke | quick | paper (default: quick)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<profile>)")
+    parser.add_argument("--track", default="synthetic", choices=["synthetic", "tumour"],
+                        help="synthetic anomalies (TotalSegmentator layout) or real tumours (KiTS23 layout)")
+    parser.add_argument("--data", default="phantom",
+                        help="'phantom' (default) or a dataset folder in the track's real layout")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
+    if variant:
+        parser.add_argument("--variant", default="coin", help="coin, singla or another named variant")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coin", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    phantom = commands.add_parser("phantom", help="write the procedural CT phantom in a real layout")
+    phantom.add_argument("--out", type=Path, required=True)
+    phantom.add_argument("--subjects", type=int, default=40, help="number of scans (default 40)")
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--layout", default="totalsegmentator", choices=["totalsegmentator", "kits23"])
+
+    prepare = commands.add_parser("prepare", help="turn a dataset in a real layout into prepared slices")
+    prepare.add_argument("--layout", required=True, choices=["totalsegmentator", "kits23", "auto"])
+    prepare.add_argument("--src", type=Path, required=True)
+    prepare.add_argument("--out", type=Path, required=True)
+    prepare.add_argument("--image-size", type=int, default=256)
+    prepare.add_argument("--split-source", default="random", choices=["random", "meta"],
+                         help="TotalSegmentator: the paper's random 80/20 split or meta.csv's split")
+    prepare.add_argument("--seed", type=int, default=0, help="split seed")
+    prepare.add_argument("--force", action="store_true", help="rebuild even when the folder is valid")
+
+    train_classifier = commands.add_parser("train-classifier", help="train (or resume) the classifier f")
+    _add_run_arguments(train_classifier)
+
+    train = commands.add_parser("train", help="train (or resume) a counterfactual GAN")
+    _add_run_arguments(train, variant=True)
+
+    evaluate = commands.add_parser("evaluate", help="IoU / CV / FID of a trained GAN -> results JSON")
+    _add_run_arguments(evaluate, variant=True)
+
+    reproduce = commands.add_parser("reproduce", help="run every notebook end to end with papermill")
+    reproduce.add_argument("--profile", default="quick")
+    reproduce.add_argument("--run-dir", type=Path, default=None)
+    reproduce.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 00,01")
+    reproduce.add_argument("--data", default="phantom", help="synthetic-track data: phantom or a folder")
+    reproduce.add_argument("--tumour-data", default="phantom", help="tumour-track data: phantom or a folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"coin {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .config import DataConfig, get_profile
+
+    if args.command == "phantom":
+        from .phantom import generate_kits23, generate_totalsegmentator
+
+        make = generate_totalsegmentator if args.layout == "totalsegmentator" else generate_kits23
+        print(make(args.out, args.subjects, args.seed))
+        return 0
+    if args.command == "prepare":
+        from .prepare import detect_layout, prepare_dataset
+
+        layout = detect_layout(args.src) if args.layout == "auto" else args.layout
+        config = DataConfig(image_size=args.image_size, split_source=args.split_source, split_seed=args.seed)
+        print(prepare_dataset(layout, args.src, args.out, config, force=args.force))
+        return 0
+    if args.command == "reproduce":
+        from .notebook_runner import run_notebooks
+
+        run_dir = args.run_dir or Path("runs") / args.profile
+        get_profile(args.profile)  # fail fast on a typo
+        selected = args.notebooks.split(",") if args.notebooks else None
+        run_notebooks(args.profile, run_dir, selected, data=args.data, tumour_data=args.tumour_data)
+        return 0
+
+    from . import pipeline
+
+    profile = get_profile(args.profile)
+    run_dir = args.run_dir or Path("runs") / args.profile
+    prepared = pipeline.prepare_track(profile, run_dir, args.track, args.data)
+    if args.command == "train-classifier":
+        print(pipeline.ensure_classifier(profile, run_dir, args.track, prepared, device=args.device))
+        return 0
+    if args.command == "train":
+        print(pipeline.ensure_counterfactual(profile, run_dir, args.track, prepared, args.variant,
+                                             device=args.device))
+        return 0
+    if args.command == "evaluate":
+        results = pipeline.evaluate_variant(profile, run_dir, args.track, prepared, args.variant,
+                                            device=args.device)
+        print(json.dumps(results["metrics"], indent=2))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

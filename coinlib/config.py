@@ -1,0 +1,249 @@
+"""Configurations: frozen dataclasses with named profiles.
+
+A *profile* bundles every setting a run needs. Three are named:
+
+- ``smoke``: seconds per stage; used by the tests to exercise every code path.
+- ``quick``: the CPU default (2 cores, minutes); trades image size, widths and
+  steps against the paper (see README, "What the quick profile trades away").
+- ``paper``: the paper's scale (256x256, full widths, paper hyper-parameters) for a GPU.
+
+Every field has the paper's (or the authors' implementation's) value as its default
+unless a profile says otherwise; ``FACTS.md`` in ``shared/reference`` lists the sources.
+Unknown keys raise, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+__all__ = [
+    "PhantomConfig",
+    "DataConfig",
+    "AnomalyConfig",
+    "ClassifierConfig",
+    "GANConfig",
+    "CounterfactualConfig",
+    "EvalConfig",
+    "Profile",
+    "PROFILES",
+    "get_profile",
+    "from_dict",
+    "to_dict",
+]
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """The procedural abdominal CT phantom (the embedded default data)."""
+
+    subjects: int = 40  # TotalSegmentator-layout track
+    kits_cases: int = 40  # KiTS23-layout track (tumour, cyst and control cases)
+    seed: int = 0
+    spacing_mm: float = 1.5  # isotropic voxel size of the TotalSegmentator track
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Slice extraction and normalisation (paper Sec. 4.1, 4.3; FACTS "Data")."""
+
+    image_size: int = 256
+    min_kidney_pixels: int = 32  # counted on the native slice, before resizing
+    test_fraction: float = 0.2  # paper: 80/20 split by scan; the 20 % is the test set
+    val_fraction: float = 0.1  # carved from the 80 %: early stopping and threshold choice
+    split_seed: int = 0
+    split_source: Literal["random", "meta"] = "random"  # "meta": TotalSegmentator meta.csv
+    percentiles: tuple[float, float] = (0.5, 99.5)  # foreground fingerprint (FACTS)
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Synthetic Gaussian-blob anomalies (paper App. 7.2; parameters from FACTS).
+
+    Sizes are given for a 256x256 slice and scaled with ``DataConfig.image_size`` so an
+    anomaly covers the same anatomy at every resolution.
+    """
+
+    template_size: int = 20  # grid points spanning [-1, 1]^2 at 256 px
+    reference_size: int = 256
+    sigma: float = 0.4
+    mask_threshold: float = 0.25
+    scale_range: tuple[float, float] = (0.75, 1.0)
+    distort_steps: int = 1
+    distort_limit: float = 0.2
+    rotation_range: tuple[float, float] = (-90.0, 90.0)
+    alpha: float = 0.9  # intensity weight on the [0, 1] scale
+    probability: float = 0.65  # P(slice gets an anomaly) = P(label 1)
+    bbox_margin: float = 0.1  # centre drawn inside the kidney bbox shrunk by this fraction
+    seed: int = 0  # seeds the fixed validation/test anomalies that every method is scored on
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Classifier f (paper Sec. 4.3): ResNet18 (synthetic) or EfficientNetV2-S (tumours)."""
+
+    arch: Literal["resnet18", "efficientnet_v2_s"] = "resnet18"
+    weights_path: str | None = None  # local weights only; nothing is downloaded
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    max_epochs: int = 20
+    patience: int = 3  # early stopping on validation AUC
+    steps_per_epoch: int | None = None  # None: one pass over the training split
+    threshold: float = 0.5  # t in Sec. 3.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """The one counterfactual GAN (paper Sec. 3.2; sizes from FACTS "Models").
+
+    COIN, Singla* and every Appendix A row are settings of these fields.
+    """
+
+    conditions: int = 1  # 1: COIN (inpaint); 2: Singla* (bins of f(x))
+    skips: int = 4  # encoder->decoder skip connections into up blocks 1..skips (0-4)
+    perturbation: bool = True  # x_cf = tanh(G(E(x), c) + x)
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    stem_width: int = 64
+    disc_widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    use_masks: bool = False  # Singla* with masks: mask-weighted L_rec (Eq. 11)
+
+
+@dataclass(frozen=True)
+class CounterfactualConfig:
+    """GAN training (paper Sec. 3.3, 4.3; Eq. 1 weights from the implementation)."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.0, 0.9)  # paper; the implementation uses (0, 0.999)
+    batch_size: int = 16
+    steps: int = 100_000
+    generator_every: int = 5  # generator updated once every k discriminator steps
+    lambda_adv: float = 1.0
+    lambda_f: float = 5.0
+    lambda_idt: float = 1.0
+    lambda_tv: float = 0.05
+    adv_loss: Literal["bce", "hinge"] = "bce"
+    kl_eps: float = 1e-6  # target probability for "normal" in Eq. 3
+    prob_clamp: float = 1e-5
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Weak masks and metrics (paper Sec. 4.2, 5)."""
+
+    threshold: float = 0.25  # on |x - x_cf| in [0, 1]
+    cv_tau: float = 0.8
+    closing_radius: int = 2
+    opening_radius: int = 2
+    sweep_points: int = 101
+    fid_dims: int = 768
+    fid_weights: str | None = None  # path to pt_inception-2015-12-05-6726825d.pth
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    tumour_classifier: ClassifierConfig = field(
+        default_factory=lambda: ClassifierConfig(arch="efficientnet_v2_s")
+    )
+    gan: GANConfig = field(default_factory=GANConfig)
+    train: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_SMALL_GAN = GANConfig(
+    widths=(16, 32, 64, 128, 256), stem_width=16, disc_widths=(16, 32, 64, 128, 256)
+)
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        phantom=PhantomConfig(subjects=6, kits_cases=6),
+        data=DataConfig(image_size=64),
+        classifier=ClassifierConfig(max_epochs=1, steps_per_epoch=4, batch_size=8),
+        tumour_classifier=ClassifierConfig(
+            arch="efficientnet_v2_s", max_epochs=1, steps_per_epoch=2, batch_size=8
+        ),
+        gan=GANConfig(widths=(8, 8, 16, 16, 32), stem_width=8, disc_widths=(8, 8, 16, 16, 32)),
+        train=CounterfactualConfig(
+            batch_size=8, steps=6, log_every=2, eval_every=3, checkpoint_every=3
+        ),
+        eval=EvalConfig(batch_size=16),
+    ),
+    "quick": Profile(
+        name="quick",
+        phantom=PhantomConfig(subjects=40, kits_cases=40),
+        data=DataConfig(image_size=128),
+        classifier=ClassifierConfig(max_epochs=8, batch_size=32),
+        tumour_classifier=ClassifierConfig(arch="efficientnet_v2_s", max_epochs=8, batch_size=32),
+        gan=_SMALL_GAN,
+        train=CounterfactualConfig(steps=3000, eval_every=1000, checkpoint_every=500),
+    ),
+    "paper": Profile(
+        name="paper",
+        phantom=PhantomConfig(subjects=120, kits_cases=120),
+        data=DataConfig(image_size=256),
+        classifier=ClassifierConfig(max_epochs=20),
+        train=CounterfactualConfig(steps=20_000, eval_every=2000, checkpoint_every=1000),
+    ),
+}
+
+
+def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
+    """Return the named profile, with ``overrides`` = {"section": {"field": value}} applied.
+
+    Raises ``KeyError`` naming the profile, section or field when any is unknown.
+    """
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    profile = PROFILES[name]
+    for section, values in (overrides or {}).items():
+        if section == "name" or section not in {f.name for f in fields(Profile)}:
+            raise KeyError(f"unknown config section {section!r} in overrides")
+        current = getattr(profile, section)
+        profile = replace(profile, **{section: from_dict(type(current), {**to_dict(current), **values})})
+    return profile
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from ``values``; unknown keys and bad ``Literal`` choices raise.
+
+    Lists are turned back into tuples and nested dataclasses are rebuilt, so
+    ``from_dict(type(c), to_dict(c)) == c`` for every config here.
+    """
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise KeyError(f"unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            raise ValueError(
+                f"{cls.__name__}.{key} = {value!r}; choose one of {list(typing.get_args(hint))}"
+            )
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,363 @@
+"""Training the counterfactual GAN, the second stage (paper Sec. 3.3, Eq. 1-6; App. 7.1).
+
+One trainer serves COIN, Singla* and every ablation: what differs is configuration
+(``GANConfig.conditions``, ``skips``, ``perturbation``, ``use_masks`` and the lambdas).
+
+- :func:`counterfactual_step` is a plain function of (models, optimizers, batch, config)
+  that returns detached loss tensors; it never synchronises with the host.
+- :func:`train_counterfactual` is the loop around it: data order, logging, evaluation,
+  progress bar, atomic checkpoints and exact resumption.
+
+Conditions (Sec. 3.1-3.2): COIN has one condition, "inpaint", and the KL target is
+``eps`` ~ 0 (Eq. 3). Singla* bins probabilities of [0, 1] into ``conditions`` bins: the
+counterfactual is asked for bin(1 - f(x)), the identity for bin(f(x)) (Eq. 9-10).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import AnomalyConfig, CounterfactualConfig, EvalConfig, GANConfig, from_dict, to_dict
+from .data import SliceDataset
+from .files import read_json, write_json
+from .gan import build_gan, condition_from_probability
+from .losses import (
+    adversarial_d_loss,
+    adversarial_g_loss,
+    classifier_consistency_loss,
+    masked_l1,
+    total_variation_loss,
+)
+from .prepared import PreparedSlices, open_prepared
+from .runtime import ResumableSampler, autocast, load_checkpoint, pick_device, save_checkpoint, seed_everything
+
+__all__ = [
+    "Conditions",
+    "make_conditions",
+    "counterfactual_step",
+    "build_optimizers",
+    "train_counterfactual",
+    "load_generator",
+    "generate_counterfactuals",
+    "TrainingInterrupted",
+]
+
+FINAL, LAST, HISTORY = "counterfactual.pt", "counterfactual_last.pt", "counterfactual_history.json"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by the ``stop_after`` hook (tests use it to simulate a killed process)."""
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Per-image conditions and KL targets derived from p_abnormal = f(x)."""
+
+    counterfactual: torch.Tensor  # (B,) long: condition asking for the counterfactual
+    identity: torch.Tensor | None  # (B,) long: condition asking for x itself (Singla* only)
+    real: torch.Tensor  # (B,) long: condition the discriminator pairs with real x
+    kl_target: torch.Tensor  # (B,) float: target of f(x_cf) in Eq. 3 / Eq. 9
+
+
+def make_conditions(p_abnormal: torch.Tensor, gan: GANConfig, train: CounterfactualConfig) -> Conditions:
+    """COIN: one condition, target eps (Eq. 3). Singla*: bins of 1 - f(x) and f(x) (Eq. 9-10)."""
+    if gan.conditions == 1:
+        zeros = torch.zeros_like(p_abnormal, dtype=torch.long)
+        return Conditions(zeros, None, zeros, torch.full_like(p_abnormal, train.kl_eps))
+    desired = 1.0 - p_abnormal
+    observed = condition_from_probability(p_abnormal, gan.conditions)
+    return Conditions(
+        counterfactual=condition_from_probability(desired, gan.conditions),
+        identity=observed,
+        real=observed,
+        kl_target=desired.clamp(train.kl_eps, 1.0 - train.kl_eps),
+    )
+
+
+def _reconstruction(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    """L1 over all pixels (Eq. 5), or mask-weighted per label (Eq. 11) when ``masks`` given."""
+    if masks is None:
+        return (x - y).abs().mean()
+    return masked_l1(x, y, masks)
+
+
+def generator_losses(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    classifier: nn.Module,
+    x: torch.Tensor,
+    conditions: Conditions,
+    gan: GANConfig,
+    train: CounterfactualConfig,
+    masks: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The generator's terms of Eq. 1, each weighted by its lambda, plus their sum ``total``.
+
+    COIN (Eq. 4): L_idt = L1(x, E(x)) + L1(x, E(E(x))), with E the explanation function.
+    Singla* (Eq. 10): L_idt = L_rec(x, E(x, f(x))) + L_rec(x, E(E(x, 1 - f(x)), f(x))).
+    """
+    x_cf = generator(x, conditions.counterfactual)
+    adv = adversarial_g_loss(discriminator(x_cf, conditions.counterfactual).float(), train.adv_loss)
+    p_cf = torch.sigmoid(classifier(x_cf).float())
+    l_f = classifier_consistency_loss(p_cf, conditions.kl_target, eps=train.kl_eps, clamp=train.prob_clamp)
+    if conditions.identity is None:
+        x_cycle = generator(x_cf, conditions.counterfactual)
+        idt = _reconstruction(x, x_cf, masks) + _reconstruction(x, x_cycle, masks)
+    else:
+        x_id = generator(x, conditions.identity)
+        x_cycle = generator(x_cf, conditions.identity)
+        idt = _reconstruction(x, x_id, masks) + _reconstruction(x, x_cycle, masks)
+    tv = total_variation_loss((x.float() - x_cf.float()).abs() / 2.0)
+    terms = {
+        "g_adv": train.lambda_adv * adv,
+        "g_f": train.lambda_f * l_f,
+        "g_idt": train.lambda_idt * idt.float(),
+        "g_tv": train.lambda_tv * tv,
+    }
+    terms["g_total"] = sum(terms.values())
+    return terms
+
+
+def counterfactual_step(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    classifier: nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
+    batch: dict[str, torch.Tensor],
+    gan: GANConfig,
+    train: CounterfactualConfig,
+    update_generator: bool,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """One discriminator update and, when ``update_generator``, one generator update (Eq. 1).
+
+    ``batch["image"]``: (B, 1, H, W) in [-1, 1]. Returns detached scalar tensors (no host
+    synchronisation here; the loop calls ``.item()`` at log intervals only).
+    """
+    x = batch["image"].to(device, non_blocking=True)
+    masks = None
+    if gan.use_masks:
+        kidney = batch["kidney_mask"].to(device, non_blocking=True)
+        masks = torch.cat([kidney, 1.0 - kidney], dim=1)  # labels j: kidney, everything else
+    with torch.no_grad(), autocast(device):
+        p_abnormal = torch.sigmoid(classifier(x).float())
+    conditions = make_conditions(p_abnormal, gan, train)
+
+    with autocast(device):
+        with torch.no_grad():
+            x_cf = generator(x, conditions.counterfactual)
+        d_loss = adversarial_d_loss(
+            discriminator(x, conditions.real).float(),
+            discriminator(x_cf.detach(), conditions.counterfactual).float(),
+            train.adv_loss,
+        )
+    optimizers["discriminator"].zero_grad(set_to_none=True)
+    (train.lambda_adv * d_loss).backward()
+    optimizers["discriminator"].step()
+    out = {"d_adv": d_loss.detach(), "p_abnormal": p_abnormal.mean()}
+
+    if update_generator:
+        for parameter in discriminator.parameters():
+            parameter.requires_grad_(False)
+        with autocast(device):
+            terms = generator_losses(generator, discriminator, classifier, x, conditions, gan, train, masks)
+        optimizers["generator"].zero_grad(set_to_none=True)
+        terms["g_total"].backward()
+        optimizers["generator"].step()
+        for parameter in discriminator.parameters():
+            parameter.requires_grad_(True)
+        out.update({name: value.detach() for name, value in terms.items()})
+    return out
+
+
+def build_optimizers(generator: nn.Module, discriminator: nn.Module, train: CounterfactualConfig,
+                     device: torch.device) -> dict[str, torch.optim.Optimizer]:
+    """Adam for each network (paper Sec. 4.3: lr 2e-4, betas (0, 0.9)); fused on CUDA."""
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return {
+        "generator": torch.optim.Adam(generator.parameters(), lr=train.lr, betas=train.betas, **extra),
+        "discriminator": torch.optim.Adam(discriminator.parameters(), lr=train.lr, betas=train.betas, **extra),
+    }
+
+
+def _run_config(gan: GANConfig, train: CounterfactualConfig, anomaly: AnomalyConfig | None,
+                prepared: PreparedSlices, classifier_path: Path) -> dict[str, Any]:
+    return {
+        "gan": to_dict(gan),
+        "train": to_dict(train),
+        "anomaly": to_dict(anomaly) if anomaly else None,
+        "data": str(prepared.root),
+        "classifier": str(classifier_path),
+    }
+
+
+def train_counterfactual(
+    prepared: PreparedSlices | str | os.PathLike,
+    gan: GANConfig,
+    train: CounterfactualConfig,
+    anomaly: AnomalyConfig | None,
+    classifier: nn.Module,
+    classifier_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    stop_after: int | None = None,
+    num_workers: int = 0,
+) -> Path:
+    """Train the counterfactual GAN for ``train.steps`` steps; returns ``out_dir/counterfactual.pt``.
+
+    Resumes from ``out_dir/counterfactual_last.pt`` when it exists (same config required);
+    with the same seed on the CPU the resumed run ends with the same weights as one that
+    never stopped. ``evaluate(generator, step)`` runs every ``train.eval_every`` steps and
+    its numbers join the history. ``stop_after`` raises :class:`TrainingInterrupted` after
+    that many steps of this call (used by the tests to simulate a kill).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    run_config = _run_config(gan, train, anomaly, prepared, Path(classifier_path))
+
+    seed_everything(train.seed)
+    generator, discriminator = build_gan(gan)
+    generator.to(device)
+    discriminator.to(device)
+    classifier.to(device).eval()
+    for parameter in classifier.parameters():
+        parameter.requires_grad_(False)
+    optimizers = build_optimizers(generator, discriminator, train, device)
+    modules = {"generator": generator, "discriminator": discriminator}
+
+    step, history = 0, []
+    if (out / LAST).is_file():
+        saved = load_checkpoint(out / LAST, modules, optimizers, map_location=device, restore_rng=True)
+        if saved["config"] != run_config:
+            raise ValueError(f"{out / LAST} was written with a different config; use a new output folder")
+        step, history = saved["step"], saved["history"]
+    if step >= train.steps and (out / FINAL).is_file():
+        return out / FINAL
+
+    dataset = SliceDataset(prepared, "train", anomaly, fresh_anomalies=True, seed=train.seed)
+    steps_per_epoch = len(dataset) // train.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"training split of {prepared.root} has {len(dataset)} slices, fewer than one batch")
+    sampler = ResumableSampler(len(dataset), seed=train.seed)
+
+    def batches_from(global_step: int):
+        epoch, position = divmod(global_step, steps_per_epoch)
+        while True:
+            sampler.set_position(epoch, position * train.batch_size)
+            dataset.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=train.batch_size, sampler=sampler, drop_last=True,
+                num_workers=num_workers, pin_memory=device.type == "cuda",
+                persistent_workers=False,
+            )
+            yield from loader
+            epoch, position = epoch + 1, 0
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(path, modules, run_config, optimizers, {"step": step, "history": history})
+
+    generator.train()
+    discriminator.train()
+    running: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    bar = tqdm(total=train.steps, initial=step, desc="counterfactual GAN", disable=not progress)
+    for taken, batch in enumerate(batches_from(step)):
+        if step >= train.steps:
+            break
+        if stop_after is not None and taken >= stop_after:
+            bar.close()
+            raise TrainingInterrupted(f"stopped after {taken} steps at step {step}")
+        update_generator = step % train.generator_every == 0
+        losses = counterfactual_step(generator, discriminator, classifier, optimizers, batch,
+                                     gan, train, update_generator, device)
+        for name, value in losses.items():
+            running[name] = running.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+        step += 1
+        bar.update(1)
+        if step % train.log_every == 0 or step == train.steps:
+            # the one host sync: losses averaged over the steps since the last log
+            record = {"step": step, **{name: float(total.item()) / counts[name] for name, total in running.items()}}
+            history.append(record)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("d_adv", "g_adv", "g_f", "g_idt")})
+            running, counts = {}, {}
+        if evaluate is not None and (step % train.eval_every == 0 or step == train.steps):
+            generator.eval()
+            history.append({"step": step, **evaluate(generator, step)})
+            generator.train()
+        if step % train.checkpoint_every == 0 or step == train.steps:
+            checkpoint(out / LAST)
+            write_json(out / HISTORY, history)
+    bar.close()
+    save_checkpoint(out / FINAL, {"generator": generator}, run_config, state={"step": step})
+    checkpoint(out / LAST)
+    write_json(out / HISTORY, history)
+    return out / FINAL
+
+
+def load_generator(run_dir: str | os.PathLike, device: torch.device | str | None = None) -> tuple[nn.Module, GANConfig]:
+    """The trained generator of a run folder (eval mode) and its GANConfig."""
+    path = Path(run_dir) / FINAL
+    config = read_json(path.with_suffix(".json"))
+    gan = from_dict(GANConfig, config["gan"])
+    generator, _ = build_gan(gan)
+    load_checkpoint(path, {"generator": generator})
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    return generator.to(device).eval(), gan
+
+
+@torch.no_grad()
+def generate_counterfactuals(
+    generator: nn.Module,
+    classifier: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    gan: GANConfig,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """x, x_cf, f(x), f(x_cf) and the masks for every item, in the inpainting direction.
+
+    Every method is scored abnormal -> normal (paper Sec. 4.4, 5): COIN's one condition;
+    for Singla* the condition that asks for a normal image, bin(0).
+    Arrays: ``x``, ``x_cf`` (N, H, W) float32 in [-1, 1]; ``p_abnormal``, ``p_abnormal_cf``,
+    ``label`` (N,); ``lesion_mask``, ``kidney_mask`` (N, H, W) bool; ``index`` (N,).
+    """
+    device = device or next(generator.parameters()).device
+    generator.eval()
+    classifier.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    keys = ("x", "x_cf", "p_abnormal", "p_abnormal_cf", "label", "lesion_mask", "kidney_mask", "index")
+    out: dict[str, list] = {key: [] for key in keys}
+    for batch in tqdm(loader, desc="counterfactuals", disable=not progress, leave=False):
+        x = batch["image"].to(device)
+        inpaint = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+        with autocast(device):
+            x_cf = generator(x, inpaint).float()
+            p = torch.sigmoid(classifier(x).float())
+            p_cf = torch.sigmoid(classifier(x_cf).float())
+        out["x"].append(x[:, 0].float().cpu())
+        out["x_cf"].append(x_cf[:, 0].cpu())
+        out["p_abnormal"].append(p.cpu())
+        out["p_abnormal_cf"].append(p_cf.cpu())
+        out["label"].append(batch["label"])
+        out["lesion_mask"].append(batch["lesion_mask"][:, 0].bool())
+        out["kidney_mask"].append(batch["kidney_mask"][:, 0].bool())
+        out["index"].append(batch["index"])
+    return {key: torch.cat(values).numpy() for key, values in out.items()}
+
+
+def history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    return read_json(Path(run_dir) / HISTORY)

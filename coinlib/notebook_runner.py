@@ -1,0 +1,71 @@
+"""Run the numbered notebooks end to end with papermill (the README's main command).
+
+Every notebook takes the same papermill parameters (``profile``, ``run_dir``, ``data``,
+``tumour_data``); executed copies go to ``<run_dir>/notebooks/``, written atomically, so
+a failed notebook never leaves a copy that looks finished. Each notebook reuses what the
+earlier ones left in the run folder, so a re-run after an interruption is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from .files import atomic_path, write_json
+
+__all__ = ["NOTEBOOK_DIR", "list_notebooks", "run_notebooks"]
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def list_notebooks(selected: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) in order; ``selected`` filters by prefix."""
+    notebooks = sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(f"no numbered notebooks in {notebook_dir}")
+    if selected:
+        chosen = [p for p in notebooks if any(p.name.startswith(s) for s in selected)]
+        unknown = [s for s in selected if not any(p.name.startswith(s) for p in notebooks)]
+        if unknown:
+            raise ValueError(f"no notebook starts with {unknown}; have {[p.name for p in notebooks]}")
+        return chosen
+    return notebooks
+
+
+def run_notebooks(
+    profile: str,
+    run_dir: str | os.PathLike,
+    selected: list[str] | None = None,
+    data: str = "phantom",
+    tumour_data: str = "phantom",
+    notebook_dir: Path = NOTEBOOK_DIR,
+) -> list[dict]:
+    """Execute the notebooks in order; returns and writes ``<run_dir>/notebooks/timings.json``."""
+    import papermill
+
+    run_dir = Path(run_dir).resolve()
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {"profile": profile, "run_dir": str(run_dir), "data": str(data), "tumour_data": str(tumour_data)}
+    timings = []
+    for notebook in list_notebooks(selected, notebook_dir):
+        print(f"==> {notebook.name} (profile {profile})", flush=True)
+        start = time.perf_counter()
+        with atomic_path(out_dir / notebook.name) as tmp:
+            papermill.execute_notebook(
+                str(notebook), str(tmp), parameters=parameters, kernel_name="python3",
+                cwd=str(notebook.parent), progress_bar=False, log_output=True, stdout_file=sys.stdout,
+                stderr_file=sys.stderr,
+            )
+        seconds = time.perf_counter() - start
+        timings.append({"notebook": notebook.name, "seconds": round(seconds, 1)})
+        print(f"    {notebook.name}: {seconds:.0f} s", flush=True)
+        write_json(out_dir / "timings.json", {"profile": profile, "notebooks": timings})
+    summary = run_dir / "results" / "summary.md"
+    if summary.is_file():
+        print("\n" + summary.read_text())
+    total = sum(t["seconds"] for t in timings)
+    print(f"all {len(timings)} notebooks done in {total / 60:.1f} min; executed copies in {out_dir}")
+    return timings

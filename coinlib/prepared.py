@@ -1,0 +1,167 @@
+"""The prepared slice dataset: the one on-disk format between data preparation and training.
+
+``coin prepare`` (``coinlib.prepare``) turns CT volumes in a real layout into this folder;
+``coinlib.data`` reads it. Nothing else reads NIfTI during training.
+
+Layout of a prepared folder::
+
+    images.npy          (N, S, S) float16 in [-1, 1]   axial slices, radiological view
+    kidney_masks.npy    (N, S, S) uint8 in {0, 1}     kidney (KiTS: kidney and its masses)
+    lesion_masks.npy    (N, S, S) uint8 in {0, 1}     tumour (KiTS label 2); zeros otherwise
+    index.csv           one row per slice i (row order = array order), columns INDEX_COLUMNS
+    fingerprint.json    intensity fingerprint measured on the training scans
+    manifest.json       written LAST: settings, source files, counts, format version
+
+Radiological view: row 0 is anterior, column 0 is the patient's right (as a radiologist
+reads an axial CT). ``S`` is ``DataConfig.image_size``.
+
+A folder is *valid* when ``manifest.json`` exists, names this ``FORMAT_VERSION``, and
+every array has the row count the manifest states. Writers put the manifest last, so
+an interrupted preparation leaves a folder that :func:`is_complete` rejects.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .files import atomic_path, read_json, write_csv, write_json
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INDEX_COLUMNS",
+    "ARRAY_FILES",
+    "PreparedSlices",
+    "write_prepared",
+    "is_complete",
+    "open_prepared",
+]
+
+FORMAT_VERSION = 1
+INDEX_COLUMNS = ["scan_id", "slice_index", "split", "kidney_pixels", "lesion_pixels"]
+ARRAY_FILES = {
+    "images": ("images.npy", np.float16),
+    "kidney_masks": ("kidney_masks.npy", np.uint8),
+    "lesion_masks": ("lesion_masks.npy", np.uint8),
+}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PreparedSlices:
+    """A prepared folder opened for reading; arrays are memory-mapped (read-only).
+
+    ``index`` holds one dict per slice with INDEX_COLUMNS (ints for counts).
+    """
+
+    root: Path
+    images: np.ndarray  # (N, S, S) float16 in [-1, 1]
+    kidney_masks: np.ndarray  # (N, S, S) uint8
+    lesion_masks: np.ndarray  # (N, S, S) uint8
+    index: list[dict[str, Any]]
+    fingerprint: dict[str, Any]
+    manifest: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Row numbers of the slices in ``split`` (train / val / test)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return np.array([i for i, row in enumerate(self.index) if row["split"] == split], dtype=np.int64)
+
+
+def write_prepared(
+    out_dir: str | os.PathLike,
+    images: np.ndarray,
+    kidney_masks: np.ndarray,
+    lesion_masks: np.ndarray,
+    index_rows: list[dict[str, Any]],
+    fingerprint: dict[str, Any],
+    manifest: dict[str, Any],
+) -> Path:
+    """Write a complete prepared folder; ``manifest.json`` goes last (see module doc).
+
+    ``images`` (N, S, S) float in [-1, 1]; masks (N, S, S) in {0, 1}; ``index_rows`` has
+    N dicts with at least INDEX_COLUMNS (extra keys become extra CSV columns).
+    """
+    out = Path(out_dir)
+    n = len(index_rows)
+    arrays = {"images": images, "kidney_masks": kidney_masks, "lesion_masks": lesion_masks}
+    for name, array in arrays.items():
+        if array.ndim != 3 or array.shape[0] != n or array.shape[1] != array.shape[2]:
+            raise ValueError(f"{name} has shape {array.shape}; expected ({n}, S, S)")
+    if images.size and (np.nanmin(images) < -1.0 - 1e-3 or np.nanmax(images) > 1.0 + 1e-3):
+        raise ValueError("images must lie in [-1, 1]")
+    missing = [c for c in INDEX_COLUMNS if n and c not in index_rows[0]]
+    if missing:
+        raise ValueError(f"index rows lack column(s) {missing}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # the folder is incomplete until the end
+    for name, array in arrays.items():
+        filename, dtype = ARRAY_FILES[name]
+        with atomic_path(out / filename) as tmp:
+            np.save(tmp, np.ascontiguousarray(array, dtype=dtype))
+    columns = INDEX_COLUMNS + [c for c in (index_rows[0] if n else {}) if c not in INDEX_COLUMNS]
+    write_csv(out / "index.csv", index_rows, columns)
+    write_json(out / "fingerprint.json", fingerprint)
+    write_json(out / "manifest.json", {**manifest, "format_version": FORMAT_VERSION, "slices": n})
+    return out
+
+
+def is_complete(root: str | os.PathLike) -> bool:
+    """True when ``root`` holds a finished prepared folder of this format version."""
+    root = Path(root)
+    try:
+        manifest = read_json(root / "manifest.json")
+    except (FileNotFoundError, ValueError):
+        return False
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return False
+    for filename, _ in ARRAY_FILES.values():
+        try:
+            array = np.load(root / filename, mmap_mode="r")
+        except (OSError, ValueError):
+            return False
+        if array.shape[0] != manifest.get("slices"):
+            return False
+    return (root / "index.csv").is_file() and (root / "fingerprint.json").is_file()
+
+
+def open_prepared(root: str | os.PathLike) -> PreparedSlices:
+    """Open a prepared folder; a clear error names what is missing or inconsistent."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"prepared dataset folder not found: {root}")
+    if not is_complete(root):
+        raise ValueError(
+            f"{root} is not a complete prepared dataset (missing or stale manifest.json or "
+            "arrays); run `coin prepare` (or coinlib.prepare.prepare_dataset) again"
+        )
+    arrays = {name: np.load(root / filename, mmap_mode="r") for name, (filename, _) in ARRAY_FILES.items()}
+    with open(root / "index.csv", newline="") as handle:
+        index = list(csv.DictReader(handle))
+    for row in index:
+        for key in ("slice_index", "kidney_pixels", "lesion_pixels"):
+            row[key] = int(row[key])
+    if len(index) != arrays["images"].shape[0]:
+        raise ValueError(f"{root / 'index.csv'} has {len(index)} rows, arrays have {arrays['images'].shape[0]}")
+    if not index:
+        raise ValueError(f"{root} holds no slices (empty dataset)")
+    return PreparedSlices(
+        root=root,
+        index=index,
+        fingerprint=read_json(root / "fingerprint.json"),
+        manifest=read_json(root / "manifest.json"),
+        **arrays,
+    )

@@ -1,0 +1,60 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from coinlib.classifier_training import (
+    load_classifier,
+    random_flips,
+    roc_auc,
+    roc_curve,
+    train_classifier,
+)
+from coinlib.config import AnomalyConfig, ClassifierConfig
+
+
+def test_roc_auc_by_hand():
+    # positives 0.8, 0.4; negatives 0.6, 0.2: pairs (0.8>0.6, 0.8>0.2, 0.4<0.6, 0.4>0.2) -> 3/4
+    assert roc_auc([1, 1, 0, 0], [0.8, 0.4, 0.6, 0.2]) == pytest.approx(0.75)
+    assert roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts one half
+    assert np.isnan(roc_auc([1, 1], [0.1, 0.2]))
+
+
+def test_roc_matches_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels, 1.0), 1)  # rounded: many ties
+    assert roc_auc(labels, scores) == pytest.approx(metrics.roc_auc_score(labels, scores))
+    fpr, tpr = roc_curve(labels, scores)
+    ref_fpr, ref_tpr, _ = metrics.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+
+
+def test_random_flips_are_flips_and_seeded():
+    x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
+    a = random_flips(x, torch.Generator().manual_seed(1))
+    b = random_flips(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    for image, flipped in zip(x, a):
+        candidates = [image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)]
+        assert any(torch.equal(flipped, c) for c in candidates)
+
+
+def test_training_writes_history_best_and_resumes(tiny_prepared, tmp_path):
+    config = ClassifierConfig(max_epochs=2, steps_per_epoch=2, batch_size=8, patience=5)
+    best = train_classifier(tiny_prepared, config, AnomalyConfig(), tmp_path, device="cpu", progress=False)
+    history = json.loads((tmp_path / "classifier_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert best.is_file() and (tmp_path / "classifier.json").is_file()
+    stamp = best.stat().st_mtime_ns
+    train_classifier(tiny_prepared, config, AnomalyConfig(), tmp_path, device="cpu", progress=False)
+    assert best.stat().st_mtime_ns == stamp  # finished: reused, not retrained
+    model = load_classifier(tmp_path, "cpu")
+    assert not any(p.requires_grad for p in model.parameters())
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2,)
+    with pytest.raises(ValueError, match="different config"):
+        train_classifier(tiny_prepared, ClassifierConfig(max_epochs=3), AnomalyConfig(), tmp_path,
+                         device="cpu", progress=False)

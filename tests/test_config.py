@@ -1,0 +1,61 @@
+import dataclasses
+
+import pytest
+
+from coinlib.config import (
+    PROFILES,
+    AnomalyConfig,
+    ClassifierConfig,
+    CounterfactualConfig,
+    GANConfig,
+    Profile,
+    from_dict,
+    get_profile,
+    to_dict,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_profiles_round_trip_through_json(name):
+    profile = PROFILES[name]
+    assert from_dict(Profile, to_dict(profile)) == profile
+
+
+def test_paper_profile_matches_the_paper():
+    paper = PROFILES["paper"]
+    assert paper.data.image_size == 256 and paper.data.min_kidney_pixels == 32
+    assert paper.gan.widths == (64, 128, 256, 512, 1024) and paper.gan.skips == 4
+    assert paper.train.lr == 2e-4 and paper.train.betas == (0.0, 0.9) and paper.train.batch_size == 16
+    assert (paper.train.lambda_adv, paper.train.lambda_f, paper.train.lambda_idt, paper.train.lambda_tv) == (
+        1.0, 5.0, 1.0, 0.05)
+    assert paper.anomaly.alpha == 0.9 and paper.anomaly.probability == 0.65
+    assert paper.eval.cv_tau == 0.8 and paper.eval.fid_dims == 768
+
+
+def test_unknown_keys_raise_with_their_name():
+    with pytest.raises(KeyError, match="lamda_tv"):
+        from_dict(CounterfactualConfig, {"lamda_tv": 0.0})
+    with pytest.raises(KeyError, match="trian"):
+        get_profile("quick", {"trian": {"steps": 1}})
+    with pytest.raises(KeyError, match="unknown profile 'quik'"):
+        get_profile("quik")
+
+
+def test_literal_choices_are_checked():
+    with pytest.raises(ValueError, match="adv_loss"):
+        from_dict(CounterfactualConfig, {"adv_loss": "mse"})
+    with pytest.raises(ValueError, match="arch"):
+        from_dict(ClassifierConfig, {"arch": "resnet50"})
+
+
+def test_overrides_replace_only_the_named_fields():
+    profile = get_profile("quick", {"train": {"lambda_tv": 0.0}, "gan": {"skips": 2}})
+    assert profile.train.lambda_tv == 0.0 and profile.gan.skips == 2
+    assert profile.train.lambda_f == PROFILES["quick"].train.lambda_f
+    assert profile.gan.widths == PROFILES["quick"].gan.widths
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        GANConfig().skips = 3  # type: ignore[misc]
+    assert AnomalyConfig().scale_range == (0.75, 1.0)
