@@ -135,7 +135,7 @@ def train_classifier(
                   "data": str(prepared.root)}
 
     seed_everything(config.seed)
-    model = build_classifier(config).to(device)
+    model = build_classifier(config).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_auc": -1.0, "bad_epochs": 0, "history": [], "finished": False}
     if (out / LAST).is_file():
@@ -170,6 +170,7 @@ def train_classifier(
                    desc=f"classifier epoch {epoch + 1}/{config.max_epochs}", disable=not progress, leave=False)
         for done, batch in bar:
             x = random_flips(batch["image"].to(device, non_blocking=True), flip_rng)
+            x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 logits = model(x)
             loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].to(device))

@@ -142,7 +142,7 @@ def counterfactual_step(
     ``batch["image"]``: (B, 1, H, W) in [-1, 1]. Returns detached scalar tensors (no host
     synchronisation here; the loop calls ``.item()`` at log intervals only).
     """
-    x = batch["image"].to(device, non_blocking=True)
+    x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     masks = None
     if gan.use_masks:
         kidney = batch["kidney_mask"].to(device, non_blocking=True)
@@ -229,9 +229,10 @@ def train_counterfactual(
 
     seed_everything(train.seed)
     generator, discriminator = build_gan(gan)
-    generator.to(device)
-    discriminator.to(device)
-    classifier.to(device).eval()
+    # channels-last: oneDNN (CPU) and cuDNN (GPU) convolutions are several times faster
+    generator.to(device, memory_format=torch.channels_last)
+    discriminator.to(device, memory_format=torch.channels_last)
+    classifier.to(device, memory_format=torch.channels_last).eval()
     for parameter in classifier.parameters():
         parameter.requires_grad_(False)
     optimizers = build_optimizers(generator, discriminator, train, device)

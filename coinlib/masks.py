@@ -147,9 +147,9 @@ def largest_component(masks: np.ndarray) -> np.ndarray:
     order = np.lexsort((ids, -sizes, owner))  # by image, then size descending, then id
     first = np.ones(count, dtype=bool)
     first[1:] = owner[order][1:] != owner[order][:-1]
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[ids[order][first]] = True
-    return keep[labels]
+    best = np.full(len(masks), -1, dtype=labels.dtype)  # -1 matches nothing: empty image
+    best[owner[order][first]] = ids[order][first]
+    return labels == best[:, None, None]  # a comparison: much faster than gathering keep[labels]
 
 
 def _shifted_reduce(stack: np.ndarray, footprint: np.ndarray, outside: bool) -> np.ndarray:

@@ -181,33 +181,35 @@ def threshold_sweep(
     postprocess: bool = False,
     closing_radius: int = 2,
     opening_radius: int = 2,
-    chunk_pixels: int = 1 << 23,
+    chunk_pixels: int = 1 << 20,
 ) -> np.ndarray:
-    """Accumulated IoU of ``maps > t`` for every threshold t (Sec. 5 "0-1 range sweep").
+    """Accumulated IoU of ``maps > t`` for every threshold t (Sec. 5, "0-1 range sweep").
 
     ``maps``: (N, H, W) or (N, 1, H, W) in [0, 1] (difference maps, or saliency maps after
     :func:`coinlib.masks.normalise_saliency`); ``masks_true``: same shape, bool; pass the
     abnormal slices only. ``thresholds`` default to :func:`sweep_thresholds` (101 points).
-    ``postprocess`` (counterfactual methods) applies closing, opening and the largest
-    component at every threshold, ``chunk_pixels`` images' pixels at a time; that is the
-    cost of a sweep. Without it the counts for all thresholds come from one sort of the
-    map values. Returns (T,) IoUs, each from one TP/FP/FN count over all images.
+    Returns (T,) IoUs, each from one TP/FP/FN count over all images (as ``IoUAccumulator``).
+
+    Without ``postprocess`` (saliency maps) the counts for every threshold come from one
+    sort of the map values. With it (counterfactual methods) closing, opening and the
+    largest component run at every threshold, on about ``chunk_pixels`` pixels at a time
+    (small chunks stay in cache); that is the whole cost of a sweep.
     """
     values = _numpy(maps)
     values = values.reshape(-1, *values.shape[-2:])
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float32)
     true = _image_stack(masks_true)
     if values.shape != true.shape:
         raise ValueError(f"maps {np.shape(maps)} and masks_true {np.shape(masks_true)} differ")
     # Compare in the maps' dtype, exactly as ``maps > t`` in weak_mask does.
     t = (sweep_thresholds() if thresholds is None else np.asarray(thresholds)).astype(values.dtype)
+    n_true = int(true.sum())
     if not postprocess:
-        n_true = int(true.sum())
-        on_true = np.sort(values[true])
-        on_false = np.sort(values[~true])
+        on_true, on_false = np.sort(values[true]), np.sort(values[~true])
         tp = n_true - np.searchsorted(on_true, t, side="right")
         fp = on_false.size - np.searchsorted(on_false, t, side="right")
         return iou_from_counts(tp, fp, n_true - tp)
-    n_true = int(true.sum())
     per_chunk = max(1, chunk_pixels // (values.shape[1] * values.shape[2]))
     tp = np.zeros(len(t), dtype=np.int64)
     fp = np.zeros(len(t), dtype=np.int64)
@@ -215,12 +217,11 @@ def threshold_sweep(
         for start in range(0, len(values), per_chunk):
             pred = values[start : start + per_chunk] > threshold
             busy = pred.any(axis=(1, 2))  # empty masks stay empty: skip them
-            if not busy.any():
-                continue
-            done = postprocess_masks(pred[busy], closing_radius, opening_radius)
-            counts = confusion_counts(done, true[start : start + per_chunk][busy])
-            tp[i] += counts[0]
-            fp[i] += counts[1]
+            if busy.any():
+                done = postprocess_masks(pred[busy], closing_radius, opening_radius)
+                chunk_tp, chunk_fp, _ = confusion_counts(done, true[start : start + per_chunk][busy])
+                tp[i] += chunk_tp
+                fp[i] += chunk_fp
     return iou_from_counts(tp, fp, n_true - tp)
 
 
@@ -244,7 +245,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     product. Singular covariances (fewer samples than dimensions) need no eps offset;
     eigenvalues below D * machine-eps * the largest one are rounding noise and dropped.
     (pytorch-fid 0.3.0's function also fails for D = 1 and warns on SciPy >= 1.16.)
-    Results can sit ~1e-12 below 0 from rounding.
+    Rounding can leave a result a hair below 0 (about -1e-12 for identical 768-d sets).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -362,7 +363,8 @@ def inception_feature_extractor(
     [-1, 1] itself. Raises :class:`FIDWeightsUnavailable` when the weights are absent.
     """
     if dims not in fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM:
-        raise ValueError(f"dims={dims}; choose one of {sorted(fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM)}")
+        known = sorted(fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM)
+        raise ValueError(f"dims={dims}; choose one of {known}")
     path = fid_weights_path(weights_path)
     net = _fid_inception_v3_architecture()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -377,18 +379,21 @@ def inception_feature_extractor(
 def inception_features(images, extractor: nn.Module, batch_size: int = 32) -> np.ndarray:
     """(N, dims) float64 features of ``images (N, 1 or 3, H, W) in [0, 1]``.
 
-    One-channel images are repeated to 3 channels; the extractor resizes to 299. Feature
-    maps larger than 1x1 (dims 64, 192, 768) are averaged over space, as pytorch-fid does.
+    Values more than 1e-3 outside [0, 1] raise (a [-1, 1] image passed by mistake); smaller
+    excursions are clamped. One-channel images are repeated to 3 channels; the extractor
+    resizes to 299. Feature maps larger than 1x1 (dims 64, 192, 768) are averaged over
+    space, as pytorch-fid does.
     """
     device = next(extractor.parameters()).device
     images = torch.as_tensor(images)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected (N, 1 or 3, H, W) images, got {tuple(images.shape)}")
-    if images.numel() and (images.min() < 0 or images.max() > 1):  # host sync: once per call
+    # Host sync, once per call: catch [-1, 1] images; clamp rounding excursions.
+    if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
         raise ValueError("FID images must be in [0, 1]; convert x in [-1, 1] with (x + 1) / 2")
     feats = []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device, torch.float32)
+        batch = images[start : start + batch_size].to(device, torch.float32).clamp(0, 1)
         batch = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
         out = extractor(batch)[0]
         feats.append(out.mean(dim=(2, 3)).double().cpu())
@@ -418,11 +423,16 @@ def compute_fid_or_reason(
     extractor: nn.Module | None = None,
 ) -> tuple[float | None, str]:
     """``(fid, message)``; ``(None, "FID unavailable: <how to provide the weights>")`` when
-    the Inception weights are absent, so a run goes on without FID."""
+    the Inception weights are absent, so a run goes on without FID.
+
+    Builds the extractor (``dims``, ``weights_path``, ``device``) unless one is given;
+    images as in :func:`fid_score`.
+    """
     if extractor is None:
         try:
             extractor = inception_feature_extractor(dims, weights_path, device)
         except FIDWeightsUnavailable as err:
             return None, f"FID unavailable: {err}"
     value = fid_score(images_a, images_b, extractor, batch_size)
-    return value, f"FID ({dims}-d pytorch-fid Inception features, {len(images_a)} vs {len(images_b)} images) = {value:.6g}"
+    counts = f"{len(images_a)} vs {len(images_b)} images"
+    return value, f"FID ({dims}-d pytorch-fid Inception features, {counts}) = {value:.6g}"

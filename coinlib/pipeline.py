@@ -36,6 +36,7 @@ __all__ = [
     "ensure_classifier",
     "ensure_counterfactual",
     "evaluate_variant",
+    "evaluate_classifier",
 ]
 
 Track = Literal["synthetic", "tumour"]
@@ -209,3 +210,49 @@ def evaluate_variant(
     }
     write_json(paths.results / f"{track}_{variant}.json", results)
     return results
+
+
+def evaluate_classifier(
+    profile: Profile,
+    run_dir: str | os.PathLike,
+    track: Track,
+    prepared: str | os.PathLike,
+    device: torch.device | str | None = None,
+) -> dict:
+    """Test-split AUC, accuracy and confusion matrix of the track's classifier.
+
+    Writes ``results/classifier_<track>.json`` and returns it together with the per-slice
+    ``p_abnormal``, ``label`` and ``index`` arrays (not written) for plots.
+    """
+    import numpy as np
+
+    from .classifier_training import load_classifier, predict, roc_auc
+    from .data import evaluation_set
+    from .files import write_json
+    from .runtime import git_commit, hardware_summary
+
+    config, anomaly = track_settings(profile, track)
+    model = load_classifier(RunPaths(run_dir).classifier(track), device)
+    scores = predict(model, evaluation_set(prepared, "test", anomaly), batch_size=profile.eval.batch_size)
+    predicted = scores["p_abnormal"] >= config.threshold
+    actual = scores["label"] > 0.5
+    confusion = {
+        "true_negative": int((~predicted & ~actual).sum()),
+        "false_positive": int((predicted & ~actual).sum()),
+        "false_negative": int((~predicted & actual).sum()),
+        "true_positive": int((predicted & actual).sum()),
+    }
+    results = {
+        "track": track,
+        "arch": config.arch,
+        "profile": profile.name,
+        "test_auc": roc_auc(actual, scores["p_abnormal"]),
+        "test_accuracy": float((predicted == actual).mean()),
+        "threshold": config.threshold,
+        "confusion": confusion,
+        "test_slices": int(len(actual)),
+        "hardware": hardware_summary(next(model.parameters()).device),
+        "git_commit": git_commit(),
+    }
+    write_json(RunPaths(run_dir).results / f"classifier_{track}.json", results)
+    return {**results, "scores": {k: np.asarray(v) for k, v in scores.items()}}

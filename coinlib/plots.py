@@ -22,6 +22,7 @@ __all__ = [
     "mask_rgba",
     "show_grid",
     "save_figure",
+    "counterfactual_panel",
 ]
 
 OUTCOME_COLOURS = {"tp": (0.1, 0.85, 0.1), "fp": (0.95, 0.1, 0.1), "fn": (1.0, 0.9, 0.0), "truth": (1, 1, 1)}
@@ -91,3 +92,26 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> lis
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         written.append(target)
     return written
+
+
+def counterfactual_panel(
+    arrays: dict[str, np.ndarray], picks: Sequence[int], threshold: float,
+    closing_radius: int = 2, opening_radius: int = 2,
+) -> plt.Figure:
+    """Rows of x, x_cf, |x - x_cf|, weak mask (TP green, FP red, FN yellow) and the truth.
+
+    ``arrays`` as returned by :func:`coinlib.counterfactual.generate_counterfactuals`;
+    ``picks`` index into them. The weak mask is ``diff_map > threshold`` post-processed as
+    in the paper (Sec. 5).
+    """
+    from .masks import difference_map, weak_mask
+
+    rows, overlays = [], []
+    for i in picks:
+        x, x_cf, truth = arrays["x"][i], arrays["x_cf"][i], arrays["lesion_mask"][i]
+        diff = difference_map(x, x_cf)
+        pred = weak_mask(diff, threshold, True, closing_radius, opening_radius)
+        rows.append([x, x_cf, diff * 2 - 1, x, x])
+        overlays.append([None, None, None, outcome_rgba(pred, truth), mask_rgba(truth, OUTCOME_COLOURS["truth"], 0.8)])
+    titles = ["x", "x_cf", "|x - x_cf|", f"weak mask (t={threshold:.2f})", "true mask"]
+    return show_grid(rows, col_titles=titles, overlays=overlays)

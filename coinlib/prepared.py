@@ -74,6 +74,19 @@ class PreparedSlices:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
+    def split_summary(self) -> list[dict[str, Any]]:
+        """Per split: scans, slices and slices with a lesion (tumour) pixel at native size."""
+        summary = []
+        for split in SPLITS:
+            rows = [row for row in self.index if row["split"] == split]
+            summary.append({
+                "split": split,
+                "scans": len({row["scan_id"] for row in rows}),
+                "slices": len(rows),
+                "lesion_slices": sum(row["lesion_pixels"] > 0 for row in rows),
+            })
+        return summary
+
     def split_indices(self, split: str) -> np.ndarray:
         """Row numbers of the slices in ``split`` (train / val / test)."""
         if split not in SPLITS:

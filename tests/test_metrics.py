@@ -38,13 +38,15 @@ def test_confusion_counts_and_iou_on_a_2x2_case():
     true = np.array([[1, 0], [1, 0]], dtype=bool)
     assert confusion_counts(pred, true) == (1, 1, 1)
     assert iou_from_counts(1, 1, 1) == pytest.approx(1 / 3)
-    assert confusion_counts(torch.from_numpy(pred)[None, None], torch.from_numpy(true)[None, None]) == (1, 1, 1)
+    batch = torch.from_numpy(pred)[None, None], torch.from_numpy(true)[None, None]  # (1, 1, 2, 2)
+    assert confusion_counts(*batch) == (1, 1, 1)
 
 
 def test_iou_of_empty_prediction_and_truth_is_the_documented_value():
     assert iou_from_counts(0, 0, 0) == 1.0
     assert np.isnan(iou_from_counts(0, 0, 0, empty=np.nan))
-    np.testing.assert_allclose(iou_from_counts(np.array([2, 0]), np.array([2, 0]), np.array([0, 0])), [0.5, 1.0])
+    per_image = iou_from_counts(np.array([2, 0]), np.array([2, 0]), np.array([0, 0]))
+    np.testing.assert_allclose(per_image, [0.5, 1.0])
 
 
 def test_accumulated_iou_differs_from_the_mean_of_per_image_ious():
@@ -130,7 +132,8 @@ def test_threshold_sweep_rises_to_the_blob_boundary_then_falls():
 
 def test_frechet_distance_closed_forms():
     # 1-D: (mu1 - mu2)^2 + (s1 - s2)^2 with standard deviations s: 1 + (2 - 1)^2.
-    assert frechet_distance(np.array([0.0]), np.array([[4.0]]), np.array([1.0]), np.array([[1.0]])) == pytest.approx(2.0)
+    one_d = frechet_distance(np.array([0.0]), np.array([[4.0]]), np.array([1.0]), np.array([[1.0]]))
+    assert one_d == pytest.approx(2.0)
     # Diagonal: sum over dims of (mu1 - mu2)^2 + (sqrt(v1) - sqrt(v2))^2.
     mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
     v1, v2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 4.0, 1.0])

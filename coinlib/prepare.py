@@ -1,0 +1,834 @@
+"""Data preparation: real CT layouts -> the prepared slice folder (``coinlib.prepared``).
+
+Reads the two public layouts (FACTS "Data"):
+
+- ``totalsegmentator``: ``sXXXX/ct.nii.gz`` (int16 HU) and one binary mask per structure in
+  ``sXXXX/segmentations/<name>.nii.gz``. Kidney = ``kidney_left`` | ``kidney_right`` (both
+  files must exist); no lesions (the synthetic anomalies of paper App. 7.2 are drawn later,
+  on every read). Optional ``meta.csv`` (``;``-separated, ``image_id``, ``split``).
+- ``kits23``: ``case_XXXXX/imaging.nii.gz`` (float32 HU) and ``segmentation.nii.gz`` (0 bg,
+  1 kidney, 2 tumour, 3 cyst; array axis 0 is axial). Kidney = labels {1, 2, 3} (the kidney
+  with its masses); lesion = label 2 (tumour); cysts are benign and not lesions. Slice
+  label = "slice contains tumour", the stand-in for the paper's TUH label (Sec. 4.1).
+
+Steps (paper Sec. 4.1, 4.3; FACTS "Data"):
+
+1. Every volume is reoriented to RAS+ from its NIfTI affine (files differ: LPS vs RAS,
+   axial axis first or last, 0.8x0.8x2.5 mm vs 1.5 mm). Axial slices are then ``a[:, :, k]``,
+   written in radiological view: row 0 anterior, column 0 the patient's right
+   (``a[:, :, k].T[::-1, ::-1]``).
+2. Keep axial slices whose kidney mask has >= ``min_kidney_pixels`` (32) pixels on the
+   native slice, before resizing (Sec. 4.3).
+3. Split by scan (Sec. 4.1): TotalSegmentator at random (or ``meta.csv``); KiTS stratified
+   by total tumour volume so control and tumour scans of every size reach every split.
+4. Intensity fingerprint on the training scans only: [0.5, 99.5] percentiles of the HU of
+   foreground voxels (inside any label mask read), nnU-Net style; HU are clipped to it and
+   rescaled linearly to [-1, 1].
+5. Resize to ``image_size`` squared: images bilinear (``align_corners=False``, no
+   anti-aliasing: plain bilinear as the paper states), masks nearest (pixel-centre aligned,
+   ``nearest-exact``). Non-square native slices are resized straight to the square (the
+   paper resizes every slice to 256x256), so their aspect ratio changes.
+
+Scans are read one at a time, in three passes: label masks (kept slices and tumour volume,
+all scans), foreground HU (training scans, fingerprint), images (kept slices, all scans).
+A scan with no kidney voxels, or no slice reaching the threshold, is skipped with a
+warning and listed under ``skipped`` in the manifest: most TotalSegmentator scans (head,
+chest, legs) contain no kidney, so this is normal there and not an error. Everything is
+read and checked before anything is written; the folder is built in a temporary sibling
+and renamed into place, so a failed or interrupted run never damages a valid old folder.
+
+Reuse: ``prepare_dataset`` returns an existing folder untouched when it is complete and its
+manifest records the same settings and the same ``sources`` (every input file's relative
+path, size and ``mtime_ns``); otherwise it says why and rebuilds.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from tqdm.auto import tqdm
+
+from .config import DataConfig, to_dict
+from .files import read_json
+from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared
+
+__all__ = [
+    "LAYOUTS",
+    "PREPARE_VERSION",
+    "FINGERPRINT_VOXELS_PER_SCAN",
+    "CanonicalVolume",
+    "ScanFiles",
+    "load_canonical",
+    "kidney_slice_indices",
+    "sample_foreground",
+    "compute_fingerprint",
+    "normalise_hu",
+    "resize_slices",
+    "split_scans",
+    "split_from_meta",
+    "detect_layout",
+    "find_scans",
+    "prepare_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["totalsegmentator", "kits23"]
+LAYOUTS: tuple[str, ...] = ("totalsegmentator", "kits23")
+PREPARE_VERSION = 1  # bump when the algorithm changes: older folders then count as stale
+FINGERPRINT_VOXELS_PER_SCAN = 200_000  # foreground voxels sampled per training scan
+KITS_LABELS = {"background": 0, "kidney": 1, "tumour": 2, "cyst": 3}
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
+_LAYOUT_HELP = (
+    "neither TotalSegmentator (sXXXX/ct.nii.gz + segmentations/) nor KiTS23 "
+    "(case_XXXXX/imaging.nii.gz + segmentation.nii.gz) layout"
+)
+
+
+# --------------------------------------------------------------------------- reading volumes
+
+
+def _open_nifti(path: Path) -> nib.Nifti1Image:
+    """The NIfTI header of ``path`` (data not read yet); a clear error for missing/bad files."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file: {path}")
+    try:
+        image = nib.load(path)
+    except _READ_ERRORS as err:
+        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+    if len(image.shape) != 3:
+        raise ValueError(f"{path} is not a 3D volume (shape {tuple(image.shape)})")
+    return image
+
+
+def _read_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The voxel array in the file's own axis order (decompresses the whole file)."""
+    try:
+        return np.asanyarray(image.dataobj)
+    except _READ_ERRORS as err:
+        raise ValueError(f"cannot read NIfTI data of {path} (truncated or corrupt file?): {err}") from err
+
+
+def _check_same_grid(ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Image, other_path: Path) -> None:
+    """Image and mask must share shape and affine (voxel i of one is voxel i of the other)."""
+    if tuple(ref.shape) != tuple(other.shape):
+        raise ValueError(
+            f"shape mismatch: {ref_path} has shape {tuple(ref.shape)}, "
+            f"{other_path} has shape {tuple(other.shape)}"
+        )
+    if not np.allclose(ref.affine, other.affine, rtol=1e-5, atol=1e-3):
+        raise ValueError(
+            f"affine mismatch (different voxel grids): {ref_path} vs {other_path}\n"
+            f"{np.array2string(ref.affine, precision=3)}\nvs\n{np.array2string(other.affine, precision=3)}"
+        )
+
+
+@dataclass(frozen=True)
+class CanonicalVolume:
+    """A volume reoriented to RAS+ (``data[x, y, z]``: x to the patient's right, y anterior,
+    z superior), with what is needed to map back to the file's own voxel axes."""
+
+    data: np.ndarray  # (X, Y, Z), the file's dtype (HU or mask values)
+    affine: np.ndarray  # (4, 4) voxel -> RAS+ mm for ``data``
+    spacing: tuple[float, float, float]  # mm along X, Y, Z of ``data``
+    axial_axis: int  # the file's array axis that became Z
+    axial_flipped: bool  # True when the file's axial axis runs superior -> inferior
+    path: Path
+
+    @property
+    def n_axial(self) -> int:
+        return int(self.data.shape[2])
+
+    def original_slice_index(self, k: int) -> int:
+        """Index along the file's own axial voxel axis of canonical slice ``k`` (what a
+        viewer shows as the slice number)."""
+        return self.n_axial - 1 - int(k) if self.axial_flipped else int(k)
+
+    def radiological(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Axial slices ``indices`` (canonical z) in radiological view, (n, Y, X):
+        row 0 anterior, column 0 the patient's right."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return np.ascontiguousarray(np.transpose(self.data[:, :, idx], (2, 1, 0))[:, ::-1, ::-1])
+
+
+def _canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> CanonicalVolume:
+    ornt = nib.orientations.io_orientation(affine)
+    canonical = nib.orientations.apply_orientation(data, ornt)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+    axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    spacing = tuple(float(s) for s in np.sqrt((new_affine[:3, :3] ** 2).sum(axis=0)))
+    return CanonicalVolume(
+        data=canonical,
+        affine=new_affine,
+        spacing=spacing,  # type: ignore[arg-type]
+        axial_axis=axial_axis,
+        axial_flipped=bool(ornt[axial_axis, 1] < 0),
+        path=path,
+    )
+
+
+def load_canonical(path: str | os.PathLike) -> CanonicalVolume:
+    """Read a 3D NIfTI file and reorient it to RAS+ using its affine.
+
+    Works for any axis order and sign (LPS, RAS, KiTS's axial-first arrays); oblique
+    affines go to the closest canonical orientation. Raises ``FileNotFoundError`` for a
+    missing file and ``ValueError`` naming ``path`` for a non-3D, truncated or corrupt one.
+    """
+    path = Path(path)
+    image = _open_nifti(path)
+    return _canonical(_read_data(image, path), image.affine, path)
+
+
+# --------------------------------------------------------------------------- slices
+
+
+def kidney_slice_indices(kidney: np.ndarray, min_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Axial slices to keep (paper Sec. 4.3: kidney area >= 32 pixels per image).
+
+    ``kidney``: (X, Y, Z) RAS+ mask (nonzero = kidney). Counts are taken on the native
+    slice, before any resizing. Returns (indices, counts): canonical z indices (int64,
+    ascending) and their kidney pixel counts.
+    """
+    counts = np.count_nonzero(kidney, axis=(0, 1))
+    keep = np.flatnonzero(counts >= min_pixels)
+    return keep.astype(np.int64), counts[keep].astype(np.int64)
+
+
+def resize_slices(slices: np.ndarray, size: int, kind: Literal["image", "mask"]) -> np.ndarray:
+    """Resize (n, H, W) slices to (n, size, size), float32.
+
+    ``image``: bilinear, ``align_corners=False``, no anti-aliasing (the paper's "bilinear";
+    values stay within the input range, so [-1, 1] stays [-1, 1]). ``mask``: nearest
+    neighbour with pixel-centre alignment (``nearest-exact``), so labels stay labels and
+    a mirrored slice resizes to the mirrored result. Non-square slices go straight to
+    the square (aspect ratio not kept, as in the paper's 256x256).
+    """
+    if slices.ndim != 3:
+        raise ValueError(f"slices must be (n, H, W), got shape {slices.shape}")
+    if kind not in ("image", "mask"):
+        raise ValueError(f"kind must be 'image' or 'mask', got {kind!r}")
+    if len(slices) == 0:
+        return np.zeros((0, size, size), dtype=np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
+    if kind == "image":
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    else:
+        y = F.interpolate(x, size=(size, size), mode="nearest-exact")
+    return y[:, 0].numpy()
+
+
+# --------------------------------------------------------------------------- intensity
+
+
+def sample_foreground(
+    hu: np.ndarray, foreground: np.ndarray, max_voxels: int, rng: np.random.Generator
+) -> np.ndarray:
+    """HU of foreground voxels, float64, at most ``max_voxels`` of them (1D).
+
+    All of them when there are few enough, else a uniform sample without replacement
+    drawn with ``rng`` (seed it per scan for a reproducible fingerprint).
+    """
+    values = np.asarray(hu)[np.asarray(foreground, dtype=bool)]
+    if values.size > max_voxels:
+        values = values[np.sort(rng.choice(values.size, size=max_voxels, replace=False))]
+    return values.astype(np.float64)
+
+
+def compute_fingerprint(samples: Sequence[np.ndarray], percentiles: Sequence[float]) -> dict[str, Any]:
+    """Intensity fingerprint of pooled foreground HU samples (FACTS "Data", nnU-Net style).
+
+    Returns ``p_low``, ``p_high`` (``np.percentile``, linear interpolation, HU), the
+    ``percentiles`` used, ``mean`` and ``std`` of the sampled HU, and ``voxels`` sampled.
+    Raises ``ValueError`` when there are no samples or the percentiles coincide.
+    """
+    pooled = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in samples] or [np.zeros(0)])
+    if pooled.size == 0:
+        raise ValueError("no foreground voxels in the training scans: cannot measure the fingerprint")
+    p_low, p_high = (float(v) for v in np.percentile(pooled, list(percentiles)))
+    if not p_high > p_low:
+        raise ValueError(f"degenerate intensity fingerprint: p_low = p_high = {p_low} HU")
+    return {
+        "p_low": p_low,
+        "p_high": p_high,
+        "percentiles": [float(p) for p in percentiles],
+        "mean": float(pooled.mean()),
+        "std": float(pooled.std()),
+        "voxels": int(pooled.size),
+    }
+
+
+def normalise_hu(hu: np.ndarray, p_low: float, p_high: float) -> np.ndarray:
+    """Clip HU to [p_low, p_high] and map linearly to [-1, 1] (float32): p_low -> -1, p_high -> 1."""
+    if not p_high > p_low:
+        raise ValueError(f"need p_high > p_low, got [{p_low}, {p_high}]")
+    x = (np.asarray(hu, dtype=np.float32) - np.float32(p_low)) * np.float32(2.0 / (p_high - p_low)) - 1.0
+    return np.clip(x, -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------- split
+
+
+def _split_counts(n: int, test_fraction: float, val_fraction: float) -> dict[str, int]:
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    if test_fraction + val_fraction >= 1.0:
+        raise ValueError(f"test_fraction + val_fraction must be < 1, got {test_fraction + val_fraction}")
+    n_test = max(1, math.floor(n * test_fraction + 0.5))
+    n_val = max(1, math.floor(n * val_fraction + 0.5))
+    while n_test + n_val > n - 1:  # keep at least one training scan
+        if n_test >= n_val and n_test > 1:
+            n_test -= 1
+        elif n_val > 1:
+            n_val -= 1
+        else:
+            break
+    return {"train": n - n_test - n_val, "val": n_val, "test": n_test}
+
+
+def _interleaved_labels(counts: dict[str, int]) -> list[str]:
+    """Split labels with exactly ``counts``, spread evenly along the sequence (at each
+    position the split furthest behind its pro-rata share gets the next label)."""
+    n = sum(counts.values())
+    assigned = dict.fromkeys(counts, 0)
+    labels = []
+    for i in range(n):
+        split = max(counts, key=lambda s: counts[s] * (i + 1) / n - assigned[s])
+        assigned[split] += 1
+        labels.append(split)
+    if assigned != counts:  # cannot happen (the deficit stays within (-1, 1)); guard anyway
+        raise RuntimeError(f"split apportionment failed: {assigned} != {counts}")
+    return labels
+
+
+def split_scans(
+    scan_ids: Sequence[str],
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+    tumour_ml: Sequence[float] | None = None,
+) -> dict[str, str]:
+    """Assign each scan to ``train`` / ``val`` / ``test`` (paper Sec. 4.1: split by scan).
+
+    ``round(n * fraction)`` scans go to test and to val (at least one each), the rest to
+    train (at least one); fewer than 3 scans raise ``ValueError``. Deterministic in
+    (``scan_ids`` as a set, ``seed``).
+
+    Without ``tumour_ml``: a seeded random split (TotalSegmentator, Sec. 4.1). With it
+    (tumour volume per scan, ml): stratified (TUH/KiTS, Sec. 4.1): scans are sorted by
+    volume into strata (all control scans, volume 0, form one; tumour scans form
+    consecutive groups of about ``1 / min(fraction)`` scans), each stratum is shuffled
+    with the seed, and an evenly interleaved sequence of split labels runs along the
+    result, so every split receives controls and tumours of every size in proportion.
+    """
+    ids = [str(s) for s in scan_ids]
+    if len(set(ids)) != len(ids):
+        raise ValueError("scan ids must be unique")
+    n = len(ids)
+    if n < 3:
+        raise ValueError(f"need at least 3 scans to split into train/val/test, got {n}")
+    counts = _split_counts(n, test_fraction, val_fraction)
+    rng = np.random.default_rng(seed)
+    if tumour_ml is None:
+        strata = [sorted(ids)]
+    else:
+        if len(tumour_ml) != n:
+            raise ValueError(f"tumour_ml has {len(tumour_ml)} values for {n} scans")
+        volume = {s: float(v) for s, v in zip(ids, tumour_ml)}
+        controls = sorted(s for s in ids if volume[s] <= 0.0)
+        tumours = sorted((s for s in ids if volume[s] > 0.0), key=lambda s: (volume[s], s))
+        smallest = min(f for f in (test_fraction, val_fraction, 1.0) if f > 0)
+        size = max(2, math.ceil(1.0 / smallest))
+        groups = [tumours[i : i + size] for i in range(0, len(tumours), size)]
+        strata = ([controls] if controls else []) + groups
+    order = [s for stratum in strata for s in rng.permutation(np.array(stratum, dtype=object)).tolist()]
+    return dict(zip(order, _interleaved_labels(counts)))
+
+
+def split_from_meta(scan_ids: Sequence[str], meta_path: str | os.PathLike) -> dict[str, str]:
+    """The split of TotalSegmentator's ``meta.csv`` (``;``-separated, columns ``image_id``
+    and ``split`` in train/val/test). Raises naming the file when it is missing, lacks a
+    column, holds another split value, or does not list one of ``scan_ids``."""
+    meta_path = Path(meta_path)
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"split_source='meta' needs {meta_path} (TotalSegmentator meta.csv)")
+    with open(meta_path, newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=";")
+        fields = [f.strip() for f in reader.fieldnames or []]
+        if "image_id" not in fields or "split" not in fields:
+            raise ValueError(f"{meta_path} needs ';'-separated columns image_id and split, found {fields}")
+        table = {}
+        for row in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            table[row["image_id"]] = row["split"]
+    missing = [s for s in scan_ids if s not in table]
+    if missing:
+        more = " ..." if len(missing) > 10 else ""
+        raise ValueError(f"{meta_path} does not list scan(s) {missing[:10]}{more}")
+    splits = {s: table[s] for s in scan_ids}
+    bad = sorted({v for v in splits.values() if v not in SPLITS})
+    if bad:
+        raise ValueError(f"{meta_path}: split values {bad} are not in {list(SPLITS)}")
+    return splits
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True)
+class ScanFiles:
+    """The files of one scan: ``labels`` give the kidney (and lesion) masks; ``foreground``
+    are the label files whose union is the fingerprint's foreground."""
+
+    scan_id: str
+    image: Path
+    labels: tuple[Path, ...]  # totalsegmentator: (kidney_left, kidney_right); kits23: (segmentation,)
+    foreground: tuple[Path, ...]  # totalsegmentator: every segmentations/*.nii.gz; kits23: (segmentation,)
+
+
+def detect_layout(src: str | os.PathLike) -> str:
+    """``'totalsegmentator'`` or ``'kits23'``, from the scan folders directly under ``src``."""
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {src}")
+    folders = [d for d in sorted(src.iterdir()) if d.is_dir()]
+    found = []
+    if any((d / "ct.nii.gz").is_file() and (d / "segmentations").is_dir() for d in folders):
+        found.append("totalsegmentator")
+    if any((d / "imaging.nii.gz").is_file() and (d / "segmentation.nii.gz").is_file() for d in folders):
+        found.append("kits23")
+    if len(found) != 1:
+        what = "both TotalSegmentator and KiTS23 scan folders" if found else _LAYOUT_HELP
+        raise ValueError(f"{what}: {src}")
+    return found[0]
+
+
+def find_scans(layout: Layout, src: str | os.PathLike) -> list[ScanFiles]:
+    """The scans under ``src``, sorted by id. A folder that looks like a scan but lacks a
+    required file raises ``FileNotFoundError`` naming it; no scan at all raises
+    ``ValueError`` naming ``src``."""
+    src = Path(src)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    if not src.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {src}")
+    scans = []
+    for folder in sorted(d for d in src.iterdir() if d.is_dir()):
+        if layout == "totalsegmentator":
+            seg = folder / "segmentations"
+            if not ((folder / "ct.nii.gz").exists() or seg.is_dir()):
+                continue
+            required = [folder / "ct.nii.gz", seg / "kidney_left.nii.gz", seg / "kidney_right.nii.gz"]
+            for path in required:
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"missing file: {path} (TotalSegmentator scan needs ct.nii.gz and "
+                        "segmentations/kidney_left.nii.gz + kidney_right.nii.gz)"
+                    )
+            structures = tuple(sorted(p for p in seg.glob("*.nii.gz") if p.is_file()))
+            scans.append(ScanFiles(folder.name, required[0], tuple(required[1:]), structures))
+        else:
+            image, seg = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
+            if not (image.exists() or seg.exists()):
+                continue
+            for path in (image, seg):
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"missing file: {path} (KiTS23 case needs imaging.nii.gz + segmentation.nii.gz)"
+                    )
+            scans.append(ScanFiles(folder.name, image, (seg,), (seg,)))
+    if not scans:
+        raise ValueError(f"no {layout} scans found ({_LAYOUT_HELP}): {src}")
+    return scans
+
+
+@dataclass
+class _ScanMasks:
+    """Pass-1 result for one scan (kept slices only)."""
+
+    scan_id: str
+    z: np.ndarray  # canonical z of the kept slices
+    slice_index: list[int]  # the same slices along the file's own axial axis
+    kidney_pixels: np.ndarray  # native counts
+    lesion_pixels: np.ndarray
+    cyst_pixels: np.ndarray
+    kidney: np.ndarray  # (n, S, S) uint8, resized
+    lesion: np.ndarray  # (n, S, S) uint8, resized
+    tumour_ml: float
+    spacing: tuple[float, float, float]  # mm, RAS X, Y, Z
+    shape: tuple[int, ...]  # the file's array shape
+    axial_axis: int
+    axial_flipped: bool
+
+
+def _read_label_masks(
+    layout: str, scan: ScanFiles
+) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray, np.ndarray]:
+    """Header of the image plus kidney, lesion and cyst masks (bool, the file's axis order),
+    after checking every label file shares the image's grid."""
+    image = _open_nifti(scan.image)
+    kidney = np.zeros(image.shape, dtype=bool)
+    lesion = np.zeros(image.shape, dtype=bool)
+    cyst = np.zeros(image.shape, dtype=bool)
+    for path in scan.labels:
+        label_image = _open_nifti(path)
+        _check_same_grid(image, scan.image, label_image, path)
+        data = _read_data(label_image, path)
+        if layout == "totalsegmentator":
+            kidney |= data > 0
+        else:
+            labels = np.rint(data).astype(np.int16) if data.dtype.kind == "f" else data
+            if labels.size and (labels.min() < 0 or labels.max() > max(KITS_LABELS.values())):
+                unknown = np.setdiff1d(np.unique(labels), list(KITS_LABELS.values()))
+                raise ValueError(f"{path} holds labels {unknown.tolist()}; KiTS23 labels are {KITS_LABELS}")
+            kidney |= labels > 0
+            lesion |= labels == KITS_LABELS["tumour"]
+            cyst |= labels == KITS_LABELS["cyst"]
+    return image, kidney, lesion, cyst
+
+
+def _scan_masks(layout: str, scan: ScanFiles, config: DataConfig) -> tuple[_ScanMasks | None, str]:
+    """Pass 1: kept slices of one scan with their resized masks, or (None, why skipped)."""
+    image, kidney, lesion, cyst = _read_label_masks(layout, scan)
+    affine = image.affine
+    kidney_c = _canonical(kidney, affine, scan.labels[0])
+    if not kidney.any():
+        return None, f"no kidney voxels in {', '.join(str(p) for p in scan.labels)}"
+    z, kidney_pixels = kidney_slice_indices(kidney_c.data, config.min_kidney_pixels)
+    if z.size == 0:
+        return None, f"no axial slice with >= {config.min_kidney_pixels} kidney pixels"
+    lesion_c = _canonical(lesion, affine, scan.labels[0])
+    cyst_c = _canonical(cyst, affine, scan.labels[0])
+    voxel_ml = float(np.prod(kidney_c.spacing)) / 1000.0
+    size = config.image_size
+    return (
+        _ScanMasks(
+            scan_id=scan.scan_id,
+            z=z,
+            slice_index=[kidney_c.original_slice_index(k) for k in z],
+            kidney_pixels=kidney_pixels,
+            lesion_pixels=np.count_nonzero(lesion_c.data[:, :, z], axis=(0, 1)),
+            cyst_pixels=np.count_nonzero(cyst_c.data[:, :, z], axis=(0, 1)),
+            kidney=resize_slices(kidney_c.radiological(z), size, "mask").astype(np.uint8),
+            lesion=resize_slices(lesion_c.radiological(z), size, "mask").astype(np.uint8),
+            tumour_ml=float(np.count_nonzero(lesion)) * voxel_ml,
+            spacing=kidney_c.spacing,
+            shape=tuple(int(s) for s in image.shape),
+            axial_axis=kidney_c.axial_axis,
+            axial_flipped=kidney_c.axial_flipped,
+        ),
+        "",
+    )
+
+
+def _scan_foreground_sample(layout: str, scan: ScanFiles, cap: int, seed: int) -> np.ndarray:
+    """Pass 2: sampled HU of the scan's foreground (union of the label files read)."""
+    image = _open_nifti(scan.image)
+    foreground = np.zeros(image.shape, dtype=bool)
+    for path in scan.foreground:
+        label_image = _open_nifti(path)
+        _check_same_grid(image, scan.image, label_image, path)
+        foreground |= _read_data(label_image, path) > 0
+    hu = _read_data(image, scan.image)
+    rng = np.random.default_rng([seed, zlib.crc32(scan.scan_id.encode())])
+    return sample_foreground(hu, foreground, cap, rng)
+
+
+# --------------------------------------------------------------------------- staleness
+
+
+def _sources(src: Path, scans: list[ScanFiles], extra: Sequence[Path]) -> list[list[Any]]:
+    """[relative path, size, mtime_ns] of every input file the preparation depends on."""
+    paths = sorted({p for s in scans for p in (s.image, *s.labels, *s.foreground)} | set(extra))
+    rows = []
+    for path in paths:
+        stat = path.stat()
+        rows.append([path.relative_to(src).as_posix(), int(stat.st_size), int(stat.st_mtime_ns)])
+    return rows
+
+
+def _settings(layout: str, src: Path, config: DataConfig) -> dict[str, Any]:
+    return {
+        "prepare_version": PREPARE_VERSION,
+        "layout": layout,
+        "src": str(src),
+        "data": to_dict(config),
+        "fingerprint_voxels_per_scan": FINGERPRINT_VOXELS_PER_SCAN,
+    }
+
+
+def _why_rebuild(out: Path, settings: dict[str, Any], sources: list[list[Any]]) -> str | None:
+    """None when ``out`` can be reused as is, else the reason to rebuild it."""
+    if not out.exists():
+        return f"no prepared folder at {out}"
+    if not out.is_dir() or not is_complete(out):
+        return f"{out} is incomplete (missing manifest or arrays)"
+    manifest = read_json(out / "manifest.json")
+    old = manifest.get("settings", {})
+    changed = []
+    for key in sorted(set(old) | set(settings)):
+        a, b = old.get(key), settings.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            changed += [f"{key}.{k}: {a.get(k)} -> {b.get(k)}" for k in keys]
+        elif a != b:
+            changed.append(f"{key}: {a} -> {b}")
+    if changed:
+        return f"settings changed ({'; '.join(changed)})"
+    previous = {row[0]: row[1:] for row in manifest.get("sources", [])}
+    current = {row[0]: row[1:] for row in sources}
+    added = sorted(set(current) - set(previous))
+    removed = sorted(set(previous) - set(current))
+    modified = sorted(p for p in set(current) & set(previous) if current[p] != previous[p])
+    if added or removed or modified:
+        parts = [f"{name} {files[:3]}{' ...' if len(files) > 3 else ''}"
+                 for name, files in (("added", added), ("removed", removed), ("modified", modified)) if files]
+        return "source files changed: " + "; ".join(parts)
+    return None
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a folder that holds anything but a prepared dataset."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"output path exists and is not a folder: {out}")
+    known = {f for f, _ in ARRAY_FILES.values()} | {"index.csv", "fingerprint.json", "manifest.json"}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in known and not p.name.startswith("."))
+    if foreign:
+        raise ValueError(
+            f"refusing to replace {out}: it holds files that are not part of a prepared dataset "
+            f"({foreign[:5]}); choose a new or empty folder"
+        )
+
+
+def _say(message: str, progress: bool) -> None:
+    log.info(message)
+    if progress:
+        tqdm.write(message)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def prepare_dataset(
+    layout: Layout,
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    config: DataConfig,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Prepare (or reuse) the slice folder ``out`` from the dataset at ``src``; returns ``out``.
+
+    ``layout``: ``'totalsegmentator'`` or ``'kits23'`` (see :func:`detect_layout`). Output
+    (``coinlib.prepared``): images (N, S, S) in [-1, 1], kidney and lesion masks (N, S, S)
+    in {0, 1}, S = ``config.image_size``, radiological view; ``index.csv`` rows carry
+    ``scan_id``, ``slice_index`` (index along the source file's own axial voxel axis, as
+    a viewer numbers it), ``split``, ``kidney_pixels`` / ``lesion_pixels`` (native
+    counts) plus ``label`` (KiTS: slice contains tumour), ``cyst_pixels`` (KiTS),
+    ``row_mm`` / ``col_mm`` / ``slice_mm`` (native pixel size and slice spacing).
+
+    Reuses ``out`` untouched when it is complete and was made with the same settings from
+    the same files (path, size, mtime_ns); ``force=True`` always rebuilds. Raises
+    ``ValueError`` / ``FileNotFoundError`` naming the offending file or ``src``; on any
+    error an existing ``out`` is left as it was and nothing new is left behind.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    if config.split_source == "meta" and layout != "totalsegmentator":
+        raise ValueError("split_source='meta' needs the TotalSegmentator layout (its meta.csv)")
+    src, out = Path(src).resolve(), Path(out).resolve()
+    scans = find_scans(layout, src)
+    meta = src / "meta.csv"
+    if config.split_source == "meta" and not meta.is_file():
+        raise FileNotFoundError(f"split_source='meta' needs {meta} (TotalSegmentator meta.csv)")
+    settings = _settings(layout, src, config)
+    sources = _sources(src, scans, [meta] if config.split_source == "meta" else [])  # before reading
+    reason = "force=True" if force else _why_rebuild(out, settings, sources)
+    if reason is None:
+        _say(f"reusing prepared dataset {out} (same settings and source files)", progress)
+        return out
+    _check_replaceable(out)
+    _say(f"preparing {out}: {reason}", progress)
+    built = _build(layout, src, scans, config, progress)
+    manifest = {
+        "layout": layout,
+        "src": str(src),
+        "image_size": config.image_size,
+        "min_kidney_pixels": config.min_kidney_pixels,
+        **built["manifest"],
+        "settings": settings,
+        "sources": sources,
+    }
+    _write_swap(out, built, manifest)
+    n_scans = len(built["manifest"]["scans"])
+    _say(f"prepared {len(built['index'])} slices from {n_scans} scans -> {out}", progress)
+    return out
+
+
+def _build(
+    layout: str, src: Path, scans: list[ScanFiles], config: DataConfig, progress: bool
+) -> dict[str, Any]:
+    """Read and check everything; return arrays, index rows, fingerprint and manifest parts."""
+    # pass 1: label masks -> kept slices, masks, tumour volume
+    kept: list[_ScanMasks] = []
+    skipped = []
+    for scan in tqdm(scans, desc="kidney masks", disable=not progress):
+        masks, why = _scan_masks(layout, scan, config)
+        if masks is None:
+            warnings.warn(f"skipping scan {scan.scan_id}: {why}", stacklevel=3)
+            skipped.append({"scan_id": scan.scan_id, "reason": why})
+        else:
+            kept.append(masks)
+    if not kept:
+        raise ValueError(
+            f"no axial slice with >= {config.min_kidney_pixels} kidney pixels in any scan under {src}"
+        )
+    ids = [m.scan_id for m in kept]
+    if len(kept) < 3:
+        raise ValueError(
+            f"only {len(kept)} scan(s) with kidney slices under {src}; need at least 3 (train/val/test)"
+        )
+
+    # split by scan
+    if config.split_source == "meta":
+        split = split_from_meta(ids, src / "meta.csv")
+        if "train" not in split.values():
+            raise ValueError(f"{src / 'meta.csv'} puts none of the usable scans in train")
+        stratified_by = None
+    else:
+        tumour = [m.tumour_ml for m in kept] if layout == "kits23" else None
+        split = split_scans(ids, config.test_fraction, config.val_fraction, config.split_seed, tumour)
+        stratified_by = "tumour_ml" if layout == "kits23" else None
+
+    # pass 2: fingerprint on the training scans
+    by_id = {s.scan_id: s for s in scans}
+    train_ids = [s for s in ids if split[s] == "train"]
+    samples = [
+        _scan_foreground_sample(layout, by_id[s], FINGERPRINT_VOXELS_PER_SCAN, config.split_seed)
+        for s in tqdm(train_ids, desc="fingerprint", disable=not progress)
+    ]
+    try:
+        stats = compute_fingerprint(samples, config.percentiles)
+    except ValueError as err:
+        raise ValueError(f"{err} (dataset {src})") from None
+    fingerprint = {
+        **stats,
+        "layout": layout,
+        "foreground": (
+            "union of segmentations/*.nii.gz" if layout == "totalsegmentator" else "segmentation > 0"
+        ),
+        "voxels_per_scan_cap": FINGERPRINT_VOXELS_PER_SCAN,
+        "train_scans": train_ids,
+    }
+
+    # pass 3: images of the kept slices
+    images, kidney, lesion, index, scan_rows = [], [], [], [], []
+    for m in tqdm(kept, desc="slices", disable=not progress):
+        path = by_id[m.scan_id].image
+        volume = load_canonical(path)
+        native = volume.radiological(m.z)
+        x = normalise_hu(native, stats["p_low"], stats["p_high"])
+        images.append(resize_slices(x, config.image_size, "image"))
+        kidney.append(m.kidney)
+        lesion.append(m.lesion)
+        for j, k in enumerate(m.z):
+            row = {
+                "scan_id": m.scan_id,
+                "slice_index": m.slice_index[j],
+                "split": split[m.scan_id],
+                "kidney_pixels": int(m.kidney_pixels[j]),
+                "lesion_pixels": int(m.lesion_pixels[j]),
+            }
+            if layout == "kits23":
+                row["label"] = int(m.lesion_pixels[j] > 0)
+                row["cyst_pixels"] = int(m.cyst_pixels[j])
+            # native pixel size: rows run along y (A-P), columns along x (R-L)
+            row.update(
+                row_mm=round(m.spacing[1], 4), col_mm=round(m.spacing[0], 4), slice_mm=round(m.spacing[2], 4)
+            )
+            index.append(row)
+        scan_rows.append({
+            "scan_id": m.scan_id,
+            "split": split[m.scan_id],
+            "slices": int(m.z.size),
+            "lesion_slices": int(np.count_nonzero(m.lesion_pixels)),
+            "tumour_ml": round(m.tumour_ml, 4),
+            "spacing_mm": [round(s, 4) for s in m.spacing],
+            "shape": list(m.shape),
+            "axial_axis": m.axial_axis,
+            "axial_flipped": m.axial_flipped,
+        })
+    counts = {
+        s: {
+            "scans": sum(r["split"] == s for r in scan_rows),
+            "slices": sum(r["split"] == s for r in index),
+            "lesion_slices": sum(r["split"] == s and r["lesion_pixels"] > 0 for r in index),
+        }
+        for s in SPLITS
+    }
+    return {
+        "images": np.concatenate(images),
+        "kidney": np.concatenate(kidney),
+        "lesion": np.concatenate(lesion),
+        "index": index,
+        "fingerprint": fingerprint,
+        "manifest": {
+            "split": {
+                "source": config.split_source,
+                "seed": config.split_seed,
+                "test_fraction": config.test_fraction,
+                "val_fraction": config.val_fraction,
+                "stratified_by": stratified_by,
+                "scans": {s: [i for i in ids if split[i] == s] for s in SPLITS},
+            },
+            "fingerprint": {k: stats[k] for k in ("p_low", "p_high", "percentiles", "voxels")},
+            "counts": counts,
+            "scans": scan_rows,
+            "skipped": skipped,
+            "orientation": "RAS+ canonical; slices radiological: row 0 anterior, column 0 patient's right",
+            "slice_index": "index along the source file's own axial voxel axis",
+            "resize": {"image": "bilinear, align_corners=False, no antialias", "mask": "nearest-exact"},
+        },
+    }
+
+
+def _write_swap(out: Path, built: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Write into a temporary sibling folder, then swap it in place of ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    old = None
+    try:
+        write_prepared(tmp, built["images"], built["kidney"], built["lesion"], built["index"],
+                       built["fingerprint"], manifest)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old is not None:
+                os.replace(old / out.name, out)  # put the old folder back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

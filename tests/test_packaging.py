@@ -1,0 +1,49 @@
+"""The project's set-up files agree with each other and with the README."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _requirements(lines):
+    pattern = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*([<>=!~].*)?$")
+    found = {}
+    for line in lines:
+        match = pattern.match(line)
+        if match:
+            found[match.group(1).lower().replace("_", "-")] = (match.group(2) or "").replace(" ", "")
+    return found
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_side = _requirements(project["dependencies"] + project["optional-dependencies"]["dev"])
+    conda_lines = []
+    text = (ROOT / "environment.yml").read_text()
+    for line in text.split("\ndependencies:", 1)[1].splitlines():
+        item = line.strip()
+        if item.startswith("- ") and not item.startswith("- pip") and ":" not in item:
+            conda_lines.append(item[2:])
+    conda_side = _requirements(conda_lines)
+    conda_side.pop("python", None)
+    conda_side["torch"] = conda_side.pop("pytorch")  # conda's name for the same package
+    assert conda_side == pip_side
+
+
+def test_readme_commands_are_the_makefile_targets_and_ci_runs_the_tests():
+    readme = (ROOT / "README.md").read_text()
+    assert "make reproduce" in readme and "make test" in readme
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^reproduce:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "coinlib.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "reproduce" in result.stdout
+    script = Path(sys.executable).parent / "coin"
+    assert script.exists(), "pip install -e . should provide the `coin` command"

@@ -1,0 +1,197 @@
+"""coinlib.phantom: layouts, orientation, anatomy, HU ranges, determinism, idempotence.
+
+Volumes are rendered at coarse spacing where only the layout matters, so the module
+runs in well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from coinlib import phantom as P
+from coinlib.files import read_json
+
+COARSE = dict(spacing_mm=3.0, z_extent_mm=90.0)
+KITS_COARSE = dict(inplane_mm=3.0, slice_mm=5.0, z_extent_mm=100.0)
+
+
+@pytest.fixture(scope="module")
+def subject() -> P.PhantomVolume:
+    """One subject at 2 mm (default z extent): enough resolution for anatomy and HU."""
+    return P.render_totalsegmentator_subject(seed=0, index=1, spacing_mm=2.0)
+
+
+@pytest.fixture(scope="module")
+def ts_dir(tmp_path_factory):
+    return P.generate_totalsegmentator(tmp_path_factory.mktemp("ts"), 3, 0, **COARSE)
+
+
+@pytest.fixture(scope="module")
+def kits_dir(tmp_path_factory):
+    return P.generate_kits23(tmp_path_factory.mktemp("kits"), 10, 0, **KITS_COARSE)
+
+
+def _centroid_world(vol: P.PhantomVolume, *names: str) -> np.ndarray:
+    mask = np.zeros(vol.owner.shape, bool)
+    for name in names:
+        mask |= vol.mask(name).astype(bool)
+    assert mask.any(), names
+    ijk = np.array(np.nonzero(mask), float).mean(1)
+    return vol.affine[:3, :3] @ ijk + vol.affine[:3, 3]
+
+
+def test_totalsegmentator_layout(ts_dir):
+    for sid in ("s0000", "s0001", "s0002"):
+        ct = nib.load(ts_dir / sid / "ct.nii.gz")
+        assert ct.get_data_dtype() == np.int16
+        assert nib.aff2axcodes(ct.affine) == ("R", "A", "S")
+        np.testing.assert_allclose(ct.header.get_zooms(), (3.0, 3.0, 3.0))
+        for name in P.STRUCTURES:
+            seg = nib.load(ts_dir / sid / "segmentations" / f"{name}.nii.gz")
+            assert seg.shape == ct.shape and seg.get_data_dtype() == np.uint8
+            np.testing.assert_array_equal(seg.affine, ct.affine)
+        liver = np.asanyarray(nib.load(ts_dir / sid / "segmentations" / "liver.nii.gz").dataobj)
+        assert set(np.unique(liver)) == {0, 1}
+    assert not list(ts_dir.rglob("*.tmp*")), "atomic writes leave no temporary files"
+
+
+def test_meta_csv(ts_dir):
+    text = (ts_dir / "meta.csv").read_text()
+    assert text.splitlines()[0] == "image_id;age;gender;split"
+    rows = list(csv.DictReader(text.splitlines(), delimiter=";"))
+    assert [r["image_id"] for r in rows] == ["s0000", "s0001", "s0002"]
+    assert all(r["split"] in {"train", "val", "test"} for r in rows)
+    assert all(r["gender"] in {"m", "f"} and 18 <= int(r["age"]) <= 90 for r in rows)
+    splits = [P._split(0, i) for i in range(40)]  # blocks of ten: exactly 80/10/10
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (32, 4, 4)
+
+
+def test_rerun_reuses_complete_subjects_and_rebuilds_stale_ones(tmp_path):
+    out = P.generate_totalsegmentator(tmp_path, 2, 0, **COARSE)
+    ct = out / "s0000" / "ct.nii.gz"
+    before = ct.stat().st_mtime_ns
+    (out / "s0001" / "segmentations" / "liver.nii.gz").unlink()  # incomplete -> rebuilt
+    P.generate_totalsegmentator(out, 2, 0, **COARSE)
+    assert ct.stat().st_mtime_ns == before
+    assert (out / "s0001" / "segmentations" / "liver.nii.gz").exists()
+    P.generate_totalsegmentator(out, 1, 1, **COARSE)  # another seed: stale -> rebuilt
+    assert ct.stat().st_mtime_ns != before
+
+
+def test_deterministic_bytes_and_seed_dependence(tmp_path):
+    a = P.generate_totalsegmentator(tmp_path / "a", 1, 7, **COARSE)
+    b = P.generate_totalsegmentator(tmp_path / "b", 1, 7, **COARSE)
+    for rel in ("s0000/ct.nii.gz", "s0000/segmentations/kidney_left.nii.gz"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+    v7 = P.render_totalsegmentator_subject(7, 0, **COARSE)
+    v8 = P.render_totalsegmentator_subject(8, 0, **COARSE)
+    assert v7.hu.shape != v8.hu.shape or not np.array_equal(v7.hu, v8.hu)
+
+
+def test_anatomical_sides_and_levels(subject):
+    """RAS+: +x is the patient's right, +y anterior, +z superior (world mm via the affine)."""
+    c = {n: _centroid_world(subject, n) for n in (
+        "liver", "spleen", "kidney_left", "kidney_right", "aorta", "inferior_vena_cava",
+        "iliopsoas_left", "iliopsoas_right")}
+    spine = _centroid_world(subject, *[f"vertebrae_{v}" for v in P.VERTEBRAE])
+    x, y, z = 0, 1, 2
+    assert c["liver"][x] > spine[x] + 30 and c["spleen"][x] < spine[x] - 30
+    assert c["kidney_right"][x] > spine[x] + 40 and c["kidney_left"][x] < spine[x] - 40
+    assert c["inferior_vena_cava"][x] > c["aorta"][x] and c["aorta"][x] < spine[x]
+    assert c["aorta"][y] > spine[y] + 10  # aorta in front of the vertebral bodies
+    for side in ("left", "right"):  # kidneys behind the great vessels, beside the spine
+        assert c[f"kidney_{side}"][y] < c["aorta"][y] - 10
+        assert abs(c[f"kidney_{side}"][y] - spine[y]) < 30
+    assert c["iliopsoas_right"][x] > spine[x] > c["iliopsoas_left"][x]
+    assert c["kidney_right"][z] < c["kidney_left"][z]  # the right kidney sits lower
+    assert c["liver"][z] > c["kidney_right"][z] and c["spleen"][z] > c["kidney_left"][z]
+
+
+def test_kidneys_span_many_slices(subject):
+    for side in ("left", "right"):
+        slices = np.nonzero(subject.mask(f"kidney_{side}").any(axis=(0, 1)))[0]
+        assert len(slices) * subject.affine[2, 2] > 70  # ~10-12 cm kidneys, cut by the extent at most a little
+
+
+def test_hu_ranges(subject):
+    hu = subject.hu
+    expected = {"liver": (90, 140), "spleen": (95, 145), "kidney_left": (125, 210),
+                "kidney_right": (125, 210), "aorta": (140, 260), "inferior_vena_cava": (110, 200),
+                "iliopsoas_left": (20, 70), "autochthon_right": (20, 70), "pancreas": (70, 125)}
+    for name, (lo, hi) in expected.items():
+        med = float(np.median(hu[subject.mask(name).astype(bool)]))
+        assert lo <= med <= hi, (name, med)
+    bone = np.median(hu[subject.mask("vertebrae_L1").astype(bool)])
+    assert bone > 200
+    assert np.median(hu[:8, :8, :]) < -900  # air in the corner
+    # Noise: correlated, 10-20 HU-ish std in the liver interior (texture adds a little).
+    inner = subject.mask("liver").astype(bool)
+    inner[1:-1] &= inner[:-2] & inner[2:]
+    inner[:, 1:-1] &= inner[:, :-2] & inner[:, 2:]
+    assert 6 < hu[inner].std() < 30
+    lag = np.corrcoef(hu[:8, :, :].ravel()[:-1], hu[:8, :, :].ravel()[1:])[0, 1]
+    assert lag > 0.2, "neighbouring voxels of CT noise are correlated"
+
+
+def test_organ_hu_stats(ts_dir):
+    stats = P.organ_hu_stats(ts_dir / "s0001")
+    assert {"liver", "kidney_left", "kidney_right", "aorta"} <= set(stats)
+    assert stats["aorta"]["median"] > stats["liver"]["median"] > stats["iliopsoas_left"]["median"]
+    assert all(s["voxels"] > 0 and s["p5"] <= s["median"] <= s["p95"] for s in stats.values())
+
+
+def test_kits_layout_and_orientation(kits_dir):
+    case = kits_dir / "case_00001"
+    img, seg = nib.load(case / "imaging.nii.gz"), nib.load(case / "segmentation.nii.gz")
+    assert img.get_data_dtype() == np.float32 and seg.get_data_dtype() == np.uint8
+    assert img.shape == seg.shape and np.allclose(img.affine, seg.affine)
+    assert nib.aff2axcodes(img.affine)[0] in ("S", "I"), "axis 0 is axial"
+    np.testing.assert_allclose(img.header.get_zooms(), (5.0, 3.0, 3.0))
+    # The canonical (RAS) reorientation of the KiTS array is exactly the RAS rendering.
+    canon = nib.as_closest_canonical(img)
+    rng, rng_noise = P._rngs(0, 1, 1)
+    anatomy = P._draw_anatomy(rng, KITS_COARSE["z_extent_mm"])
+    lesions = P._draw_lesions(rng, anatomy, P._kits_kind(0, 1))
+    vol = P._render(anatomy, (3.0, 3.0, 5.0), rng_noise, lesions)
+    np.testing.assert_allclose(canon.affine, vol.affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asanyarray(canon.dataobj), np.rint(vol.hu))
+    # Each axial slice (H, W) is a radiological view: the body is wider than deep.
+    k = img.shape[0] // 2
+    body = np.asanyarray(img.dataobj)[k] > -500
+    rows, cols = np.nonzero(body)
+    assert np.ptp(cols) > np.ptp(rows)
+    assert not list(kits_dir.rglob("*.tmp*"))
+
+
+def test_kits_case_mix_and_lesions(kits_dir):
+    listing = read_json(kits_dir / "kits23.json")
+    kinds = [c["kind"] for c in listing]
+    assert (kinds.count("tumour"), kinds.count("cyst"), kinds.count("control")) == (6, 1, 3)
+    for case in listing:
+        seg = np.asanyarray(nib.load(kits_dir / case["case_id"] / "segmentation.nii.gz").dataobj)
+        hu = np.asanyarray(nib.load(kits_dir / case["case_id"] / "imaging.nii.gz").dataobj)
+        labels = set(np.unique(seg))
+        assert labels <= {0, 1, 2, 3} and 1 in labels
+        if case["kind"] == "control":
+            assert labels == {0, 1}
+        if case["kind"] == "tumour":
+            tumour, kidney = seg == 2, seg == 1
+            assert tumour.any()
+            near = kidney.copy()  # tumour touches the kidney (grown by one voxel)
+            for ax in range(3):
+                near |= np.roll(kidney, 1, ax) | np.roll(kidney, -1, ax)
+            assert (tumour & near).any()
+            assert np.median(hu[tumour]) < np.median(hu[kidney]) + 20  # not brighter than cortex
+        if 3 in labels:
+            assert np.median(hu[seg == 3]) < 50  # water density
+
+
+def test_axial_view_convention():
+    a = np.zeros((4, 3, 2))  # (X, Y, Z) RAS
+    a[3, 2, 1] = 1  # most right, most anterior
+    view = P.axial_view(a, 1)
+    assert view.shape == (3, 4) and view[0, 0] == 1  # row 0 anterior, column 0 patient right
