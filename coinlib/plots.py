@@ -111,7 +111,7 @@ def counterfactual_panel(
         x, x_cf, truth = arrays["x"][i], arrays["x_cf"][i], arrays["lesion_mask"][i]
         diff = difference_map(x, x_cf)
         pred = weak_mask(diff, threshold, True, closing_radius, opening_radius)
-        rows.append([x, x_cf, diff * 2 - 1, x, x])
-        overlays.append([None, None, None, outcome_rgba(pred, truth), mask_rgba(truth, OUTCOME_COLOURS["truth"], 0.8)])
+        rows.append([x, x_cf, diff * 2 - 1, x, np.where(truth, 1.0, -1.0)])
+        overlays.append([None, None, None, outcome_rgba(pred, truth), None])
     titles = ["x", "x_cf", "|x - x_cf|", f"weak mask (t={threshold:.2f})", "true mask"]
     return show_grid(rows, col_titles=titles, overlays=overlays)
