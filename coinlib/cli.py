@@ -6,6 +6,7 @@
     coin train --profile quick --run-dir runs/quick [--variant coin]
     coin evaluate --profile quick --run-dir runs/quick [--variant coin]
     coin reproduce --profile quick --run-dir runs/quick
+    coin report --run-dir runs/quick          # README results section + figures/
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="IoU / CV / FID of a trained GAN -> results JSON")
     _add_run_arguments(evaluate, variant=True)
 
+    report = commands.add_parser("report", help="write the README's results section from a finished run")
+    report.add_argument("--run-dir", type=Path, required=True)
+    report.add_argument("--readme", type=Path, default=Path("README.md"))
+    report.add_argument("--figures", type=Path, default=Path("figures"), help="where to copy the run's figures")
+
     reproduce = commands.add_parser("reproduce", help="run every notebook end to end with papermill")
     reproduce.add_argument("--profile", default="quick")
     reproduce.add_argument("--run-dir", type=Path, default=None)
@@ -93,6 +99,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         layout = detect_layout(args.src) if args.layout == "auto" else args.layout
         config = DataConfig(image_size=args.image_size, split_source=args.split_source, split_seed=args.seed)
         print(prepare_dataset(layout, args.src, args.out, config, force=args.force))
+        return 0
+    if args.command == "report":
+        from .report import publish_figures, update_readme
+
+        print(update_readme(args.run_dir, args.readme))
+        print(f"copied {len(publish_figures(args.run_dir, args.figures))} figure files to {args.figures}")
         return 0
     if args.command == "reproduce":
         from .notebook_runner import run_notebooks

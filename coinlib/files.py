@@ -63,7 +63,7 @@ def write_csv(
     path: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: list[str], delimiter: str = ","
 ) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, delimiter=delimiter)
+        writer = csv.DictWriter(handle, fieldnames=columns, delimiter=delimiter, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)

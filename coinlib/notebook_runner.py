@@ -63,9 +63,16 @@ def run_notebooks(
         timings.append({"notebook": notebook.name, "seconds": round(seconds, 1)})
         print(f"    {notebook.name}: {seconds:.0f} s", flush=True)
         write_json(out_dir / "timings.json", {"profile": profile, "notebooks": timings})
-    summary = run_dir / "results" / "summary.md"
-    if summary.is_file():
-        print("\n" + summary.read_text())
+    from .report import results_markdown
+
+    try:
+        summary = results_markdown(run_dir)
+    except FileNotFoundError:
+        summary = ""
+    if summary:
+        with atomic_path(run_dir / "results" / "summary.md") as tmp:
+            tmp.write_text(summary)
+        print("\n" + summary)
     total = sum(t["seconds"] for t in timings)
     print(f"all {len(timings)} notebooks done in {total / 60:.1f} min; executed copies in {out_dir}")
     return timings

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from coinlib.report import END, START, publish_figures, update_readme
+from coinlib.tables import format_value, markdown_table, write_table
+
+
+def _fake_run(tmp_path):
+    hardware = {"device": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "torch": "2.x", "python": "3.11"}
+    (tmp_path / "results").mkdir(parents=True)
+    (tmp_path / "results" / "synthetic_coin.json").write_text(json.dumps({
+        "profile": "quick", "hardware": hardware, "git_commit": "abc123",
+        "metrics": {"iou": {"iou": 0.61, "mean_per_image_iou": 0.55}, "threshold_from_val": 0.12,
+                    "iou_best_on_test": 0.63, "threshold_best_on_test": 0.11, "cv": 0.99, "fid": None,
+                    "fid_note": "FID unavailable: put the weights there", "classifier_fd": 1.5},
+    }))
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "timings.json").write_text(json.dumps(
+        {"notebooks": [{"notebook": "00_x.ipynb", "seconds": 60.0}, {"notebook": "01_y.ipynb", "seconds": 120.0}]}))
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_bytes(b"png")
+    (tmp_path / "figures" / "a.pdf").write_bytes(b"pdf")
+    return tmp_path
+
+
+def test_readme_block_is_replaced_from_the_run_files(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\n{START}\nstale text\n{END}\n\ntail\n")
+    block = update_readme(run, readme)
+    text = readme.read_text()
+    assert "stale text" not in text and text.endswith("tail\n") and block in text
+    assert "Profile **quick**" in block and "Test CPU (2 cores, CPU only)" in block
+    assert "| COIN (this run) | 0.610 | 0.120 |" in block
+    assert "| total | 3.0 |" in block and "FID unavailable" in block
+
+
+def test_readme_without_markers_is_refused(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    (tmp_path / "README.md").write_text("# no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        update_readme(run, tmp_path / "README.md")
+
+
+def test_figures_are_published(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    copied = publish_figures(run, tmp_path / "figures")
+    assert sorted(p.name for p in copied) == ["a.pdf", "a.png"]
+    assert (tmp_path / "figures" / "a.png").read_bytes() == b"png"
+
+
+def test_table_writer(tmp_path):
+    rows = [{"method": "COIN", "IoU": 0.6461, "FID": None}, {"method": "RISE", "IoU": 0.3969, "FID": 0.00012}]
+    assert markdown_table(rows, ["method", "IoU", "FID"]).splitlines() == [
+        "| method | IoU | FID |", "|---|---|---|", "| COIN | 0.646 | - |", "| RISE | 0.397 | 1.20e-04 |"]
+    md, csv = write_table(tmp_path / "t", rows, ["method", "IoU"], title="Table 1")
+    assert md.read_text().startswith("Table 1\n\n| method | IoU |")
+    assert csv.read_text().splitlines() == ["method,IoU", "COIN,0.6461", "RISE,0.3969"]
+    assert format_value(float("nan")) == "-" and format_value(True) == "yes"
