@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .classifier import build_classifier
 from .config import AnomalyConfig, ClassifierConfig, to_dict
@@ -26,6 +26,7 @@ from .data import SliceDataset, evaluation_set
 from .files import read_json, write_json
 from .prepared import PreparedSlices, open_prepared
 from .runtime import (
+    config_differences,
     ResumableSampler,
     autocast,
     load_checkpoint,
@@ -142,9 +143,10 @@ def train_classifier(
         saved = load_checkpoint(out / LAST, {"classifier": model}, {"adam": optimizer},
                                 map_location=device, restore_rng=True)
         if saved["config"] != run_config:
+            changed = "; ".join(config_differences(saved["config"], run_config))
             raise ValueError(
-                f"{out / LAST} was written with a different config; use a new output folder "
-                "or delete it to retrain"
+                f"{out / LAST} was written with a different config ({changed}); "
+                f"use a new output folder, or delete {out} to retrain"
             )
         state = {k: saved[k] for k in state}
         if state["finished"]:

@@ -44,6 +44,7 @@ class PhantomConfig:
     kits_cases: int = 40  # KiTS23-layout track (tumour, cyst and control cases)
     seed: int = 0
     spacing_mm: float = 1.5  # isotropic voxel size of the TotalSegmentator track
+    kits_inplane_mm: float | None = None  # None: 0.7-0.98 mm per case, as in KiTS23
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        phantom=PhantomConfig(subjects=6, kits_cases=6),
+        phantom=PhantomConfig(subjects=6, kits_cases=6, kits_inplane_mm=1.5),
         data=DataConfig(image_size=64),
         classifier=ClassifierConfig(max_epochs=1, steps_per_epoch=4, batch_size=8),
         tumour_classifier=ClassifierConfig(
@@ -186,11 +187,12 @@ PROFILES: dict[str, Profile] = {
     # the generator only 60 updates).
     "quick": Profile(
         name="quick",
-        phantom=PhantomConfig(subjects=40, kits_cases=40),
+        # KiTS-layout phantom at 1.25 mm in-plane: slices are resized to 128 px anyway
+        phantom=PhantomConfig(subjects=40, kits_cases=40, kits_inplane_mm=1.25),
         data=DataConfig(image_size=128),
-        classifier=ClassifierConfig(max_epochs=6, steps_per_epoch=20, patience=2, batch_size=32),
+        classifier=ClassifierConfig(lr=5e-4, max_epochs=4, steps_per_epoch=20, patience=2, batch_size=32),
         tumour_classifier=ClassifierConfig(
-            arch="efficientnet_v2_s", max_epochs=6, steps_per_epoch=20, patience=2, batch_size=32
+            arch="efficientnet_v2_s", lr=5e-4, max_epochs=6, steps_per_epoch=20, patience=2, batch_size=32
         ),
         gan=GANConfig(widths=(8, 16, 32, 64, 128), stem_width=8, disc_widths=(8, 16, 32, 64, 128)),
         train=CounterfactualConfig(

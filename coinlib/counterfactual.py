@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .config import AnomalyConfig, CounterfactualConfig, EvalConfig, GANConfig, from_dict, to_dict
 from .data import SliceDataset
@@ -37,7 +37,15 @@ from .losses import (
     total_variation_loss,
 )
 from .prepared import PreparedSlices, open_prepared
-from .runtime import ResumableSampler, autocast, load_checkpoint, pick_device, save_checkpoint, seed_everything
+from .runtime import (
+    ResumableSampler,
+    autocast,
+    config_differences,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    seed_everything,
+)
 
 __all__ = [
     "Conditions",
@@ -242,7 +250,11 @@ def train_counterfactual(
     if (out / LAST).is_file():
         saved = load_checkpoint(out / LAST, modules, optimizers, map_location=device, restore_rng=True)
         if saved["config"] != run_config:
-            raise ValueError(f"{out / LAST} was written with a different config; use a new output folder")
+            changed = "; ".join(config_differences(saved["config"], run_config))
+            raise ValueError(
+                f"{out / LAST} was written with a different config ({changed}); "
+                f"use a new output folder, or delete {out} to retrain"
+            )
         step, history = saved["step"], saved["history"]
     if step >= train.steps and (out / FINAL).is_file():
         return out / FINAL

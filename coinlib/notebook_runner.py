@@ -50,6 +50,7 @@ def run_notebooks(
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": profile, "run_dir": str(run_dir), "data": str(data), "tumour_data": str(tumour_data)}
     timings = []
+    os.environ["COIN_TEXT_PROGRESS"] = "1"  # kernels inherit it: text bars show in the log
     for notebook in list_notebooks(selected, notebook_dir):
         print(f"==> {notebook.name} (profile {profile})", flush=True)
         start = time.perf_counter()

@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from .files import atomic_path, read_json, write_csv, write_json
+from .progress import tqdm
 
 __all__ = [
     "STRUCTURES", "KITS_LABELS", "PhantomVolume", "render_totalsegmentator_subject",
@@ -1001,7 +1002,7 @@ def generate_totalsegmentator(out_dir: str | os.PathLike, subjects: int, seed: i
     out = Path(out_dir)
     files = ["ct.nii.gz"] + [f"segmentations/{n}.nii.gz" for n in STRUCTURES]
     rows = []
-    for i in range(subjects):
+    for i in tqdm(range(subjects), desc="phantom (TotalSegmentator layout)", leave=False):
         sid = f"s{i:04d}"
         folder = out / sid
         stamp = _stamp(layout="totalsegmentator", seed=seed, index=i, spacing_mm=spacing_mm,
@@ -1035,7 +1036,7 @@ def generate_kits23(out_dir: str | os.PathLike, cases: int, seed: int, **render_
     out = Path(out_dir)
     files = ["imaging.nii.gz", "segmentation.nii.gz"]
     listing = []
-    for i in range(cases):
+    for i in tqdm(range(cases), desc="phantom (KiTS23 layout)", leave=False):
         cid = f"case_{i:05d}"
         folder = out / cid
         stamp = _stamp(layout="kits23", seed=seed, index=i, **render_kwargs)

@@ -99,7 +99,8 @@ def prepare_track(
             generate_totalsegmentator(src, profile.phantom.subjects, profile.phantom.seed,
                                       spacing_mm=profile.phantom.spacing_mm)
         else:
-            generate_kits23(src, profile.phantom.kits_cases, profile.phantom.seed)
+            extra = {} if profile.phantom.kits_inplane_mm is None else {"inplane_mm": profile.phantom.kits_inplane_mm}
+            generate_kits23(src, profile.phantom.kits_cases, profile.phantom.seed, **extra)
         name = f"phantom_{layout}"
     else:
         src = Path(source)

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .config import DataConfig, to_dict
 from .files import read_json

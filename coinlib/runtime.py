@@ -36,6 +36,7 @@ __all__ = [
     "ResumableSampler",
     "hardware_summary",
     "git_commit",
+    "config_differences",
 ]
 
 
@@ -211,6 +212,16 @@ def hardware_summary(device: torch.device | None = None) -> dict[str, Any]:
     if device.type == "cuda":
         summary["gpu"] = torch.cuda.get_device_name(device)
     return summary
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Human-readable ``key: saved -> current`` lines where two JSON-like configs differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        lines = []
+        for key in sorted(set(saved) | set(current)):
+            lines += config_differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return lines
+    return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> str | None:

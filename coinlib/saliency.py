@@ -68,7 +68,8 @@ class RISEConfig:
     """RISE (Petsiuk et al. [29]); defaults from the RISE paper's code and FACTS "Evaluation".
 
     ``n_masks`` N random masks on a ``grid`` x ``grid`` lattice whose cells are kept with
-    probability ``p1``; ``batch_size`` masked images per forward pass; ``seed`` fixes the masks.
+    probability ``p1``; ``batch_size`` masked images per forward pass (at least one mask per
+    image); ``seed`` fixes the masks.
     """
 
     n_masks: int = 6000
@@ -121,7 +122,9 @@ def _capture(layer: nn.Module, grad: bool) -> Iterator[dict[str, torch.Tensor]]:
 
 def _check_input(x: torch.Tensor) -> None:
     if x.ndim != 4 or x.shape[1] != 1 or not x.is_floating_point():
-        raise ValueError(f"expected x of shape (B, 1, H, W), floating point; got {tuple(x.shape)} {x.dtype}")
+        raise ValueError(
+            f"expected x of shape (B, 1, H, W), floating point; got {tuple(x.shape)} {x.dtype}"
+        )
 
 
 def _upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -201,7 +204,8 @@ def scorecam(
     ``"probability"`` equals pytorch-grad-cam with target ``logsigmoid(logit)``
     (``softmax_k(log p_k)`` is ``p_k / sum_j p_j``); the tests check both.
 
-    Batched: ``batch_size`` masked images per forward pass; cost 1 + K forward passes per image.
+    Batched: ``batch_size`` masked images per forward pass (at least one channel per image);
+    cost 1 + K forward passes per image.
     """
     _check_input(x)
     if score not in ("probability", "softmax"):
@@ -282,9 +286,10 @@ def rise(
 
     The N masks are the same for every image (as the RISE code) and are drawn on
     ``x.device`` from ``torch.Generator().manual_seed(seed)``: grids ``rand(N, s, s) < p1``,
-    then shifts ``randint(0, cell)``, ``cell = ceil(H / s)``; they depend on (seed, N, s,
-    p1, H, W) only, not on ``batch_size`` or on the images, and are made chunk by chunk,
-    never all held (6000 masks at 256 px would be 1.5 GB). Cost: N forward passes per image.
+    then shifts ``randint(0, cell)`` (rows, then columns), ``cell = ceil(H / s)``, all drawn
+    up front (small); they depend on (seed, N, s, p1, H, W) only, not on ``batch_size`` or on
+    the images. The masks themselves are made chunk by chunk, never all held (6000 masks at
+    256 px would be 1.5 GB). Cost: N forward passes per image.
     """
     _check_input(x)
     cfg = replace(config if config is not None else RISEConfig(), **overrides)
@@ -303,7 +308,8 @@ def rise(
     saliency = torch.zeros(b, h * w, device=device, dtype=torch.float32)
     with _eval_mode(model), torch.no_grad():
         for start in range(0, n, per_call):
-            masks = _rise_masks(grids[start : start + per_call], shifts[start : start + per_call], (h, w), cell)
+            chunk = slice(start, start + per_call)
+            masks = _rise_masks(grids[chunk], shifts[chunk], (h, w), cell)
             p_abnormal = torch.sigmoid(model(_mask_input(x, masks[None]).to(x.dtype)).float())
             saliency += p_abnormal.view(b, -1) @ masks.view(len(masks), -1)
     return (saliency / (n * cfg.p1)).view(b, h, w)

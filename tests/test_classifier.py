@@ -15,15 +15,6 @@ from coinlib.config import ClassifierConfig
 from coinlib.runtime import CheckpointError, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two fighting for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def no_downloads(monkeypatch):
     """Any attempt to fetch weights fails the test."""

@@ -23,15 +23,6 @@ WIDTHS = (8, 8, 16, 16, 32)
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two fighting for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**kw) -> GANConfig:
     return GANConfig(widths=WIDTHS, stem_width=8, disc_widths=WIDTHS, **kw)
 

@@ -26,7 +26,7 @@ def test_environment_yml_matches_pyproject():
     text = (ROOT / "environment.yml").read_text()
     for line in text.split("\ndependencies:", 1)[1].splitlines():
         item = line.strip()
-        if item.startswith("- ") and not item.startswith("- pip") and ":" not in item:
+        if item.startswith("- ") and not item.startswith("- pip") and ":" not in item and item != "- -e .":
             conda_lines.append(item[2:])
     conda_side = _requirements(conda_lines)
     conda_side.pop("python", None)

@@ -1,10 +1,10 @@
 """coinlib.saliency: every method on both architectures; cross-checks with pytorch-grad-cam.
 
-Randomly initialised classifiers at 64 px (the default target layers are at H/32, 2 x 2).
-Score-CAM costs one forward pass per channel of its layer (512 / 1280 at the default
-layers: seconds per image here), so its tests hook an early layer with few channels; the
-code path does not depend on the layer, and the default layer's channel count is checked
-through :func:`forward_passes`.
+Randomly initialised classifiers (see the ``models`` fixture) at 64 px, where the default
+target layers (H/32) give 2 x 2 maps. Score-CAM costs one forward pass per channel of its
+layer (512 / 1280 at the default layers: seconds per image here), so its tests hook an
+early layer with few channels, at 32 px like RISE; the code path does not depend on the
+layer, and the default layer's channel count is checked through :func:`forward_passes`.
 """
 
 from __future__ import annotations
@@ -30,15 +30,7 @@ from coinlib.saliency import (
 
 ARCHS = ("resnet18", "efficientnet_v2_s")
 SIZE = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two fighting for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+SMALL = 32  # Score-CAM and RISE: cost grows with the pixels of every masked image
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +59,7 @@ def models():
     return built
 
 
-def _image(batch: int = 2, seed: int = 0) -> torch.Tensor:
+def _image(batch: int = 2, seed: int = 0, size: int = SIZE) -> torch.Tensor:
     """Smooth random images in [-1, 1]: a bright blob on a darker background.
 
     Values are multiples of 2^-8, so ``(x + 1) / 2`` and back are exact in float32 and
@@ -75,10 +67,11 @@ def _image(batch: int = 2, seed: int = 0) -> torch.Tensor:
     a random network can amplify a rounding difference into a different Score-CAM.
     """
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, SIZE), torch.linspace(0, 1, SIZE), indexing="ij")
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     centres = torch.rand(batch, 2, generator=g) * 0.6 + 0.2
-    blob = torch.exp(-((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2) / 0.02)
-    noise = 0.1 * torch.randn(batch, SIZE, SIZE, generator=g)
+    dy, dx = yy - centres[:, 0, None, None], xx - centres[:, 1, None, None]
+    blob = torch.exp(-(dy**2 + dx**2) / 0.02)
+    noise = 0.1 * torch.randn(batch, size, size, generator=g)
     return torch.round((blob - 0.5 + noise).clamp(-1, 1) * 256)[:, None] / 256
 
 
@@ -108,7 +101,8 @@ def _no_forward_hooks(model: nn.Module) -> bool:
 @pytest.mark.parametrize("method", list(SALIENCY_METHODS))
 def test_every_method_shape_range_determinism_and_leaves_the_model_alone(models, method, arch):
     model = models[arch]
-    x = _image()
+    size = SMALL if method in ("scorecam", "rise") else SIZE
+    x = _image(size=size)
     options = _options(method, model, arch)
     layer = classifier_target_layer(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -116,7 +110,7 @@ def test_every_method_shape_range_determinism_and_leaves_the_model_alone(models,
     # A trainable model in training mode: the call runs in eval mode, then restores it.
     model.train().requires_grad_(True)
     maps = attribute(method, model, x, **options)
-    assert maps.shape == (2, SIZE, SIZE) and maps.dtype == torch.float32
+    assert maps.shape == (2, size, size) and maps.dtype == torch.float32
     assert maps.min() >= 0 and maps.max() <= 1
     assert maps.flatten(1).amax(1).eq(1).all()  # min-max normalised per image, not constant
     assert model.training and all(m.training for m in model.modules())
@@ -184,7 +178,7 @@ def test_cams_agree_with_pytorch_grad_cam(models, arch, method, options, referen
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model = models[arch].eval()
-    x = _image()
+    x = _image(size=SMALL if method == "scorecam" else SIZE)
     options = options | {"target_layer": _cheap_layer(model, arch, which)}
     if method == "scorecam":
         options["batch_size"] = 128
@@ -258,7 +252,8 @@ def test_rise_masks_match_the_rise_reference_code():
     shifts = torch.stack([torch.randint(0, c, (5,), generator=g) for c in cell], dim=1)
     ours = _rise_masks(grids, shifts, size, cell).numpy()
     for grid, (dy, dx), mask in zip(grids.numpy(), shifts.tolist(), ours):
-        up = resize(grid, ((s + 1) * cell[0], (s + 1) * cell[1]), order=1, mode="reflect", anti_aliasing=False)
+        up_size = ((s + 1) * cell[0], (s + 1) * cell[1])
+        up = resize(grid, up_size, order=1, mode="reflect", anti_aliasing=False)
         np.testing.assert_allclose(mask, up[dy : dy + size[0], dx : dx + size[1]], atol=1e-6)
 
 
