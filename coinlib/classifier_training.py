@@ -35,9 +35,18 @@ from .runtime import (
     seed_everything,
 )
 
-__all__ = ["train_classifier", "load_classifier", "predict", "roc_auc", "roc_curve", "random_flips"]
+__all__ = [
+    "train_classifier",
+    "load_classifier",
+    "predict",
+    "roc_auc",
+    "roc_curve",
+    "random_flips",
+    "refresh_batchnorm",
+]
 
 BEST, LAST, HISTORY = "classifier.pt", "classifier_last.pt", "classifier_history.json"
+BN_REFRESH_BATCHES = 8
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,14 +113,30 @@ def predict(
     }
 
 
-def _bce_epoch_loss(model: nn.Module, loader, device) -> float:
-    losses = []
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            logits = model(batch["image"].to(device)).float()
-            losses.append(F.binary_cross_entropy_with_logits(logits, batch["label"].to(device)).item())
-    return float(np.mean(losses))
+@torch.no_grad()
+def refresh_batchnorm(model: nn.Module, batches, device: torch.device) -> None:
+    """Re-estimate BatchNorm running statistics as plain averages over ``batches``.
+
+    During a short training the running averages (momentum 0.1) trail weights that move
+    fast, and eval-mode probabilities drift from the train-mode ones: AUC stays high while
+    f(x) >= 0.5 stops meaning "abnormal". Averaging the statistics of the final weights over
+    a few training batches ("precise BN") restores calibrated outputs, which the threshold t
+    (Sec. 3.1), CV (Sec. 4.2) and the GAN's L_f (Eq. 3) all rely on.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    for batch in batches:
+        model(batch["image"].to(device).contiguous(memory_format=torch.channels_last))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
 
 
 def train_classifier(
@@ -181,6 +206,8 @@ def train_classifier(
             optimizer.step()
             running += loss.detach()
         train_loss = float(running.item() / max(steps, 1))  # one host sync per epoch
+        sampler.set_position(epoch)
+        refresh_batchnorm(model, (b for _, b in zip(range(BN_REFRESH_BATCHES), loader)), device)
 
         scores = predict(model, val_set, batch_size=config.batch_size * 2, device=device)
         val_auc = roc_auc(scores["label"], scores["p_abnormal"])

@@ -190,13 +190,13 @@ PROFILES: dict[str, Profile] = {
         # KiTS-layout phantom at 1.25 mm in-plane: slices are resized to 128 px anyway
         phantom=PhantomConfig(subjects=40, kits_cases=40, kits_inplane_mm=1.25),
         data=DataConfig(image_size=128),
-        classifier=ClassifierConfig(lr=5e-4, max_epochs=4, steps_per_epoch=20, patience=2, batch_size=32),
+        classifier=ClassifierConfig(lr=5e-4, max_epochs=3, steps_per_epoch=20, patience=2, batch_size=32),
         tumour_classifier=ClassifierConfig(
             arch="efficientnet_v2_s", lr=5e-4, max_epochs=6, steps_per_epoch=20, patience=2, batch_size=32
         ),
         gan=GANConfig(widths=(8, 16, 32, 64, 128), stem_width=8, disc_widths=(8, 16, 32, 64, 128)),
         train=CounterfactualConfig(
-            lr=1e-3, generator_every=1, steps=300, log_every=10, eval_every=100, checkpoint_every=50
+            lr=1e-3, generator_every=1, steps=300, log_every=10, eval_every=150, checkpoint_every=50
         ),
     ),
     "paper": Profile(

@@ -30,10 +30,12 @@ from .data import SliceDataset
 from .files import read_json, write_json
 from .gan import build_gan, condition_from_probability
 from .losses import (
+    GeneratorLossTerms,
     adversarial_d_loss,
     adversarial_g_loss,
     classifier_consistency_loss,
-    masked_l1,
+    self_consistency_loss,
+    total_generator_loss,
     total_variation_loss,
 )
 from .prepared import PreparedSlices, open_prepared
@@ -90,13 +92,6 @@ def make_conditions(p_abnormal: torch.Tensor, gan: GANConfig, train: Counterfact
     )
 
 
-def _reconstruction(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-    """L1 over all pixels (Eq. 5), or mask-weighted per label (Eq. 11) when ``masks`` given."""
-    if masks is None:
-        return (x - y).abs().mean()
-    return masked_l1(x, y, masks)
-
-
 def generator_losses(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -107,31 +102,28 @@ def generator_losses(
     train: CounterfactualConfig,
     masks: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The generator's terms of Eq. 1, each weighted by its lambda, plus their sum ``total``.
+    """The generator's terms of Eq. 1, each weighted by its lambda, plus their sum ``g_total``.
 
     COIN (Eq. 4): L_idt = L1(x, E(x)) + L1(x, E(E(x))), with E the explanation function.
-    Singla* (Eq. 10): L_idt = L_rec(x, E(x, f(x))) + L_rec(x, E(E(x, 1 - f(x)), f(x))).
+    Singla* (Eq. 10): L_idt = L_rec(x, E(x, f(x))) + L_rec(x, E(E(x, 1 - f(x)), f(x))),
+    L_rec mask-weighted (Eq. 11) when ``masks`` (B, J, H, W) are given.
     """
     x_cf = generator(x, conditions.counterfactual)
     adv = adversarial_g_loss(discriminator(x_cf, conditions.counterfactual).float(), train.adv_loss)
     p_cf = torch.sigmoid(classifier(x_cf).float())
     l_f = classifier_consistency_loss(p_cf, conditions.kl_target, eps=train.kl_eps, clamp=train.prob_clamp)
     if conditions.identity is None:
-        x_cycle = generator(x_cf, conditions.counterfactual)
-        idt = _reconstruction(x, x_cf, masks) + _reconstruction(x, x_cycle, masks)
+        first, second = x_cf, generator(x_cf, conditions.counterfactual)
     else:
-        x_id = generator(x, conditions.identity)
-        x_cycle = generator(x_cf, conditions.identity)
-        idt = _reconstruction(x, x_id, masks) + _reconstruction(x, x_cycle, masks)
+        first, second = generator(x, conditions.identity), generator(x_cf, conditions.identity)
+    idt = self_consistency_loss(x.float(), first.float(), second.float(), masks)
     tv = total_variation_loss((x.float() - x_cf.float()).abs() / 2.0)
-    terms = {
-        "g_adv": train.lambda_adv * adv,
-        "g_f": train.lambda_f * l_f,
-        "g_idt": train.lambda_idt * idt.float(),
-        "g_tv": train.lambda_tv * tv,
+    terms = GeneratorLossTerms(adv=adv, f=l_f, idt=idt, tv=tv)
+    weights = {"adv": train.lambda_adv, "f": train.lambda_f, "idt": train.lambda_idt, "tv": train.lambda_tv}
+    return {
+        **{f"g_{name}": weights[name] * value for name, value in terms._asdict().items()},
+        "g_total": total_generator_loss(terms, train),
     }
-    terms["g_total"] = sum(terms.values())
-    return terms
 
 
 def counterfactual_step(

@@ -58,3 +58,17 @@ def test_training_writes_history_best_and_resumes(tiny_prepared, tmp_path):
     with pytest.raises(ValueError, match="different config"):
         train_classifier(tiny_prepared, ClassifierConfig(max_epochs=3), AnomalyConfig(), tmp_path,
                          device="cpu", progress=False)
+
+
+def test_refresh_batchnorm_sets_running_stats_to_the_batches_average():
+    from torch import nn
+
+    from coinlib.classifier_training import refresh_batchnorm
+
+    model = nn.Sequential(nn.BatchNorm2d(1))
+    model.eval()
+    data = [torch.full((2, 1, 2, 2), 1.0), torch.full((2, 1, 2, 2), 3.0)]
+    refresh_batchnorm(model, [{"image": d} for d in data], torch.device("cpu"))
+    bn = model[0]
+    assert bn.running_mean.item() == pytest.approx(2.0)  # mean of the two batch means
+    assert bn.momentum == 0.1 and not model.training
