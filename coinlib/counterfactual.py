@@ -147,8 +147,11 @@ def counterfactual_step(
     if gan.use_masks:
         kidney = batch["kidney_mask"].to(device, non_blocking=True)
         masks = torch.cat([kidney, 1.0 - kidney], dim=1)  # labels j: kidney, everything else
-    with torch.no_grad(), autocast(device):
-        p_abnormal = torch.sigmoid(classifier(x).float())
+    if gan.conditions == 1:  # COIN's one condition does not depend on f(x): skip its forward
+        p_abnormal = torch.zeros(x.shape[0], device=device)
+    else:
+        with torch.no_grad(), autocast(device):
+            p_abnormal = torch.sigmoid(classifier(x).float())
     conditions = make_conditions(p_abnormal, gan, train)
 
     with autocast(device):
@@ -162,7 +165,7 @@ def counterfactual_step(
     optimizers["discriminator"].zero_grad(set_to_none=True)
     (train.lambda_adv * d_loss).backward()
     optimizers["discriminator"].step()
-    out = {"d_adv": d_loss.detach(), "p_abnormal": p_abnormal.mean()}
+    out = {"d_adv": d_loss.detach()}
 
     if update_generator:
         for parameter in discriminator.parameters():
