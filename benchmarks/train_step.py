@@ -40,10 +40,10 @@ def measure(profile_name: str, batch_size: int, steps: int, warmup: int, device:
     generator.to(device)
     discriminator.to(device)
     classifier = freeze(build_classifier(profile.classifier)).to(device)
+    for module in (generator, discriminator, classifier):  # as train_counterfactual does
+        module.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        for module in (generator, discriminator, classifier):
-            module.to(memory_format=torch.channels_last)
     optimizers = build_optimizers(generator, discriminator, profile.train, device)
     size = profile.data.image_size
     batch = {

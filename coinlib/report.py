@@ -46,7 +46,7 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     if timings:
         rows = [{"notebook": t["notebook"], "minutes": t["seconds"] / 60} for t in timings["notebooks"]]
         rows.append({"notebook": "total", "minutes": sum(t["seconds"] for t in timings["notebooks"]) / 60})
-        lines += ["Wall-clock time of `make reproduce`:", "", markdown_table(rows, ["notebook", "minutes"], 1)]
+        lines += ["Wall-clock time of the notebooks in `make reproduce`:", "", markdown_table(rows, ["notebook", "minutes"], 1)]
     if classifier:
         lines += [
             f"Classifier f ({classifier['arch']}, synthetic track): test AUC **{classifier['test_auc']:.3f}**, "
