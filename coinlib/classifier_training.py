@@ -18,17 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .progress import tqdm
 
 from .classifier import build_classifier
-from .config import AnomalyConfig, ClassifierConfig, to_dict
+from .config import AnomalyConfig, ClassifierConfig, from_dict, to_dict
 from .data import SliceDataset, evaluation_set
 from .files import read_json, write_json
 from .prepared import PreparedSlices, open_prepared
+from .progress import tqdm
 from .runtime import (
-    config_differences,
     ResumableSampler,
     autocast,
+    config_differences,
     load_checkpoint,
     pick_device,
     save_checkpoint,
@@ -235,8 +235,6 @@ def load_classifier(run_dir: str | os.PathLike, device: torch.device | str | Non
     path = Path(run_dir) / BEST
     config_path = path.with_suffix(".json")
     run_config = read_json(config_path)
-    from .config import from_dict
-
     config = from_dict(ClassifierConfig, run_config["classifier"])
     model = build_classifier(dataclasses.replace(config, weights_path=None))
     load_checkpoint(path, {"classifier": model})

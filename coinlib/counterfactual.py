@@ -23,9 +23,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from .progress import tqdm
 
-from .config import AnomalyConfig, CounterfactualConfig, EvalConfig, GANConfig, from_dict, to_dict
+from .config import (
+    AnomalyConfig,
+    CounterfactualConfig,
+    GANConfig,
+    from_dict,
+    to_dict,
+)
 from .data import SliceDataset
 from .files import read_json, write_json
 from .gan import build_gan, condition_from_probability
@@ -39,6 +44,7 @@ from .losses import (
     total_variation_loss,
 )
 from .prepared import PreparedSlices, open_prepared
+from .progress import tqdm
 from .runtime import (
     ResumableSampler,
     autocast,

@@ -63,11 +63,11 @@ import torch
 import torch.nn.functional as F
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
-from .progress import tqdm
 
 from .config import DataConfig, to_dict
 from .files import read_json
 from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared
+from .progress import tqdm
 
 __all__ = [
     "LAYOUTS",

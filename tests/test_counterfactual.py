@@ -8,18 +8,23 @@ import pytest
 import torch
 
 from coinlib.classifier import build_classifier, freeze
-from coinlib.config import AnomalyConfig, ClassifierConfig, CounterfactualConfig, GANConfig
+from coinlib.config import (
+    AnomalyConfig,
+    ClassifierConfig,
+    CounterfactualConfig,
+    GANConfig,
+    get_profile,
+)
 from coinlib.counterfactual import (
     TrainingInterrupted,
-    counterfactual_step,
     build_optimizers,
+    counterfactual_step,
     make_conditions,
     train_counterfactual,
 )
 from coinlib.data import SliceDataset
 from coinlib.gan import build_gan
 from coinlib.variants import VARIANTS, apply_variant
-from coinlib.config import get_profile
 
 TINY_GAN = GANConfig(widths=(8, 8, 16, 16, 32), stem_width=8, disc_widths=(8, 8, 16, 16, 32))
 TRAIN = CounterfactualConfig(batch_size=4, steps=6, log_every=2, eval_every=100, checkpoint_every=3,
