@@ -7,6 +7,7 @@
     coin evaluate --profile quick --run-dir runs/quick [--variant coin]
     coin reproduce --profile quick --run-dir runs/quick
     coin report --run-dir runs/quick          # README results section + figures/
+    coin label --model runs/quick --in scans/ --out masks/ [--track tumour]   # weak masks for CT
 """
 
 from __future__ import annotations
@@ -66,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--readme", type=Path, default=Path("README.md"))
     report.add_argument("--figures", type=Path, default=Path("figures"), help="where to copy the run's figures")
 
+    label = commands.add_parser("label", help="weak lesion masks (NIfTI + CSV) for CT volumes with a trained run")
+    label.add_argument("--model", type=Path, required=True, metavar="RUN_DIR",
+                       help="run folder holding the trained models")
+    label.add_argument("--in", dest="source", type=Path, required=True, metavar="PATH",
+                       help="a .nii.gz file, or a folder searched recursively for *.nii.gz")
+    label.add_argument("--out", type=Path, required=True, metavar="FOLDER",
+                       help="folder for the masks, sidecars and labels.csv")
+    label.add_argument("--track", default="synthetic", choices=["synthetic", "tumour"])
+    label.add_argument("--variant", default="coin", help="coin, singla or another trained variant")
+    label.add_argument("--batch-size", type=int, default=32, help="axial slices per forward pass")
+    label.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
+    label.add_argument("--threshold", type=float, default=None,
+                       help="mask threshold on |x - x_cf| in [0, 1] (default: the run's validation choice)")
+    label.add_argument("--force", action="store_true", help="relabel scans that already have a mask")
+
     reproduce = commands.add_parser("reproduce", help="run every notebook end to end with papermill")
     reproduce.add_argument("--profile", default="quick")
     reproduce.add_argument("--run-dir", type=Path, default=None)
@@ -105,6 +121,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(update_readme(args.run_dir, args.readme))
         print(f"copied {len(publish_figures(args.run_dir, args.figures))} figure files to {args.figures}")
+        return 0
+    if args.command == "label":
+        from .label import label_folder
+
+        done = label_folder(args.model, args.source, args.out, track=args.track, variant=args.variant,
+                            batch_size=args.batch_size, device=args.device, force=args.force,
+                            threshold=args.threshold)
+        print(f"labelled {len(done.labelled)}, skipped {len(done.skipped)} already done "
+              f"(rank {done.rank} of {done.world_size}); {done.csv} lists {done.csv_rows} of {done.total} scans")
         return 0
     if args.command == "reproduce":
         from .notebook_runner import run_notebooks
