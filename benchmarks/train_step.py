@@ -1,104 +1,187 @@
 """Training-step throughput of the counterfactual GAN (images per second).
 
-    python benchmarks/train_step.py                      # quick profile on this machine's device
-    python benchmarks/train_step.py --profile paper --batch-sizes 16 32 64   # on a GPU
+    python benchmarks/train_step.py                              # quick profile on this machine's device
+    python benchmarks/train_step.py --profile paper              # batches 16, 32, 64 (on a GPU)
+    python benchmarks/train_step.py --profile paper --fast       # the same with torch.compile
+    python benchmarks/train_step.py --profile paper --schedule   # also GFLOP per kind of step
 
 Random inputs at the profile's image size, the profile's GAN and classifier, the real
 training step (:func:`coinlib.counterfactual.counterfactual_step`) with the generator
-updated every ``generator_every`` steps, so the figure is the schedule's average. Prints
-images/s, achieved TFLOP/s (from torch's FLOP counter on one D-only and one D+G step)
-and, on CUDA, peak memory. A benchmark, not a test: numbers depend on the machine.
+updated every ``generator_every`` steps (paper Sec. 4.3 / implementation: 5), so the figure
+is the schedule's average. ``--fast`` is the trainer's fast path
+(``CounterfactualConfig.compile``: compiled losses, cuDNN autotuning, fused/foreach Adam);
+its compilation happens in the warm-up, whose time is printed. Prints images/s, achieved
+TFLOP/s (torch's FLOP counter on one D-only and one D+G step of the plain step), peak
+memory on CUDA, and a comparison with the authors' implementation and the bf16 arithmetic
+limit (FACTS.md, "Speed"). A benchmark, not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
+import torch._dynamo
 
+from coinlib import counterfactual
 from coinlib.classifier import build_classifier, freeze
 from coinlib.config import get_profile
-from coinlib.counterfactual import build_optimizers, counterfactual_step
-from coinlib.gan import build_gan
+from coinlib.counterfactual import (
+    PLAIN,
+    build_networks,
+    counterfactual_step,
+    step_losses,
+)
 from coinlib.runtime import hardware_summary, pick_device
 
+# FACTS.md "Speed": the public implementation on one H200, paper configuration, batch 16
+AUTHORS_IMG_PER_S = {"fp32": 173.0, "bf16": 195.0, "fp32, batch 64": 206.0}
+AUTHORS_GFLOP_PER_IMAGE = {"D+G step": 975.0, "D-only step": 333.0, "1-in-5 average": 461.0}
+# dense bf16 matrix throughput, TFLOP/s (FACTS: H200 about 790; H100 SXM 989)
+BF16_PEAK_TFLOPS = {"H200": 790.0, "H100": 989.0}
 
-def step_flops(step, batch) -> float:
-    """FLOPs of one call of ``step(batch)``, counted by torch (matmuls and convolutions)."""
+
+def bf16_peak(device: torch.device) -> float | None:
+    """Dense bf16 TFLOP/s of an H200 or H100 SXM; None for any other device."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    if "H100" in name and "PCIe" in name:  # 756 dense: not the SXM figure
+        return None
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def step_flops(step) -> float:
+    """FLOPs of one call of ``step()``, counted by torch (matmuls and convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        step(batch)
+        step()
     return float(counter.get_total_flops())
 
 
-def measure(profile_name: str, batch_size: int, steps: int, warmup: int, device: torch.device) -> dict:
+def measure(profile_name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+            fast: bool) -> dict:
     profile = get_profile(profile_name)
+    train = dataclasses.replace(profile.train, compile=fast)
+    torch._dynamo.reset()  # each batch size compiles afresh, so warm-up times compare
     torch.manual_seed(0)
-    generator, discriminator = build_gan(profile.gan)
-    generator.to(device)
-    discriminator.to(device)
-    classifier = freeze(build_classifier(profile.classifier)).to(device)
-    for module in (generator, discriminator, classifier):  # as train_counterfactual does
-        module.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    optimizers = build_optimizers(generator, discriminator, profile.train, device)
+    classifier = freeze(build_classifier(profile.classifier))
+    generator, discriminator, optimizers = build_networks(profile.gan, train, classifier, device)
+    losses = step_losses(train, device)
     size = profile.data.image_size
     batch = {
         "image": torch.rand(batch_size, 1, size, size, device=device) * 2 - 1,
         "kidney_mask": (torch.rand(batch_size, 1, size, size, device=device) > 0.9).float(),
     }
+    k = train.generator_every
 
-    def step(i: int):
+    def step(update_generator: bool, step_losses=losses):
         return counterfactual_step(generator, discriminator, classifier, optimizers, batch, profile.gan,
-                                   profile.train, i % profile.train.generator_every == 0, device)
+                                   train, update_generator, device, step_losses)
 
-    for i in range(warmup):
-        step(i)
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    for i in range(max(warmup, 2)):  # compiles the fast path's graphs
+        step(i % k == 0)
+    synchronize()
+    warmup_s = time.perf_counter() - start
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for i in range(steps):
-        step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        step(i % k == 0)
+    synchronize()
     seconds = time.perf_counter() - start
-    k = profile.train.generator_every
-    flops_per_step = (step_flops(lambda b: step(0), batch) + (k - 1) * step_flops(lambda b: step(1), batch)) / k
+    # FLOPs are the maths, counted on the plain step (the counter does not see compiled kernels)
+    flops_g, flops_d = step_flops(lambda: step(True, PLAIN)), step_flops(lambda: step(False, PLAIN))
+    flops_per_step = (flops_g + (k - 1) * flops_d) / k
     result = {
         "profile": profile_name,
+        "mode": "fast" if fast else "plain",
         "image_size": size,
         "batch": batch_size,
+        "generator_every": k,
         "img_per_s": batch_size * steps / seconds,
         "tflops": flops_per_step * steps / seconds / 1e12,
         "gflop_per_image": flops_per_step / batch_size / 1e9,
+        "gflop_per_image_g_step": flops_g / batch_size / 1e9,
+        "gflop_per_image_d_step": flops_d / batch_size / 1e9,
+        "warmup_s": warmup_s,
     }
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
 
 
+def print_comparison(results: list[dict], device: torch.device) -> None:
+    """The authors' img/s (FACTS) and the share of the bf16 arithmetic limit, per result."""
+    peak = bf16_peak(device)
+    authors = ", ".join(f"{name} {value:.0f}" for name, value in AUTHORS_IMG_PER_S.items())
+    print(f"\nauthors' implementation, one H200, paper configuration (FACTS.md), img/s: {authors}")
+    print(f"bf16 arithmetic limit: {f'{peak:.0f} TFLOP/s' if peak else 'n/a (known for H200 and H100 SXM only)'}")
+    if any(r["profile"] != "paper" for r in results):
+        print("(profiles other than 'paper' are smaller models: the ratios compare unlike work)")
+    print(f"{'mode':>6} {'batch':>5} {'img/s':>9} {'x authors bf16':>15} {'x authors fp32':>15} "
+          f"{'% of bf16 limit':>16}")
+    for r in results:
+        share = f"{100 * r['tflops'] / peak:.1f}" if peak else "n/a"
+        print(f"{r['mode']:>6} {r['batch']:>5} {r['img_per_s']:>9.1f} "
+              f"{r['img_per_s'] / AUTHORS_IMG_PER_S['bf16']:>15.2f} "
+              f"{r['img_per_s'] / AUTHORS_IMG_PER_S['fp32']:>15.2f} {share:>16}")
+
+
+def print_schedule(results: list[dict]) -> None:
+    """The schedule (generator every k steps) and the work of each kind of step."""
+    print(f"\nschedule: generator updated every {results[0]['generator_every']} steps "
+          f"(profile {results[0]['profile']!r}); img/s and TFLOP/s average over it")
+    facts = ", ".join(f"{name} {value:.0f}" for name, value in AUTHORS_GFLOP_PER_IMAGE.items())
+    print(f"GFLOP per image, paper configuration (FACTS.md): {facts}")
+    for r in results:
+        print(f"  batch {r['batch']:>3} ({r['mode']}): D+G step {r['gflop_per_image_g_step']:.1f}, "
+              f"D-only step {r['gflop_per_image_d_step']:.1f}, average {r['gflop_per_image']:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default=None, help="default: quick on the CPU, paper on CUDA")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="default: 16 32 64 for the paper profile, else 16")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (a multiple of generator_every)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--fast", "--compile", action="store_true",
+                        help="the trainer's fast path (CounterfactualConfig.compile)")
+    parser.add_argument("--both", action="store_true", help="measure plain and fast")
+    parser.add_argument("--compile-backend", default=counterfactual.COMPILE_BACKEND,
+                        help="torch.compile backend of the fast path (aot_eager: capture only, quick to build)")
+    parser.add_argument("--schedule", action="store_true", help="print the schedule and GFLOP per kind of step")
     args = parser.parse_args()
     device = pick_device(args.device)
     profile = args.profile or ("paper" if device.type == "cuda" else "quick")
-    batch_sizes = args.batch_sizes or ([16, 32, 64] if device.type == "cuda" else [16])
+    batch_sizes = args.batch_sizes or ([16, 32, 64] if profile == "paper" else [16])
     steps = args.steps or (50 if device.type == "cuda" else 10)
+    modes = [False, True] if args.both else [args.fast]
+    counterfactual.COMPILE_BACKEND = args.compile_backend
     print(f"hardware: {hardware_summary(device)}")
-    print(f"{'profile':>8} {'size':>5} {'batch':>5} {'img/s':>9} {'TFLOP/s':>8} {'GFLOP/img':>10} {'peak GiB':>9}")
-    for batch_size in batch_sizes:
-        r = measure(profile, batch_size, steps, args.warmup, device)
-        print(f"{r['profile']:>8} {r['image_size']:>5} {r['batch']:>5} {r['img_per_s']:>9.1f} {r['tflops']:>8.3f} "
-              f"{r['gflop_per_image']:>10.1f} {r.get('peak_memory_gib', float('nan')):>9.2f}", flush=True)
+    print(f"{'profile':>8} {'mode':>6} {'size':>5} {'batch':>5} {'img/s':>9} {'TFLOP/s':>8} {'GFLOP/img':>10} "
+          f"{'peak GiB':>9} {'warm-up s':>10}")
+    results = []
+    for fast in modes:
+        for batch_size in batch_sizes:
+            r = measure(profile, batch_size, steps, args.warmup, device, fast)
+            results.append(r)
+            print(f"{r['profile']:>8} {r['mode']:>6} {r['image_size']:>5} {r['batch']:>5} {r['img_per_s']:>9.1f} "
+                  f"{r['tflops']:>8.3f} {r['gflop_per_image']:>10.1f} {r.get('peak_memory_gib', float('nan')):>9.2f} "
+                  f"{r['warmup_s']:>10.1f}", flush=True)
+    print_comparison(results, device)
+    if args.schedule:
+        print_schedule(results)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ BCE on one logit, Adam, random flips as augmentation, early stopping on validati
 Each epoch ends with an atomic checkpoint (``classifier_last.pt``); the best weights by
 validation AUC are kept in ``classifier.pt`` and the per-epoch history in
 ``classifier_history.json``. Re-running with the same config resumes from the last
-checkpoint, or returns at once when training had finished.
+checkpoint, or returns at once when training had finished. Under ``torchrun`` the ranks
+train data-parallel and rank 0 validates, decides and writes (:mod:`coinlib.runtime`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .runtime import (
     ResumableSampler,
     autocast,
     config_differences,
+    distributed_context,
     load_checkpoint,
     pick_device,
     save_checkpoint,
@@ -156,7 +158,7 @@ def train_classifier(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
-    device = pick_device(device if isinstance(device, str) else (str(device) if device else None))
+    ctx, device = distributed_context(device)
     run_config = {"classifier": to_dict(config), "anomaly": to_dict(anomaly) if anomaly else None,
                   "data": str(prepared.root)}
 
@@ -180,9 +182,10 @@ def train_classifier(
     seed = config.seed
     train_set = SliceDataset(prepared, "train", anomaly, fresh_anomalies=True, seed=seed)
     val_set = evaluation_set(prepared, "val", anomaly)
-    sampler = ResumableSampler(len(train_set), seed=seed)
+    sampler = ResumableSampler(len(train_set), seed=seed, rank=ctx.rank, num_replicas=ctx.world_size)
     flip_rng = torch.Generator().manual_seed(seed)
-    steps = config.steps_per_epoch or -(-len(train_set) // config.batch_size)
+    steps = config.steps_per_epoch or -(-len(sampler) // config.batch_size)
+    parallel = ctx.wrap(model, device)  # `model` itself when there is one process
 
     for epoch in range(state["epoch"], config.max_epochs):
         flip_rng.manual_seed(seed * 1_000_003 + epoch)
@@ -194,39 +197,46 @@ def train_classifier(
         model.train()
         running = torch.zeros((), device=device)
         bar = tqdm(zip(range(steps), loader), total=min(steps, len(loader)),
-                   desc=f"classifier epoch {epoch + 1}/{config.max_epochs}", disable=not progress, leave=False)
+                   desc=f"classifier epoch {epoch + 1}/{config.max_epochs}", disable=not (progress and ctx.is_main),
+                   leave=False)
         for done, batch in bar:
             x = random_flips(batch["image"].to(device, non_blocking=True), flip_rng)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
-                logits = model(x)
+                logits = parallel(x)
             loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             running += loss.detach()
-        train_loss = float(running.item() / max(steps, 1))  # one host sync per epoch
+        train_loss = float(ctx.mean(running).item() / max(steps, 1))  # one host sync per epoch
         sampler.set_position(epoch)
         refresh_batchnorm(model, (b for _, b in zip(range(BN_REFRESH_BATCHES), loader)), device)
 
-        scores = predict(model, val_set, batch_size=config.batch_size * 2, device=device)
-        val_auc = roc_auc(scores["label"], scores["p_abnormal"])
+        val_auc = None
+        if ctx.is_main:  # BatchNorm statistics differ by rank: rank 0 validates, every rank follows
+            scores = predict(model, val_set, batch_size=config.batch_size * 2, device=device)
+            val_auc = roc_auc(scores["label"], scores["p_abnormal"])
+        val_auc = ctx.broadcast(val_auc)
         improved = val_auc > state["best_auc"]
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_auc": val_auc})
         if improved:
             state["best_auc"], state["bad_epochs"] = val_auc, 0
-            save_checkpoint(out / BEST, {"classifier": model}, run_config, state={"val_auc": val_auc})
+            if ctx.is_main:
+                save_checkpoint(out / BEST, {"classifier": model}, run_config, state={"val_auc": val_auc})
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         state["finished"] = state["bad_epochs"] >= config.patience or state["epoch"] >= config.max_epochs
-        if progress:
-            tqdm.write(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val AUC {val_auc:.4f}"
-                       + (" (best)" if improved else ""))
-        save_checkpoint(out / LAST, {"classifier": model}, run_config, {"adam": optimizer}, state)
-        write_json(out / HISTORY, state["history"])
+        if ctx.is_main:
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val AUC {val_auc:.4f}"
+                           + (" (best)" if improved else ""))
+            save_checkpoint(out / LAST, {"classifier": model}, run_config, {"adam": optimizer}, state)
+            write_json(out / HISTORY, state["history"])
         if state["finished"]:
             break
+    ctx.barrier()  # no rank returns before rank 0 has written the best weights
     return out / BEST
 
 

@@ -134,6 +134,9 @@ class CounterfactualConfig:
     eval_every: int = 1000
     checkpoint_every: int = 500
     seed: int = 0
+    # speed only, not part of a run's identity: torch.compile of the step's losses, cuDNN
+    # autotuning and foreach/fused Adam (counterfactual.step_losses); same maths
+    compile: bool = False
 
 
 @dataclass(frozen=True)

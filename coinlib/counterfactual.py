@@ -6,7 +6,18 @@ One trainer serves COIN, Singla* and every ablation: what differs is configurati
 - :func:`counterfactual_step` is a plain function of (models, optimizers, batch, config)
   that returns detached loss tensors; it never synchronises with the host.
 - :func:`train_counterfactual` is the loop around it: data order, logging, evaluation,
-  progress bar, atomic checkpoints and exact resumption.
+  progress bar, atomic checkpoints and exact resumption; one process or, under
+  ``torchrun``, data-parallel over N (see :mod:`coinlib.runtime`).
+
+Fast path (``CounterfactualConfig.compile``): the two differentiable parts of a step,
+:func:`discriminator_loss` and :func:`generator_losses`, are run through ``torch.compile``
+(:func:`step_losses`), Adam is fused (CUDA) or foreach (CPU) and cuDNN autotunes its
+convolutions. The maths is the same; the first steps pay the compilation. Each loss function
+is compiled whole, not module by module: the discriminator runs twice before one backward, and
+a separately compiled spectral-norm forward would update in place the vector its first
+backward needs. (Computing x_cf once for both phases would save a generator forward, but it
+is not the same maths: the generator's spectral norms would take one power iteration per step
+instead of two and its BatchNorm statistics one update, so it is not done.)
 
 Conditions (Sec. 3.1-3.2): COIN has one condition, "inpaint", and the KL target is
 ``eps`` ~ 0 (Eq. 3). Singla* bins probabilities of [0, 1] into ``conditions`` bins: the
@@ -16,9 +27,10 @@ counterfactual is asked for bin(1 - f(x)), the identity for bin(f(x)) (Eq. 9-10)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +61,9 @@ from .runtime import (
     ResumableSampler,
     autocast,
     config_differences,
+    distributed_context,
     load_checkpoint,
+    local_module,
     pick_device,
     save_checkpoint,
     seed_everything,
@@ -57,13 +71,18 @@ from .runtime import (
 
 __all__ = [
     "Conditions",
-    "make_conditions",
-    "counterfactual_step",
-    "build_optimizers",
-    "train_counterfactual",
-    "load_generator",
-    "generate_counterfactuals",
+    "StepLosses",
     "TrainingInterrupted",
+    "build_networks",
+    "build_optimizers",
+    "counterfactual_step",
+    "discriminator_loss",
+    "generate_counterfactuals",
+    "generator_losses",
+    "load_generator",
+    "make_conditions",
+    "step_losses",
+    "train_counterfactual",
 ]
 
 FINAL, LAST, HISTORY = "counterfactual.pt", "counterfactual_last.pt", "counterfactual_history.json"
@@ -132,6 +151,47 @@ def generator_losses(
     }
 
 
+def discriminator_loss(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    x: torch.Tensor,
+    conditions: Conditions,
+    train: CounterfactualConfig,
+) -> torch.Tensor:
+    """The discriminator's side of L_GAN (Eq. 2) on x and x_cf = E(x, c), x_cf without gradient."""
+    with torch.no_grad():
+        x_cf = generator(x, conditions.counterfactual)
+    return adversarial_d_loss(
+        discriminator(x, conditions.real).float(),
+        discriminator(x_cf, conditions.counterfactual).float(),
+        train.adv_loss,
+    )
+
+
+class StepLosses(NamedTuple):
+    """The differentiable parts of a step: :func:`discriminator_loss`, :func:`generator_losses`."""
+
+    discriminator: Callable[..., torch.Tensor]
+    generator: Callable[..., dict[str, torch.Tensor]]
+
+
+PLAIN = StepLosses(discriminator_loss, generator_losses)
+COMPILE_BACKEND = "inductor"  # the tests use "aot_eager": inductor's C++ build takes minutes on 2 cores
+
+
+def step_losses(train: CounterfactualConfig, device: torch.device) -> StepLosses:
+    """The loss functions a step runs: :data:`PLAIN`, or with ``train.compile`` compiled ones.
+
+    The fast path also turns on cuDNN autotuning (a process-wide setting) on CUDA. Each
+    function compiles into a few graphs (grad modes, generator or not), once per process.
+    """
+    if not train.compile:
+        return PLAIN
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return StepLosses(*(torch.compile(fn, backend=COMPILE_BACKEND) for fn in PLAIN))
+
+
 def counterfactual_step(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -142,11 +202,15 @@ def counterfactual_step(
     train: CounterfactualConfig,
     update_generator: bool,
     device: torch.device,
+    losses: StepLosses = PLAIN,
 ) -> dict[str, torch.Tensor]:
     """One discriminator update and, when ``update_generator``, one generator update (Eq. 1).
 
     ``batch["image"]``: (B, 1, H, W) in [-1, 1]. Returns detached scalar tensors (no host
-    synchronisation here; the loop calls ``.item()`` at log intervals only).
+    synchronisation here; the loop calls ``.item()`` at log intervals only). ``losses``:
+    plain or compiled (:func:`step_losses`). ``generator`` and ``discriminator`` may be
+    DistributedDataParallel wrappers: passes whose gradients are not used (x_cf for D's
+    update, the frozen D in G's update) run on the module inside, without a collective.
     """
     x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     masks = None
@@ -161,13 +225,7 @@ def counterfactual_step(
     conditions = make_conditions(p_abnormal, gan, train)
 
     with autocast(device):
-        with torch.no_grad():
-            x_cf = generator(x, conditions.counterfactual)
-        d_loss = adversarial_d_loss(
-            discriminator(x, conditions.real).float(),
-            discriminator(x_cf.detach(), conditions.counterfactual).float(),
-            train.adv_loss,
-        )
+        d_loss = losses.discriminator(local_module(generator), discriminator, x, conditions, train)
     optimizers["discriminator"].zero_grad(set_to_none=True)
     (train.lambda_adv * d_loss).backward()
     optimizers["discriminator"].step()
@@ -177,7 +235,8 @@ def counterfactual_step(
         for parameter in discriminator.parameters():
             parameter.requires_grad_(False)
         with autocast(device):
-            terms = generator_losses(generator, discriminator, classifier, x, conditions, gan, train, masks)
+            terms = losses.generator(generator, local_module(discriminator), classifier, x, conditions, gan,
+                                     train, masks)
         optimizers["generator"].zero_grad(set_to_none=True)
         terms["g_total"].backward()
         optimizers["generator"].step()
@@ -189,19 +248,40 @@ def counterfactual_step(
 
 def build_optimizers(generator: nn.Module, discriminator: nn.Module, train: CounterfactualConfig,
                      device: torch.device) -> dict[str, torch.optim.Optimizer]:
-    """Adam for each network (paper Sec. 4.3: lr 2e-4, betas (0, 0.9)); fused on CUDA."""
-    extra = {"fused": True} if device.type == "cuda" else {}
+    """Adam for each network (paper Sec. 4.3: lr 2e-4, betas (0, 0.9)); fused on CUDA,
+    foreach on the CPU's fast path (one kernel per step for all tensors, same update)."""
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True} if train.compile else {}
     return {
         "generator": torch.optim.Adam(generator.parameters(), lr=train.lr, betas=train.betas, **extra),
         "discriminator": torch.optim.Adam(discriminator.parameters(), lr=train.lr, betas=train.betas, **extra),
     }
 
 
+def build_networks(gan: GANConfig, train: CounterfactualConfig, classifier: nn.Module, device: torch.device
+                   ) -> tuple[nn.Module, nn.Module, dict[str, torch.optim.Optimizer]]:
+    """``(generator, discriminator, optimizers)`` on ``device``; ``classifier`` moved there, frozen.
+
+    Channels-last memory: oneDNN (CPU) and cuDNN (GPU) convolutions are several times
+    faster. Seed torch before calling for reproducible initial weights.
+    """
+    generator, discriminator = build_gan(gan)
+    generator.to(device, memory_format=torch.channels_last)
+    discriminator.to(device, memory_format=torch.channels_last)
+    classifier.to(device, memory_format=torch.channels_last).eval()
+    for parameter in classifier.parameters():
+        parameter.requires_grad_(False)
+    return generator, discriminator, build_optimizers(generator, discriminator, train, device)
+
+
+SPEED_ONLY = ("compile",)  # CounterfactualConfig fields that change speed, not results
+
+
 def _run_config(gan: GANConfig, train: CounterfactualConfig, anomaly: AnomalyConfig | None,
                 prepared: PreparedSlices, classifier_path: Path) -> dict[str, Any]:
+    """What a run's checkpoints must agree on to be resumed (speed settings may change)."""
     return {
         "gan": to_dict(gan),
-        "train": to_dict(train),
+        "train": {key: value for key, value in to_dict(train).items() if key not in SPEED_ONLY},
         "anomaly": to_dict(anomaly) if anomaly else None,
         "data": str(prepared.root),
         "classifier": str(classifier_path),
@@ -229,22 +309,19 @@ def train_counterfactual(
     never stopped. ``evaluate(generator, step)`` runs every ``train.eval_every`` steps and
     its numbers join the history. ``stop_after`` raises :class:`TrainingInterrupted` after
     that many steps of this call (used by the tests to simulate a kill).
+
+    Under ``torchrun`` every rank trains on its shard of the data with gradients averaged
+    (DistributedDataParallel, :mod:`coinlib.runtime`); each rank evaluates its own copy (they
+    would otherwise wait), rank 0 records the losses averaged over ranks and alone writes files.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
-    device = device if isinstance(device, torch.device) else pick_device(device)
+    ctx, device = distributed_context(device)
     run_config = _run_config(gan, train, anomaly, prepared, Path(classifier_path))
 
-    seed_everything(train.seed)
-    generator, discriminator = build_gan(gan)
-    # channels-last: oneDNN (CPU) and cuDNN (GPU) convolutions are several times faster
-    generator.to(device, memory_format=torch.channels_last)
-    discriminator.to(device, memory_format=torch.channels_last)
-    classifier.to(device, memory_format=torch.channels_last).eval()
-    for parameter in classifier.parameters():
-        parameter.requires_grad_(False)
-    optimizers = build_optimizers(generator, discriminator, train, device)
+    seed_everything(train.seed)  # the same initial weights on every rank
+    generator, discriminator, optimizers = build_networks(gan, train, classifier, device)
     modules = {"generator": generator, "discriminator": discriminator}
 
     step, history = 0, []
@@ -261,10 +338,11 @@ def train_counterfactual(
         return out / FINAL
 
     dataset = SliceDataset(prepared, "train", anomaly, fresh_anomalies=True, seed=train.seed)
-    steps_per_epoch = len(dataset) // train.batch_size
+    sampler = ResumableSampler(len(dataset), seed=train.seed, rank=ctx.rank, num_replicas=ctx.world_size)
+    steps_per_epoch = len(sampler) // train.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"training split of {prepared.root} has {len(dataset)} slices, fewer than one batch")
-    sampler = ResumableSampler(len(dataset), seed=train.seed)
+        raise ValueError(f"training split of {prepared.root} has {len(dataset)} slices, "
+                         f"fewer than one batch per process")
 
     def batches_from(global_step: int):
         epoch, position = divmod(global_step, steps_per_epoch)
@@ -280,13 +358,17 @@ def train_counterfactual(
             epoch, position = epoch + 1, 0
 
     def checkpoint(path: Path) -> None:
-        save_checkpoint(path, modules, run_config, optimizers, {"step": step, "history": history})
+        if ctx.is_main:
+            save_checkpoint(path, modules, run_config, optimizers, {"step": step, "history": history})
+            write_json(out / HISTORY, history)
 
+    losses = step_losses(train, device)
+    parallel_g, parallel_d = ctx.wrap(generator, device), ctx.wrap(discriminator, device)
     generator.train()
     discriminator.train()
     running: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    bar = tqdm(total=train.steps, initial=step, desc="counterfactual GAN", disable=not progress)
+    bar = tqdm(total=train.steps, initial=step, desc="counterfactual GAN", disable=not (progress and ctx.is_main))
     for taken, batch in enumerate(batches_from(step)):
         if step >= train.steps:
             break
@@ -294,16 +376,18 @@ def train_counterfactual(
             bar.close()
             raise TrainingInterrupted(f"stopped after {taken} steps at step {step}")
         update_generator = step % train.generator_every == 0
-        losses = counterfactual_step(generator, discriminator, classifier, optimizers, batch,
-                                     gan, train, update_generator, device)
-        for name, value in losses.items():
+        terms = counterfactual_step(parallel_g, parallel_d, classifier, optimizers, batch,
+                                    gan, train, update_generator, device, losses)
+        for name, value in terms.items():
             running[name] = running.get(name, 0.0) + value
             counts[name] = counts.get(name, 0) + 1
         step += 1
         bar.update(1)
         if step % train.log_every == 0 or step == train.steps:
-            # the one host sync: losses averaged over the steps since the last log
-            record = {"step": step, **{name: float(total.item()) / counts[name] for name, total in running.items()}}
+            # the one host sync: losses averaged over the steps since the last log (and the ranks)
+            names = list(running)
+            totals = ctx.mean(torch.stack([running[name] for name in names])).tolist()
+            record = {"step": step, **{name: total / counts[name] for name, total in zip(names, totals)}}
             history.append(record)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("d_adv", "g_adv", "g_f", "g_idt")})
             running, counts = {}, {}
@@ -313,11 +397,11 @@ def train_counterfactual(
             generator.train()
         if step % train.checkpoint_every == 0 or step == train.steps:
             checkpoint(out / LAST)
-            write_json(out / HISTORY, history)
     bar.close()
-    save_checkpoint(out / FINAL, {"generator": generator}, run_config, state={"step": step})
+    if ctx.is_main:
+        save_checkpoint(out / FINAL, {"generator": generator}, run_config, state={"step": step})
     checkpoint(out / LAST)
-    write_json(out / HISTORY, history)
+    ctx.barrier()  # no rank returns before the files it will read exist
     return out / FINAL
 
 
