@@ -11,7 +11,9 @@ train data-parallel and rank 0 validates, decides and writes (:mod:`coinlib.runt
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +220,10 @@ def train_classifier(
             scores = predict(model, val_set, batch_size=config.batch_size * 2, device=device)
             val_auc = roc_auc(scores["label"], scores["p_abnormal"])
         val_auc = ctx.broadcast(val_auc)
-        improved = val_auc > state["best_auc"]
+        if math.isnan(val_auc):  # one class only in validation: AUC undefined, keep the latest
+            warnings.warn(f"{out}: the validation split holds one class only, so its AUC is undefined; "
+                          "early stopping cannot choose an epoch and the latest weights are kept", stacklevel=2)
+        improved = val_auc > state["best_auc"] or math.isnan(val_auc)
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_auc": val_auc})
         if improved:
             state["best_auc"], state["bad_epochs"] = val_auc, 0

@@ -30,6 +30,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
     if variant:
         parser.add_argument("--variant", default="coin", help="coin, singla or another named variant")
+        parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                            help="torch.compile the training step (default: the profile's train.compile)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--run-dir", type=Path, required=True)
     report.add_argument("--readme", type=Path, default=Path("README.md"))
     report.add_argument("--figures", type=Path, default=Path("figures"), help="where to copy the run's figures")
+    report.add_argument("--tables", type=Path, default=Path("tables"), help="where to copy the run's tables")
 
     label = commands.add_parser("label", help="weak lesion masks (NIfTI + CSV) for CT volumes with a trained run")
     label.add_argument("--model", type=Path, required=True, metavar="RUN_DIR",
@@ -117,10 +120,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(prepare_dataset(layout, args.src, args.out, config, force=args.force))
         return 0
     if args.command == "report":
-        from .report import publish_figures, update_readme
+        from .report import publish_figures, publish_tables, update_readme
 
         print(update_readme(args.run_dir, args.readme))
         print(f"copied {len(publish_figures(args.run_dir, args.figures))} figure files to {args.figures}")
+        print(f"copied {len(publish_tables(args.run_dir, args.tables))} table files to {args.tables}")
         return 0
     if args.command == "label":
         from .label import label_folder
@@ -142,7 +146,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from . import pipeline
 
-    profile = get_profile(args.profile)
+    fast = getattr(args, "fast", None)
+    profile = get_profile(args.profile, {"train": {"compile": fast}} if fast is not None else None)
     run_dir = args.run_dir or Path("runs") / args.profile
     prepared = pipeline.prepare_track(profile, run_dir, args.track, args.data)
     if args.command == "train-classifier":

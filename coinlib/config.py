@@ -28,6 +28,8 @@ __all__ = [
     "GANConfig",
     "CounterfactualConfig",
     "EvalConfig",
+    "SaliencyConfig",
+    "AblationConfig",
     "Profile",
     "PROFILES",
     "get_profile",
@@ -154,6 +156,46 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SaliencyConfig:
+    """The saliency baselines of Table 1 (paper Sec. 5; FACTS "Evaluation").
+
+    RISE settings default to the RISE paper's code (N = 6000 masks on an 8 x 8 grid kept
+    with p1 = 0.1). The saliency methods cost hundreds to thousands of classifier forward
+    passes per image, so a profile may score them on ``max_images`` abnormal slices per
+    split (spread evenly over the split; ``None``: all), stated beside every result, and
+    may leave a method out of the tumour track (``tumour_methods``), which Table 1 says.
+    """
+
+    methods: tuple[str, ...] = ("gradcam", "layercam", "scorecam", "rise")
+    tumour_methods: tuple[str, ...] | None = None  # None: ``methods`` (a profile may drop costly ones)
+    rise_masks: int = 6000
+    rise_grid: int = 8
+    rise_p1: float = 0.1
+    rise_batch_size: int = 100  # masked images per forward pass
+    scorecam_batch_size: int = 64  # activation channels per forward pass
+    max_images: int | None = None  # abnormal slices scored per split (test and val)
+    seed: int = 0  # RISE masks
+
+    def methods_for(self, track: str) -> tuple[str, ...]:
+        """The methods scored on ``track`` ("synthetic" or "tumour")."""
+        return self.tumour_methods if track == "tumour" and self.tumour_methods is not None else self.methods
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Training budget of the Table 2 and Table 3 rows (``None``: the profile's ``train``).
+
+    On a GPU every row trains like COIN. On two CPU cores the twelve extra GANs of the
+    ablations cannot each get COIN's budget, so ``quick`` trains every row of those two
+    tables, COIN and Singla* included, with the same smaller budget: the rows stay
+    comparable with each other, not with Table 1.
+    """
+
+    steps: int | None = None
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
@@ -166,12 +208,14 @@ class Profile:
     gan: GANConfig = field(default_factory=GANConfig)
     train: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        phantom=PhantomConfig(subjects=6, kits_cases=6, kits_inplane_mm=1.5),
+        phantom=PhantomConfig(subjects=6, kits_cases=8, kits_inplane_mm=1.5),
         data=DataConfig(image_size=64),
         classifier=ClassifierConfig(max_epochs=1, steps_per_epoch=4, batch_size=8),
         tumour_classifier=ClassifierConfig(
@@ -182,6 +226,8 @@ PROFILES: dict[str, Profile] = {
             batch_size=8, steps=6, log_every=2, eval_every=3, checkpoint_every=3
         ),
         eval=EvalConfig(batch_size=16, sweep_points=21),
+        saliency=SaliencyConfig(rise_masks=16, rise_batch_size=16, scorecam_batch_size=64, max_images=1),
+        ablation=AblationConfig(steps=2),
     ),
     # The CPU default: everything of the paper's method, at a size 2 cores train in minutes.
     # Trades (README, "Profiles"): 128 px instead of 256, GAN widths / 8, a few hundred
@@ -199,15 +245,21 @@ PROFILES: dict[str, Profile] = {
         ),
         gan=GANConfig(widths=(8, 16, 32, 64, 128), stem_width=8, disc_widths=(8, 16, 32, 64, 128)),
         train=CounterfactualConfig(
-            lr=1e-3, generator_every=1, steps=300, log_every=10, eval_every=150, checkpoint_every=50
+            lr=1e-3, batch_size=8, generator_every=1, steps=300, log_every=10, eval_every=150,
+            checkpoint_every=50,
         ),
+        # ScoreCAM on EfficientNetV2-S is 1281 forward passes per slice, about two minutes
+        # on 2 cores: left out of the tumour track here (Table 1 says so), run on `paper`.
+        saliency=SaliencyConfig(rise_masks=250, max_images=4, tumour_methods=("gradcam", "layercam", "rise")),
+        ablation=AblationConfig(steps=100),
     ),
     "paper": Profile(
         name="paper",
         phantom=PhantomConfig(subjects=120, kits_cases=120),
         data=DataConfig(image_size=256),
         classifier=ClassifierConfig(max_epochs=20),
-        train=CounterfactualConfig(steps=20_000, eval_every=2000, checkpoint_every=1000),
+        # compile: the fast path (same maths, tests/test_fast_step.py); pays on a GPU only
+        train=CounterfactualConfig(steps=20_000, eval_every=2000, checkpoint_every=1000, compile=True),
     ),
 }
 

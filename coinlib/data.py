@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ from .anomaly import (
 from .config import AnomalyConfig
 from .prepared import PreparedSlices, open_prepared
 
-__all__ = ["SliceDataset", "make_loader", "evaluation_set"]
+__all__ = ["SliceDataset", "evaluation_set", "make_loader", "subset_by_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -298,3 +299,12 @@ def evaluation_set(
     of images, whatever its own training seed (App. 7.2).
     """
     return SliceDataset(prepared, split, anomaly, fresh_anomalies=False, seed=anomaly.seed if anomaly else 0)
+
+
+def subset_by_rows(dataset: SliceDataset, rows: Sequence[int]) -> torch.utils.data.Subset:
+    """The items of ``dataset`` whose prepared row (``item["index"]``) is in ``rows``, in that order."""
+    position = {int(row): i for i, row in enumerate(dataset.rows)}
+    missing = [int(r) for r in rows if int(r) not in position]
+    if missing:
+        raise KeyError(f"rows {missing[:5]} are not in the {dataset.split} split")
+    return torch.utils.data.Subset(dataset, [position[int(r)] for r in rows])

@@ -10,7 +10,9 @@ every notebook runs on its own from a fresh kernel::
       data/prepared/<name>_<size>/     prepared slices (coinlib.prepared)
       models/<track>/classifier/       classifier f
       models/<track>/<variant>/        counterfactual GAN (COIN, Singla*, ablations)
-      results/                         metrics JSON
+      models/<track>/ablation/<variant>/  Table 2/3 rows, when the profile trains them shorter
+      results/                         metrics JSON (<track>_<method>.json, ablation_...)
+      tables/, figures/                what the notebooks write (Markdown + CSV, PNG + PDF)
       notebooks/                       executed notebooks (coin reproduce)
 
 A *track* is "synthetic" (TotalSegmentator layout + synthetic anomalies, ResNet18) or
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from .config import AnomalyConfig, ClassifierConfig, Profile
@@ -36,7 +39,13 @@ __all__ = [
     "ensure_classifier",
     "ensure_counterfactual",
     "evaluate_variant",
+    "ensure_results",
+    "ensure_table1",
+    "evaluate_saliency",
     "evaluate_classifier",
+    "load_results",
+    "load_saliency_maps",
+    "saliency_maps_path",
 ]
 
 Track = Literal["synthetic", "tumour"]
@@ -59,12 +68,90 @@ class RunPaths:
     def classifier(self, track: Track) -> Path:
         return self.root / "models" / track / "classifier"
 
-    def counterfactual(self, track: Track, variant: str) -> Path:
-        return self.root / "models" / track / variant
+    def counterfactual(self, track: Track, variant: str, ablation: bool = False) -> Path:
+        return self.root / "models" / track / ("ablation" if ablation else "") / variant
+
+    def result(self, track: Track, method: str, ablation: bool = False) -> Path:
+        return self.results / f"{'ablation_' if ablation else ''}{track}_{method}.json"
 
     @property
     def results(self) -> Path:
         return self.root / "results"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+
+def _budget(profile: Profile, ablation: bool) -> tuple[Profile, bool]:
+    """The profile a Table 2/3 row trains with, and whether it has its own folder."""
+    from .variants import ablation_budget
+
+    shorter = ablation_budget(profile) if ablation else None
+    return (shorter, True) if shorter is not None else (profile, False)
+
+
+def _fingerprint(*files: Path) -> list[list]:
+    """Size and mtime of files a result depends on: a retrained model invalidates it."""
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _reusable(path: Path, settings: dict) -> dict | None:
+    """The results at ``path`` when they were computed with exactly ``settings``."""
+    from .files import read_json
+
+    if path.is_file():
+        saved = read_json(path)
+        if saved.get("settings") == settings:
+            return saved
+    return None
+
+
+def _write_results(path: Path, fields: dict, prepared: str | os.PathLike, device: torch.device,
+                   settings: dict, scored: dict) -> dict:
+    """Write a results JSON with what produced it: data, hardware, commit, settings."""
+    from .files import write_json
+    from .runtime import git_commit, hardware_summary
+
+    results = {**fields, "data": str(prepared), "hardware": hardware_summary(device), "git_commit": git_commit(),
+               "settings": settings, **scored}
+    write_json(path, results)
+    return results
+
+
+def saliency_maps_path(run_dir: str | os.PathLike, track: Track, method: str) -> Path:
+    """Where :func:`evaluate_saliency` keeps the scored test maps (``index``, ``maps``)."""
+    return RunPaths(run_dir).results / f"{track}_{method}_maps.npz"
+
+
+def load_saliency_maps(run_dir: str | os.PathLike, track: Track, method: str) -> dict[int, np.ndarray]:
+    """The saliency maps scored on the test split, by prepared row: ``{row: (H, W) float32}``."""
+    path = saliency_maps_path(run_dir, track, method)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook 04 (saliency baselines)")
+    with np.load(path) as saved:
+        return {int(i): m.astype(np.float32) for i, m in zip(saved["index"], saved["maps"])}
+
+
+def load_results(run_dir: str | os.PathLike, track: Track, method: str, ablation: bool = False) -> dict:
+    """The results JSON of ``method`` (a variant or a saliency method) on ``track``.
+
+    ``ablation``: the Table 2/3 run of the variant (the Table 1 one when the profile
+    trains both alike). Raises ``FileNotFoundError`` naming the notebook that writes it.
+    """
+    from .files import read_json
+
+    paths = RunPaths(run_dir)
+    path = paths.result(track, method, ablation)
+    if ablation and not path.is_file():
+        path = paths.result(track, method)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the notebook that evaluates {method} on {track}")
+    return read_json(path)
 
 
 def track_settings(profile: Profile, track: Track) -> tuple[ClassifierConfig, AnomalyConfig | None]:
@@ -136,11 +223,13 @@ def ensure_counterfactual(
     variant: str = "coin",
     device: torch.device | str | None = None,
     progress: bool = True,
+    ablation: bool = False,
 ) -> Path:
     """Train (or resume, or reuse) the counterfactual GAN ``variant`` of ``track``.
 
     The classifier of the track is built first when missing. Validation IoU and CV are
-    logged every ``train.eval_every`` steps.
+    logged every ``train.eval_every`` steps. ``ablation``: train it as a Table 2/3 row,
+    with ``profile.ablation``'s budget (in its own folder when that differs).
     """
     from .classifier_training import load_classifier
     from .counterfactual import train_counterfactual
@@ -150,13 +239,14 @@ def ensure_counterfactual(
 
     paths = RunPaths(run_dir)
     classifier_path = ensure_classifier(profile, run_dir, track, prepared, device, progress)
+    profile, separate = _budget(profile, ablation)
     configured = apply_variant(profile, variant)
     _, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
     val_set = evaluation_set(prepared, "val", anomaly)
     return train_counterfactual(
         prepared, configured.gan, configured.train, anomaly, classifier, classifier_path,
-        paths.counterfactual(track, variant), device=device, progress=progress,
+        paths.counterfactual(track, variant, separate), device=device, progress=progress,
         evaluate=quick_validation(classifier, configured.gan, configured.eval, val_set),
     )
 
@@ -170,28 +260,37 @@ def evaluate_variant(
     device: torch.device | str | None = None,
     fid: bool = True,
     progress: bool = True,
+    ablation: bool = False,
 ) -> dict:
     """Score a trained variant on the test split; write ``results/<track>_<variant>.json``.
 
     The JSON holds the metrics, the thresholds, the profile, the hardware, the seed and
-    the git commit, so every number can be traced to what produced it.
+    the git commit, so every number can be traced to what produced it. A result computed
+    from the same checkpoint with the same settings is reused, not recomputed.
+    ``ablation``: the Table 2/3 run (``results/ablation_...`` when it has its own budget).
     """
+    from .classifier_training import BEST as CLASSIFIER
     from .classifier_training import load_classifier
     from .config import to_dict
-    from .counterfactual import load_generator
+    from .counterfactual import FINAL, load_generator
     from .data import evaluation_set
     from .evaluate import evaluate_counterfactual
-    from .files import write_json
-    from .runtime import git_commit, hardware_summary, pick_device
+    from .runtime import pick_device
     from .variants import VARIANTS, apply_variant
 
     paths = RunPaths(run_dir)
-    device = device if isinstance(device, torch.device) else pick_device(device)
+    profile, separate = _budget(profile, ablation)
     configured = apply_variant(profile, variant)
+    model_dir = paths.counterfactual(track, variant, separate)
+    settings = {"eval": to_dict(configured.eval), "fid": fid,
+                "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER, model_dir / FINAL)}
+    out = paths.result(track, variant, separate)
+    if (saved := _reusable(out, settings)) is not None:
+        return saved
+    device = device if isinstance(device, torch.device) else pick_device(device)
     _, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
-    generator, gan = load_generator(paths.counterfactual(track, variant), device)
-    seed = configured.train.seed
+    generator, gan = load_generator(model_dir, device)
     test_set = evaluation_set(prepared, "test", anomaly)
     val_set = evaluation_set(prepared, "val", anomaly)
     scored = evaluate_counterfactual(generator, classifier, gan, configured.eval, test_set, val_set,
@@ -201,16 +300,104 @@ def evaluate_variant(
         "variant": variant,
         "paper_row": VARIANTS[variant].paper_row,
         "profile": profile.name,
+        "budget": "ablation" if separate else "main",
         "config": {"gan": to_dict(configured.gan), "train": to_dict(configured.train),
                    "eval": to_dict(configured.eval)},
-        "data": str(prepared),
-        "seed": seed,
-        "hardware": hardware_summary(device),
-        "git_commit": git_commit(),
-        **scored,
+        "seed": configured.train.seed,
     }
-    write_json(paths.results / f"{track}_{variant}.json", results)
-    return results
+    return _write_results(out, results, prepared, device, settings, scored)
+
+
+def ensure_results(
+    profile: Profile,
+    run_dir: str | os.PathLike,
+    track: Track,
+    prepared: str | os.PathLike,
+    variant: str,
+    ablation: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train (or reuse) ``variant`` and score it: the one call behind each table row."""
+    ensure_counterfactual(profile, run_dir, track, prepared, variant, device, progress, ablation)
+    return evaluate_variant(profile, run_dir, track, prepared, variant, device, progress=progress,
+                            ablation=ablation)
+
+
+def ensure_table1(
+    profile: Profile,
+    run_dir: str | os.PathLike,
+    sources: dict[str, str | os.PathLike],
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, dict]]:
+    """Every Table 1 result, built where missing: ``{track: {method: results}}``.
+
+    ``sources`` maps each track to "phantom" or its dataset folder. Per track: the
+    classifier, the saliency methods of ``profile.saliency``, Singla* and COIN.
+    """
+    from .variants import TABLE1_VARIANTS
+
+    table: dict[str, dict[str, dict]] = {}
+    for track, source in sources.items():
+        prepared = prepare_track(profile, run_dir, track, source, progress=progress)
+        ensure_classifier(profile, run_dir, track, prepared, device, progress)
+        table[track] = {
+            **{m: evaluate_saliency(profile, run_dir, track, prepared, m, device, progress)
+               for m in profile.saliency.methods_for(track)},
+            **{v: ensure_results(profile, run_dir, track, prepared, v, device=device, progress=progress)
+               for v in TABLE1_VARIANTS},
+        }
+    return table
+
+
+def evaluate_saliency(
+    profile: Profile,
+    run_dir: str | os.PathLike,
+    track: Track,
+    prepared: str | os.PathLike,
+    method: str,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score saliency ``method`` with the track's classifier; write ``results/<track>_<method>.json``.
+
+    Same protocol and threshold choice as :func:`evaluate_variant` (Sec. 5), on
+    ``profile.saliency.max_images`` abnormal slices per split; the cost (forward passes,
+    seconds per image) is recorded. Reused when the classifier and settings are unchanged.
+    """
+    import numpy as np
+
+    from .classifier_training import BEST as CLASSIFIER
+    from .classifier_training import load_classifier
+    from .config import to_dict
+    from .data import evaluation_set
+    from .evaluate import evaluate_saliency_method
+    from .files import atomic_path
+    from .runtime import pick_device
+
+    paths = RunPaths(run_dir)
+    settings = {"saliency": to_dict(profile.saliency), "eval": to_dict(profile.eval),
+                "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER)}
+    out = paths.result(track, method)
+    if (saved := _reusable(out, settings)) is not None and saliency_maps_path(run_dir, track, method).is_file():
+        return saved
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    _, anomaly = track_settings(profile, track)
+    classifier = load_classifier(paths.classifier(track), device)
+    scored = evaluate_saliency_method(
+        method, classifier, profile.saliency, profile.eval,
+        evaluation_set(prepared, "test", anomaly), evaluation_set(prepared, "val", anomaly), progress,
+    )
+    with atomic_path(saliency_maps_path(run_dir, track, method)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, index=np.asarray(scored["test_index"]), maps=scored.pop("test_maps"))
+    results = {
+        "track": track,
+        "method": method,
+        "profile": profile.name,
+    }
+    return _write_results(out, results, prepared, device, settings, scored)
 
 
 def evaluate_classifier(
@@ -225,8 +412,6 @@ def evaluate_classifier(
     Writes ``results/classifier_<track>.json`` and returns it together with the per-slice
     ``p_abnormal``, ``label`` and ``index`` arrays (not written) for plots.
     """
-    import numpy as np
-
     from .classifier_training import load_classifier, predict, roc_auc
     from .data import evaluation_set
     from .files import write_json

@@ -23,6 +23,10 @@ __all__ = [
     "show_grid",
     "save_figure",
     "counterfactual_panel",
+    "training_curves",
+    "sweep_curves",
+    "method_grid",
+    "variant_grid",
 ]
 
 OUTCOME_COLOURS = {"tp": (0.1, 0.85, 0.1), "fp": (0.95, 0.1, 0.1), "fn": (1.0, 0.9, 0.0), "truth": (1, 1, 1)}
@@ -115,3 +119,96 @@ def counterfactual_panel(
         overlays.append([None, None, None, outcome_rgba(pred, truth), None])
     titles = ["x", "x_cf", "|x - x_cf|", f"weak mask (t={threshold:.2f})", "true mask"]
     return show_grid(rows, col_titles=titles, overlays=overlays)
+
+
+def sweep_curves(
+    curves: dict[str, dict[str, Sequence[float]]],
+    ax: plt.Axes | None = None,
+    title: str = "",
+) -> plt.Figure:
+    """IoU against the binarisation threshold, one line per method (Sec. 5 sweep).
+
+    ``curves[name]`` holds ``thresholds`` and ``test_iou`` (a results JSON's ``sweep``) and
+    optionally ``chosen`` (the threshold from the validation split, drawn as a dot).
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 3.6))
+    for name, curve in curves.items():
+        (line,) = ax.plot(curve["thresholds"], curve["test_iou"], label=name, lw=1.4)
+        if curve.get("chosen") is not None:
+            t = float(curve["chosen"])
+            ax.plot([t], [np.interp(t, curve["thresholds"], curve["test_iou"])], "o", color=line.get_color(), ms=4)
+    ax.set(xlabel="threshold", ylabel="test IoU", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def method_grid(
+    examples: Sequence[dict], methods: Sequence[str], example_titles: Sequence[str] | None = None
+) -> plt.Figure:
+    """The paper's Fig. 2: per example slice, a row of maps and a row of thresholded masks.
+
+    ``examples[i]`` holds ``image`` (H, W) in [-1, 1], ``truth`` (H, W) bool and, per method
+    name, ``maps[name]`` (H, W) in [0, 1] and ``masks[name]`` (H, W) bool. Masks are drawn
+    TP green, FP red, FN yellow; the last column is the ground truth in white.
+    """
+    rows, overlays, titles = [], [], []
+    for i, ex in enumerate(examples):
+        label = example_titles[i] if example_titles else f"slice {i}"
+        rows.append([ex["image"], *[ex["maps"][m] * 2 - 1 for m in methods], None])
+        overlays.append([None] * (len(methods) + 2))
+        rows.append([ex["image"], *[ex["image"] for _ in methods], np.where(ex["truth"], 1.0, -1.0)])
+        overlays.append([None, *[outcome_rgba(ex["masks"][m], ex["truth"]) for m in methods], None])
+        titles += [f"{label}: map", f"{label}: mask"]
+    return show_grid(rows, row_titles=titles, col_titles=["x", *methods, "ground truth"], overlays=overlays)
+
+
+def variant_grid(
+    x: np.ndarray, counterfactuals: dict[str, np.ndarray], truth: np.ndarray | None = None
+) -> plt.Figure:
+    """Counterfactuals of several variants for the same slices (Appendix A, Figs. 4-6).
+
+    ``x`` (N, H, W) in [-1, 1]; ``counterfactuals[name]`` (N, H, W) the variant's x_cf.
+    Per slice: x, then for each variant its x_cf and |x - x_cf| (the weak map), and the
+    true mask when given.
+    """
+    from .masks import difference_map
+
+    rows, titles = [], ["x"]
+    for name in counterfactuals:
+        titles += [f"{name}: x_cf", f"{name}: |x - x_cf|"]
+    if truth is not None:
+        titles.append("true mask")
+    for i in range(len(x)):
+        row = [x[i]]
+        for x_cf in counterfactuals.values():
+            row += [x_cf[i], difference_map(x[i], x_cf[i]) * 2 - 1]
+        if truth is not None:
+            row.append(np.where(truth[i], 1.0, -1.0))
+        rows.append(row)
+    return show_grid(rows, col_titles=titles)
+
+
+def training_curves(log: Sequence[dict], title: str = "") -> plt.Figure:
+    """A counterfactual GAN's history: adversarial terms (Eq. 2), weighted generator terms
+    (Eq. 1, 3-6) and the validation IoU / CV logged during training."""
+    losses = [h for h in log if "d_adv" in h]
+    evals = [h for h in log if "val_iou" in h]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for ax, keys, name in ((axes[0], ("d_adv", "g_adv"), "adversarial terms (Eq. 2)"),
+                           (axes[1], ("g_f", "g_idt", "g_tv"), "weighted generator terms (Eq. 1, 3-6)")):
+        for key in keys:
+            points = [(h["step"], h[key]) for h in losses if key in h]
+            if points:
+                ax.plot(*zip(*points), label=key)
+        ax.set(title=name, xlabel="step")
+        ax.legend()
+    axes[1].set_yscale("log")
+    axes[2].plot([h["step"] for h in evals], [h["val_iou"] for h in evals], "o-", label="val IoU (best t)")
+    axes[2].plot([h["step"] for h in evals], [h["val_cv"] for h in evals], "s-", label="val CV")
+    axes[2].set(title="validation", xlabel="step", ylim=(0, 1.02))
+    axes[2].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

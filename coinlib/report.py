@@ -17,7 +17,7 @@ from typing import Any
 from .files import atomic_path, read_json
 from .tables import markdown_table
 
-__all__ = ["results_markdown", "update_readme", "publish_figures", "START", "END"]
+__all__ = ["END", "START", "publish_figures", "publish_tables", "results_markdown", "update_readme"]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -26,55 +26,60 @@ def _load(path: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
+def _table_body(path: Path) -> str | None:
+    """A table written by :func:`coinlib.tables.write_table`, without its title line."""
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    return text[text.index("|"):] if "|" in text else None
+
+
 def results_markdown(run_dir: str | os.PathLike) -> str:
-    """Markdown summary of what the run produced: profile, hardware, timings, metrics."""
+    """Markdown summary of what the run produced: profile, hardware, timings, Tables 1-3."""
+    from .config import get_profile
+    from .tables import claims_markdown, table1_claims
+
     run_dir = Path(run_dir)
     results = run_dir / "results"
     timings = _load(run_dir / "notebooks" / "timings.json")
-    classifier = _load(results / "classifier_synthetic.json")
+    classifiers = {t: _load(results / f"classifier_{t}.json") for t in ("synthetic", "tumour")}
     coin = _load(results / "synthetic_coin.json")
-    if coin is None and classifier is None:
+    source = coin or classifiers["synthetic"]
+    if source is None:
         raise FileNotFoundError(f"no results in {results}; run the notebooks first (coin reproduce)")
-    source = coin or classifier
     hardware = source["hardware"]
     device = hardware.get("gpu") or f"{hardware['cpu']} ({hardware['cpu_cores']} cores, CPU only)"
+    data = "the embedded phantom" if "phantom" in str(source.get("data", "phantom")) else f"`{source['data']}`"
     lines = [
-        f"Profile **{source['profile']}** on the embedded phantom, produced on {device} with torch "
+        f"Profile **{source['profile']}** on {data}, produced on {device} with torch "
         f"{hardware['torch']} (commit `{source.get('git_commit') or 'unknown'}`).",
         "",
     ]
     if timings:
         rows = [{"notebook": t["notebook"], "minutes": t["seconds"] / 60} for t in timings["notebooks"]]
         rows.append({"notebook": "total", "minutes": sum(t["seconds"] for t in timings["notebooks"]) / 60})
-        lines += ["Wall-clock time of the notebooks in `make reproduce`:", "", markdown_table(rows, ["notebook", "minutes"], 1)]
-    if classifier:
+        lines += ["Wall-clock time of the notebooks in `make reproduce`:", "",
+                  markdown_table(rows, ["notebook", "minutes"], 1)]
+    for track, classifier in classifiers.items():
+        if classifier:
+            lines += [f"Classifier f, {track} track ({classifier['arch']}): test AUC **{classifier['test_auc']:.3f}**, "
+                      f"accuracy {classifier['test_accuracy']:.3f} on {classifier['test_slices']} test slices.", ""]
+    tables = run_dir / "tables"
+    if (table1 := _table_body(tables / "table1.md")) is not None:
         lines += [
-            f"Classifier f ({classifier['arch']}, synthetic track): test AUC **{classifier['test_auc']:.3f}**, "
-            f"accuracy {classifier['test_accuracy']:.3f} on {classifier['test_slices']} test slices.",
-            "",
+            "**Table 1.** IoU at the threshold chosen on the validation split, the paper's protocol "
+            "(best threshold on the test set) beside it, and the paper's numbers in the adjacent "
+            "columns. Saliency methods are scored on the slices counted in the last column.",
+            "", table1, "Orderings the paper reports, checked on this run:", "",
+            claims_markdown(table1_claims(run_dir, get_profile(source["profile"]).saliency)),
         ]
-    if coin:
-        m = coin["metrics"]
-        row = {
-            "method": "COIN (this run)",
-            "IoU": m["iou"]["iou"],
-            "threshold (from val)": m.get("threshold_from_val"),
-            "mean per-image IoU": m["iou"]["mean_per_image_iou"],
-            "best test IoU (t)": f"{m['iou_best_on_test']:.3f} ({m['threshold_best_on_test']:.2f})",
-            "CV": m["cv"],
-            "FID": m.get("fid"),
-            "classifier FD": m["classifier_fd"],
-        }
-        paper = {"method": "COIN (paper, Table 1)", "IoU": 0.646, "best test IoU (t)": "0.646 (best)",
-                 "CV": 0.997, "FID": 0.003}
-        lines += [
-            "COIN on the synthetic track (test split; IoU accumulated over all abnormal slices at the "
-            "threshold chosen on the validation split; paper row for comparison):",
-            "",
-            markdown_table([row, paper], list(row)),
-        ]
-        if m.get("fid") is None:
-            lines += [f"FID: {m.get('fid_note', 'not computed')}", ""]
+    if coin is not None and coin["metrics"].get("fid") is None:
+        lines += [f"FID: {coin['metrics'].get('fid_note', 'not computed')}", ""]
+    for name, caption in (("table2", "**Table 2.** COIN's loss ablation (synthetic track)."),
+                          ("table3", "**Table 3.** Appendix A: masks, perturbations, skips, conditions "
+                                     "(synthetic track).")):
+        if (body := _table_body(tables / f"{name}.md")) is not None:
+            lines += [caption, "", body]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -94,9 +99,18 @@ def update_readme(run_dir: str | os.PathLike, readme: str | os.PathLike) -> str:
 
 def publish_figures(run_dir: str | os.PathLike, figures_dir: str | os.PathLike) -> list[Path]:
     """Copy the run's figures (PNG and PDF) into the repository's ``figures/`` folder."""
+    return _publish(Path(run_dir) / "figures", "*.p[dn][fg]", figures_dir)
+
+
+def publish_tables(run_dir: str | os.PathLike, tables_dir: str | os.PathLike) -> list[Path]:
+    """Copy the run's tables (Markdown and CSV) into the repository's ``tables/`` folder."""
+    return _publish(Path(run_dir) / "tables", "*.[mc][ds]*", tables_dir)
+
+
+def _publish(source_dir: Path, pattern: str, target_dir: str | os.PathLike) -> list[Path]:
     copied = []
-    for source in sorted((Path(run_dir) / "figures").glob("*.p[dn][fg]")):
-        target = Path(figures_dir) / source.name
+    for source in sorted(source_dir.glob(pattern)):
+        target = Path(target_dir) / source.name
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
         copied.append(target)

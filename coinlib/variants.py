@@ -11,7 +11,15 @@ from typing import Any
 
 from .config import Profile, from_dict, to_dict
 
-__all__ = ["Variant", "VARIANTS", "apply_variant"]
+__all__ = [
+    "Variant",
+    "VARIANTS",
+    "TABLE1_VARIANTS",
+    "TABLE2_VARIANTS",
+    "TABLE3_VARIANTS",
+    "apply_variant",
+    "ablation_budget",
+]
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,13 @@ VARIANTS: dict[str, Variant] = {
         _appendix("E", True, True, 3, 2),
         _appendix("F", True, True, 4, 2),
         _appendix("G", False, True, 4, 2),
-        _appendix("H", False, False, 4, 2),
+        # row H (no masks, no perturbations, 4 skips, 2 conditions) is "singla"
     ]
 }
+
+TABLE1_VARIANTS = ("singla", "coin")
+TABLE2_VARIANTS = ("coin_no_idt", "coin_no_f", "coin_no_tv", "coin")
+TABLE3_VARIANTS = tuple(f"table3_{row}" for row in "abcdefg") + ("singla", "coin")
 
 
 def apply_variant(profile: Profile, name: str) -> Profile:
@@ -62,3 +74,14 @@ def apply_variant(profile: Profile, name: str) -> Profile:
     gan = from_dict(type(profile.gan), {**to_dict(profile.gan), **variant.gan})
     train = from_dict(type(profile.train), {**to_dict(profile.train), **variant.train})
     return replace(profile, gan=gan, train=train)
+
+
+def ablation_budget(profile: Profile) -> Profile | None:
+    """``profile`` with the Table 2 / Table 3 training budget, or ``None`` when it is the same.
+
+    ``profile.ablation`` may shorten training (``steps``, ``batch_size``) for the ablation
+    rows; ``None`` means they train exactly like Table 1 and reuse its COIN and Singla*.
+    """
+    changes = {key: value for key, value in to_dict(profile.ablation).items() if value is not None}
+    train = replace(profile.train, **changes)
+    return None if train == profile.train else replace(profile, train=train)

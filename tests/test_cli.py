@@ -24,3 +24,17 @@ def test_phantom_command_writes_the_layout(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "ts" / "s0000" / "ct.nii.gz").is_file()
     assert (tmp_path / "ts" / "meta.csv").is_file()
+
+
+def test_fast_flag_overrides_the_profiles_compile_setting(monkeypatch, tmp_path):
+    from coinlib import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "prepare_track", lambda profile, *a, **k: tmp_path)
+    monkeypatch.setattr(pipeline, "ensure_counterfactual",
+                        lambda profile, *a, **k: seen.setdefault("compile", profile.train.compile))
+    assert main(["train", "--profile", "paper", "--run-dir", str(tmp_path), "--no-fast"]) == 0
+    assert seen == {"compile": False}  # the paper profile compiles by default
+    seen.clear()
+    assert main(["train", "--profile", "quick", "--run-dir", str(tmp_path), "--fast"]) == 0
+    assert seen == {"compile": True}

@@ -2,8 +2,17 @@ import json
 
 import pytest
 
-from coinlib.report import END, START, publish_figures, update_readme
-from coinlib.tables import format_value, markdown_table, write_table
+from coinlib.files import write_json
+from coinlib.pipeline import RunPaths
+from coinlib.report import (
+    END,
+    START,
+    publish_figures,
+    publish_tables,
+    results_markdown,
+    update_readme,
+)
+from coinlib.tables import TABLE1_METHODS, format_value, markdown_table, write_table
 
 
 def _fake_run(tmp_path):
@@ -32,8 +41,25 @@ def test_readme_block_is_replaced_from_the_run_files(tmp_path):
     text = readme.read_text()
     assert "stale text" not in text and text.endswith("tail\n") and block in text
     assert "Profile **quick**" in block and "Test CPU (2 cores, CPU only)" in block
-    assert "| COIN (this run) | 0.610 | 0.120 |" in block
     assert "| total | 3.0 |" in block and "FID unavailable" in block
+    assert "Table 1" not in block  # no table written yet
+
+
+def test_readme_shows_the_tables_and_the_checked_orderings(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    for i, method in enumerate(TABLE1_METHODS):  # IoU rises along TABLE1_METHODS: COIN best
+        for track in ("synthetic", "tumour"):
+            path = RunPaths(run).result(track, method)
+            result = json.loads(path.read_text()) if path.is_file() else {}
+            result["metrics"] = {**result.get("metrics", {}), "iou": {"iou": 0.1 * i}}
+            write_json(path, result)
+    write_table(run / "tables" / "table1", [{"method": "COIN", "IoU": 0.5, "paper IoU": 0.646}],
+                ["method", "IoU", "paper IoU"], title="Table 1 (profile quick)")
+    block = results_markdown(run)
+    assert "**Table 1.**" in block and "| COIN | 0.500 | 0.646 |" in block
+    assert "- holds: synthetic: COIN > Singla et al.*" in block and "does NOT hold" not in block
+    copied = publish_tables(run, tmp_path / "tables")
+    assert sorted(p.name for p in copied) == ["table1.csv", "table1.md"]
 
 
 def test_readme_without_markers_is_refused(tmp_path):

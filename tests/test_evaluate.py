@@ -1,0 +1,97 @@
+"""The Sec. 5 threshold protocol shared by every method, and the saliency scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from coinlib.classifier import build_classifier, freeze
+from coinlib.config import ClassifierConfig, EvalConfig, SaliencyConfig, get_profile
+from coinlib.evaluate import evaluate_saliency_method, saliency_subset, score_maps
+from coinlib.variants import ablation_budget
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return freeze(build_classifier(ClassifierConfig()))
+
+
+@pytest.fixture
+def tiny_profile():
+    return get_profile("smoke")
+
+
+def _blobs(n: int, radius: int, level: float, seed: int):
+    """Maps whose lesion pixels sit at ``level`` and background rises towards 0.5."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:24, :24]
+    truth = np.stack([(yy - 12) ** 2 + (xx - 12) ** 2 <= radius**2 for _ in range(n)])
+    maps = rng.uniform(0.0, 0.3, truth.shape).astype(np.float32)
+    maps[truth] = level
+    return maps, truth
+
+
+def test_threshold_is_chosen_on_validation_and_test_iou_reported_at_it():
+    config = EvalConfig(sweep_points=101)
+    val = _blobs(4, 5, 0.5, 0)  # background < 0.3, lesions at 0.5: any t in [0.3, 0.5) is perfect
+    test = _blobs(4, 5, 0.35, 1)  # lesions only at 0.35 here: t from val may miss them
+    out = score_maps(test, config, val, postprocess=False)["metrics"]
+    assert 0.3 <= out["threshold_from_val"] < 0.5 and out["val_iou_at_it"] == pytest.approx(1.0)
+    assert out["iou_best_on_test"] == pytest.approx(1.0) and 0.3 <= out["threshold_best_on_test"] < 0.35
+    expected = 1.0 if out["threshold_from_val"] < 0.35 else 0.0
+    assert out["iou"]["iou"] == pytest.approx(expected)
+    assert out["postprocessed"] is False and out["abnormal_test_slices"] == 4
+
+
+def test_without_validation_the_fixed_threshold_is_used():
+    out = score_maps(_blobs(2, 4, 0.9, 0), EvalConfig(threshold=0.25), None, postprocess=True)["metrics"]
+    assert "threshold_from_val" not in out and out["iou"] == out["iou_at_fixed"]
+
+
+class _Labelled(torch.utils.data.Dataset):
+    def __init__(self, labels):
+        self._labels = np.asarray(labels)
+        self.rows = np.arange(len(labels)) + 100
+
+    def labels(self):
+        return self._labels
+
+    def __len__(self):
+        return len(self._labels)
+
+    def __getitem__(self, i):
+        truth = torch.zeros(1, 32, 32)
+        truth[:, 8:16, 8:16] = float(self._labels[i])
+        image = truth * 2 - 1
+        return {"image": image, "lesion_mask": truth, "label": torch.tensor(float(self._labels[i])),
+                "index": int(self.rows[i])}
+
+
+def test_saliency_subset_spreads_over_the_abnormal_slices():
+    data = _Labelled([0, 1, 1, 0, 1, 1, 1, 0, 1])
+    assert saliency_subset(data, None) == [1, 2, 4, 5, 6, 8]
+    assert saliency_subset(data, 3) == [1, 4, 8]  # positions 0, 2.5 -> 2 (round half to even), 5
+    assert saliency_subset(data, 100) == [1, 2, 4, 5, 6, 8]
+
+
+def test_a_saliency_method_is_scored_with_its_cost(tiny_model):
+    data = _Labelled([1, 0, 1, 1])
+    out = evaluate_saliency_method("rise", tiny_model, SaliencyConfig(rise_masks=8, rise_batch_size=8, max_images=2),
+                                   EvalConfig(sweep_points=11), data, data)
+    assert out["cost"]["forward_passes"] == 8 and out["cost"]["seconds_per_image"] > 0
+    assert out["metrics"]["subset"] == {"test": 2, "val": 2, "max_images": 2}
+    assert out["test_index"] == [100, 103] and len(out["sweep"]["test_iou"]) == 11
+    assert out["metrics"]["postprocessed"] is False and "iou_postprocessed" in out["metrics"]
+
+
+def test_ablation_budget_applies_only_when_it_differs(tiny_profile):
+    from dataclasses import replace
+
+    from coinlib.config import AblationConfig
+
+    assert ablation_budget(replace(tiny_profile, ablation=AblationConfig())) is None
+    shorter = ablation_budget(replace(tiny_profile, ablation=AblationConfig(steps=3, batch_size=2)))
+    assert (shorter.train.steps, shorter.train.batch_size) == (3, 2)
+    assert shorter.gan == tiny_profile.gan
