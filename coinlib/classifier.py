@@ -65,6 +65,13 @@ class BinaryClassifier(nn.Module):
                 1, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False
             )
             nn.init.kaiming_normal_(net.features[0][0].weight, mode="fan_out")
+            # torchvision draws the last layer from U(-1/sqrt(out), 1/sqrt(out)): for one
+            # logit that is U(-1, 1) over 1280 features, initial logits of several units and
+            # a BCE near 2 that stalled training from scratch. Use the fan-in range instead.
+            head = net.classifier[-1]
+            bound = 1.0 / head.in_features**0.5
+            nn.init.uniform_(head.weight, -bound, bound)
+            nn.init.zeros_(head.bias)
         self.net = net
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,9 +83,13 @@ class BinaryClassifier(nn.Module):
             x = net.features(x)
         return torch.flatten(net.avgpool(x), 1)
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` from penultimate features ``(B, F)``."""
+        last = self.net.fc if self.arch == "resnet18" else self.net.classifier
+        return last(features).squeeze(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        head = self.net.fc if self.arch == "resnet18" else self.net.classifier
-        return head(self.penultimate(x)).squeeze(1)
+        return self.head(self.penultimate(x))
 
 
 def build_classifier(config: ClassifierConfig) -> BinaryClassifier:

@@ -426,30 +426,38 @@ def generate_counterfactuals(
     device: torch.device | None = None,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """x, x_cf, f(x), f(x_cf) and the masks for every item, in the inpainting direction.
+    """x, x_cf, f(x), f(x_cf), f's features and the masks for every item, inpainting.
 
     Every method is scored abnormal -> normal (paper Sec. 4.4, 5): COIN's one condition;
     for Singla* the condition that asks for a normal image, bin(0).
     Arrays: ``x``, ``x_cf`` (N, H, W) float32 in [-1, 1]; ``p_abnormal``, ``p_abnormal_cf``,
-    ``label`` (N,); ``lesion_mask``, ``kidney_mask`` (N, H, W) bool; ``index`` (N,).
+    ``label`` (N,); ``features``, ``features_cf`` (N, F): f's penultimate features of x and
+    x_cf, from the same forward pass as the probabilities (for the classifier Frechet
+    distance, :func:`coinlib.metrics.classifier_frechet_distance`); ``lesion_mask``,
+    ``kidney_mask`` (N, H, W) bool; ``index`` (N,).
     """
     device = device or next(generator.parameters()).device
     generator.eval()
     classifier.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    keys = ("x", "x_cf", "p_abnormal", "p_abnormal_cf", "label", "lesion_mask", "kidney_mask", "index")
+    keys = ("x", "x_cf", "p_abnormal", "p_abnormal_cf", "features", "features_cf", "label", "lesion_mask",
+            "kidney_mask", "index")
     out: dict[str, list] = {key: [] for key in keys}
     for batch in tqdm(loader, desc="counterfactuals", disable=not progress, leave=False):
         x = batch["image"].to(device)
         inpaint = torch.zeros(x.shape[0], dtype=torch.long, device=device)
         with autocast(device):
             x_cf = generator(x, inpaint).float()
-            p = torch.sigmoid(classifier(x).float())
-            p_cf = torch.sigmoid(classifier(x_cf).float())
+            features = classifier.penultimate(x)
+            features_cf = classifier.penultimate(x_cf)
+            p = torch.sigmoid(classifier.head(features).float())
+            p_cf = torch.sigmoid(classifier.head(features_cf).float())
         out["x"].append(x[:, 0].float().cpu())
         out["x_cf"].append(x_cf[:, 0].cpu())
         out["p_abnormal"].append(p.cpu())
         out["p_abnormal_cf"].append(p_cf.cpu())
+        out["features"].append(features.float().cpu())
+        out["features_cf"].append(features_cf.float().cpu())
         out["label"].append(batch["label"])
         out["lesion_mask"].append(batch["lesion_mask"][:, 0].bool())
         out["kidney_mask"].append(batch["kidney_mask"][:, 0].bool())

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classifier import classifier_features
 from .config import EvalConfig, GANConfig, SaliencyConfig
 from .counterfactual import generate_counterfactuals
 from .masks import difference_map, weak_mask
@@ -118,15 +117,6 @@ def score_maps(
     return {"metrics": metrics, "sweep": curves}
 
 
-@torch.no_grad()
-def _features(classifier: nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start : start + batch_size]).unsqueeze(1).to(device)
-        chunks.append(classifier_features(classifier, x).float().cpu())
-    return torch.cat(chunks).numpy()
-
-
 def score_counterfactuals(
     test: dict[str, np.ndarray],
     config: EvalConfig,
@@ -141,10 +131,7 @@ def score_counterfactuals(
     metrics = scored["metrics"]
     cv, cv_count = counterfactual_validity(test["p_abnormal"], test["p_abnormal_cf"], config.cv_tau)
     metrics.update({"cv": cv, "cv_slices": cv_count, "test_slices": int(len(test["label"]))})
-    metrics["classifier_fd"] = classifier_frechet_distance(
-        _features(classifier, test["x"], config.batch_size, device),
-        _features(classifier, test["x_cf"], config.batch_size, device),
-    )
+    metrics["classifier_fd"] = classifier_frechet_distance(test["features"], test["features_cf"])
     if fid:
         value, message = compute_fid_or_reason(
             (test["x"][:, None] + 1) / 2, (test["x_cf"][:, None] + 1) / 2, dims=config.fid_dims,

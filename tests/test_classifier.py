@@ -49,6 +49,28 @@ def test_forward_shapes_target_layer_and_features(arch, dims):
     assert seen == [(2, dims, 2, 2)]  # H / 32
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_v2_s"])
+def test_initial_logits_are_small_so_training_starts_at_the_bce_of_a_coin_toss(arch):
+    # torchvision's EfficientNet head for one output is U(-1, 1): logits of several units
+    # and a starting BCE near 2, which stalled training from scratch on the tumour track
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig(arch=arch)).train()
+    x = torch.rand(16, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.abs().max() < 1.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros(16))
+    assert bce < 1.0
+
+
+def test_head_of_penultimate_is_forward():
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig()).eval()
+    x = torch.rand(3, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(model.penultimate(x)), model(x))
+
+
 def test_local_weights_load(tmp_path):
     torch.manual_seed(0)
     source = build_classifier(ClassifierConfig())

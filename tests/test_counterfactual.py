@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from coinlib.classifier import build_classifier, freeze
+from coinlib.classifier import build_classifier, classifier_features, freeze
 from coinlib.config import (
     AnomalyConfig,
     ClassifierConfig,
@@ -19,6 +19,7 @@ from coinlib.counterfactual import (
     TrainingInterrupted,
     build_optimizers,
     counterfactual_step,
+    generate_counterfactuals,
     make_conditions,
     train_counterfactual,
 )
@@ -108,3 +109,15 @@ def test_every_variant_takes_a_training_step(name, tiny_prepared, classifier):
     assert all(torch.isfinite(v).all() for v in out.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, generator.parameters()))
     assert not any(p.requires_grad for p in classifier.parameters())
+
+
+def test_generated_arrays_carry_f_and_its_features_from_one_pass(tiny_prepared, classifier):
+    torch.manual_seed(0)
+    generator, _ = build_gan(TINY_GAN)
+    dataset = SliceDataset(tiny_prepared, "test", ANOMALY, fresh_anomalies=False)
+    arrays = generate_counterfactuals(generator, classifier, dataset, TINY_GAN, batch_size=3)
+    x, x_cf = (torch.from_numpy(arrays[key][:, None]) for key in ("x", "x_cf"))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(arrays["features"]), classifier_features(classifier, x))
+        torch.testing.assert_close(torch.from_numpy(arrays["features_cf"]), classifier_features(classifier, x_cf))
+        torch.testing.assert_close(torch.from_numpy(arrays["p_abnormal_cf"]), torch.sigmoid(classifier(x_cf)))
