@@ -1,0 +1,126 @@
+"""The device time a profile's ``make reproduce`` needs, from its settings and throughputs.
+
+    python benchmarks/profile_budget.py --profile paper                        # FACTS.md's H200 figure
+    python benchmarks/profile_budget.py --profile paper --gan-img-per-s 800    # your train_step.py figure
+    python benchmarks/profile_budget.py --profile quick --gan-img-per-s 7.4 --tflops 0.06
+
+Counts the work notebooks 00-09 do with the profile's settings:
+
+- GAN images: COIN and Singla* on both tracks (Table 1) and every Table 2 / Table 3 row
+  (``Profile.ablation``; when that budget is Table 1's, the rows reuse its COIN and Singla*);
+- classifier training images (the early-stopping maximum) and saliency forward passes on the
+  abnormal validation and test slices (RISE: N masks; ScoreCAM: 1 + channels; the CAMs: a
+  forward and a backward), turned into FLOPs with torch's counter on one image;
+
+and turns them into time: GAN steps at ``--gan-img-per-s`` (measure it with
+``benchmarks/train_step.py``; the default is the plain compiled step on one H200, FACTS.md
+"Speed"), classifier work at ``--tflops`` achieved. Slice counts come from prepared folders
+when given, else from the rates of the phantom. Data preparation (CPU) is not counted.
+An estimate for sizing a profile, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from coinlib.classifier import build_classifier
+from coinlib.config import get_profile
+from coinlib.pipeline import track_settings
+from coinlib.prepared import open_prepared
+from coinlib.variants import TABLE1_VARIANTS, TABLE2_VARIANTS, TABLE3_VARIANTS, ablation_budget
+
+# FACTS.md "Speed": a plain modern PyTorch step, torch.compile, batch 16, one H200
+DEFAULT_GAN_IMG_PER_S = 492.0
+# slices per scan and abnormal share, measured on the phantom (quick run: 3118 slices from 40
+# TotalSegmentator-layout subjects; 1753 from 40 KiTS-layout cases, 266 with tumour)
+PHANTOM_SLICES_PER_SCAN = {"synthetic": 78.0, "tumour": 43.8}
+TUMOUR_SHARE = 266 / 1753
+SCORECAM_CHANNELS = {"resnet18": 512, "efficientnet_v2_s": 1280}
+
+
+def forward_flops(arch_config, image_size: int) -> float:
+    """FLOPs of one classifier forward pass on one image (torch's counter)."""
+    model = build_classifier(arch_config).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, image_size, image_size))
+    return float(counter.get_total_flops())
+
+
+def slice_counts(profile, track: str, prepared: str | None) -> dict[str, float]:
+    """Training slices and abnormal validation + test slices of a track."""
+    if prepared:
+        data = open_prepared(prepared)
+        train = sum(1 for row in data.index if row["split"] == "train")
+        held_out = [row for row in data.index if row["split"] != "train"]
+        if track == "tumour":
+            abnormal = sum(1 for row in held_out if row["lesion_pixels"] > 0)
+        else:
+            abnormal = len(held_out) * profile.anomaly.probability
+        return {"train": train, "abnormal_held_out": abnormal}
+    scans = profile.phantom.subjects if track == "synthetic" else profile.phantom.kits_cases
+    slices = scans * PHANTOM_SLICES_PER_SCAN[track]
+    held_out = slices * (profile.data.test_fraction + (1 - profile.data.test_fraction) * profile.data.val_fraction)
+    share = profile.anomaly.probability if track == "synthetic" else TUMOUR_SHARE
+    return {"train": slices - held_out, "abnormal_held_out": held_out * share}
+
+
+def saliency_passes(profile, track: str, arch: str, abnormal: float) -> float:
+    """Forward-pass equivalents of every saliency method on a track (a backward counts 2)."""
+    saliency = profile.saliency
+    per_image = {"gradcam": 3, "layercam": 3, "scorecam": 1 + SCORECAM_CHANNELS[arch],
+                 "rise": saliency.rise_masks}
+    images = abnormal if saliency.max_images is None else min(abnormal, 2 * saliency.max_images)
+    return images * sum(per_image[m] for m in saliency.methods_for(track))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--gan-img-per-s", type=float, default=DEFAULT_GAN_IMG_PER_S,
+                        help="training-step throughput at the profile's batch (benchmarks/train_step.py)")
+    parser.add_argument("--tflops", type=float, default=200.0,
+                        help="achieved TFLOP/s of classifier training and inference (default: a quarter "
+                             "of an H200's bf16 limit)")
+    parser.add_argument("--synthetic-data", default=None, help="a prepared folder (else phantom rates)")
+    parser.add_argument("--tumour-data", default=None, help="a prepared folder (else phantom rates)")
+    args = parser.parse_args()
+    profile = get_profile(args.profile)
+    size = profile.data.image_size
+
+    rows = []  # (what, amount, seconds)
+    shorter = ablation_budget(profile)
+    main_images = profile.train.steps * profile.train.batch_size
+    rows.append(("Table 1 GANs (COIN, Singla*; 2 tracks)", f"4 x {main_images:,} img", 4 * main_images / args.gan_img_per_s))
+    ablation_rows = sorted(set(TABLE2_VARIANTS) | set(TABLE3_VARIANTS))
+    if shorter is None:
+        ablation_rows = [v for v in ablation_rows if v not in TABLE1_VARIANTS]
+        row_images = main_images
+    else:
+        row_images = shorter.train.steps * shorter.train.batch_size
+    rows.append((f"Table 2/3 rows ({len(ablation_rows)} GANs)", f"{len(ablation_rows)} x {row_images:,} img",
+                 len(ablation_rows) * row_images / args.gan_img_per_s))
+    for track, prepared in (("synthetic", args.synthetic_data), ("tumour", args.tumour_data)):
+        config, _ = track_settings(profile, track)
+        flops = forward_flops(config, size)
+        counts = slice_counts(profile, track, prepared)
+        per_epoch = (config.steps_per_epoch * config.batch_size if config.steps_per_epoch else counts["train"])
+        train_images = config.max_epochs * per_epoch
+        rows.append((f"classifier {config.arch} ({track}), at most", f"{train_images:,.0f} img",
+                     3 * flops * train_images / (args.tflops * 1e12)))
+        passes = saliency_passes(profile, track, config.arch, counts["abnormal_held_out"])
+        rows.append((f"saliency ({track}, {counts['abnormal_held_out']:.0f} abnormal val+test slices)",
+                     f"{passes:,.0f} passes", flops * passes / (args.tflops * 1e12)))
+
+    print(f"profile {profile.name!r}, {size} px; GAN {args.gan_img_per_s:g} img/s; classifier {args.tflops:g} TFLOP/s")
+    width = max(len(r[0]) for r in rows)
+    for what, amount, seconds in rows:
+        print(f"  {what:<{width}}  {amount:>22}  {seconds / 60:8.1f} min")
+    total = sum(r[2] for r in rows)
+    print(f"  {'total (data preparation not counted)':<{width}}  {'':>22}  {total / 60:8.1f} min")
+
+
+if __name__ == "__main__":
+    main()
