@@ -30,7 +30,12 @@ from coinlib.classifier import build_classifier
 from coinlib.config import get_profile
 from coinlib.pipeline import track_settings
 from coinlib.prepared import open_prepared
-from coinlib.variants import TABLE1_VARIANTS, TABLE2_VARIANTS, TABLE3_VARIANTS, ablation_budget
+from coinlib.variants import (
+    TABLE1_VARIANTS,
+    TABLE2_VARIANTS,
+    TABLE3_VARIANTS,
+    ablation_budget,
+)
 
 # FACTS.md "Speed": a plain modern PyTorch step, torch.compile, batch 16, one H200
 DEFAULT_GAN_IMG_PER_S = 492.0
