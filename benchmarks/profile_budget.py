@@ -57,14 +57,13 @@ def forward_flops(arch_config, image_size: int) -> float:
 def slice_counts(profile, track: str, prepared: str | None) -> dict[str, float]:
     """Training slices and abnormal validation + test slices of a track."""
     if prepared:
-        data = open_prepared(prepared)
-        train = sum(1 for row in data.index if row["split"] == "train")
-        held_out = [row for row in data.index if row["split"] != "train"]
+        splits = {row["split"]: row for row in open_prepared(prepared).split_summary()}
+        held_out = [splits["val"], splits["test"]]
         if track == "tumour":
-            abnormal = sum(1 for row in held_out if row["lesion_pixels"] > 0)
+            abnormal = sum(row["lesion_slices"] for row in held_out)
         else:
-            abnormal = len(held_out) * profile.anomaly.probability
-        return {"train": train, "abnormal_held_out": abnormal}
+            abnormal = sum(row["slices"] for row in held_out) * profile.anomaly.probability
+        return {"train": splits["train"]["slices"], "abnormal_held_out": abnormal}
     scans = profile.phantom.subjects if track == "synthetic" else profile.phantom.kits_cases
     slices = scans * PHANTOM_SLICES_PER_SCAN[track]
     held_out = slices * (profile.data.test_fraction + (1 - profile.data.test_fraction) * profile.data.val_fraction)
