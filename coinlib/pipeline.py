@@ -229,7 +229,8 @@ def ensure_counterfactual(
 
     The classifier of the track is built first when missing. Validation IoU and CV are
     logged every ``train.eval_every`` steps. ``ablation``: train it as a Table 2/3 row,
-    with ``profile.ablation``'s budget (in its own folder when that differs).
+    with ``profile.ablation``'s budget (in its own folder, and without in-training
+    validation, when that differs).
     """
     from .classifier_training import load_classifier
     from .counterfactual import train_counterfactual
@@ -243,11 +244,14 @@ def ensure_counterfactual(
     configured = apply_variant(profile, variant)
     _, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
-    val_set = evaluation_set(prepared, "val", anomaly)
+    # A row with its own shorter budget is scored once, after training, by evaluate_variant
+    # (validation sweep included): validating it during training would repeat that work.
+    evaluate = None if separate else quick_validation(
+        classifier, configured.gan, configured.eval, evaluation_set(prepared, "val", anomaly))
     return train_counterfactual(
         prepared, configured.gan, configured.train, anomaly, classifier, classifier_path,
         paths.counterfactual(track, variant, separate), device=device, progress=progress,
-        evaluate=quick_validation(classifier, configured.gan, configured.eval, val_set),
+        evaluate=evaluate,
     )
 
 

@@ -95,3 +95,26 @@ def test_ablation_budget_applies_only_when_it_differs(tiny_profile):
     shorter = ablation_budget(replace(tiny_profile, ablation=AblationConfig(steps=3, batch_size=2)))
     assert (shorter.train.steps, shorter.train.batch_size) == (3, 2)
     assert shorter.gan == tiny_profile.gan
+
+
+def test_counterfactual_scores_read_only_the_abnormal_validation_slices(tiny_prepared, tiny_model):
+    """evaluate_counterfactual generates validation counterfactuals for abnormal slices only;
+    every metric must equal the one computed from the whole validation split."""
+    from coinlib.config import AnomalyConfig, GANConfig
+    from coinlib.counterfactual import generate_counterfactuals
+    from coinlib.data import evaluation_set
+    from coinlib.evaluate import evaluate_counterfactual, score_counterfactuals
+    from coinlib.gan import build_gan
+
+    gan = GANConfig(widths=(8, 8, 16, 16, 32), stem_width=8, disc_widths=(8, 8, 16, 16, 32))
+    torch.manual_seed(0)
+    generator, _ = build_gan(gan)
+    anomaly, config = AnomalyConfig(), EvalConfig(sweep_points=21)
+    test_set, val_set = evaluation_set(tiny_prepared, "test", anomaly), evaluation_set(tiny_prepared, "val", anomaly)
+    assert 0 < val_set.labels().sum() < len(val_set)  # the split has both kinds of slice
+    fast = evaluate_counterfactual(generator, tiny_model, gan, config, test_set, val_set, fid=False)
+    full = score_counterfactuals(generate_counterfactuals(generator, tiny_model, test_set, gan),
+                                 config, tiny_model, generate_counterfactuals(generator, tiny_model, val_set, gan),
+                                 fid=False)
+    np.testing.assert_equal(fast["metrics"], full["metrics"])  # NaN (no confident slice) equals NaN
+    assert fast["sweep"] == full["sweep"]

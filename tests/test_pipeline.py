@@ -1,0 +1,21 @@
+"""The run-folder stages: which work a stage does and which it leaves to the next one."""
+
+from __future__ import annotations
+
+from coinlib.config import get_profile
+from coinlib.counterfactual import history
+from coinlib.pipeline import RunPaths, ensure_counterfactual
+
+
+def test_rows_with_their_own_budget_skip_the_in_training_validation(tiny_prepared, tmp_path):
+    """A Table 2/3 row trained shorter than COIN is validated once, by evaluate_variant;
+    COIN's own run keeps its validation curve."""
+    profile = get_profile("smoke", {"train": {"batch_size": 4}, "classifier": {"batch_size": 4}})
+    paths = RunPaths(tmp_path)
+    ensure_counterfactual(profile, tmp_path, "synthetic", tiny_prepared, "coin", progress=False)
+    ensure_counterfactual(profile, tmp_path, "synthetic", tiny_prepared, "coin_no_tv", progress=False,
+                          ablation=True)
+    main = history(paths.counterfactual("synthetic", "coin"))
+    row = history(paths.counterfactual("synthetic", "coin_no_tv", ablation=True))
+    assert [h["step"] for h in main if "val_iou" in h] == [3, 6]
+    assert row and not any("val_iou" in h for h in row)
