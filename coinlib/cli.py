@@ -3,7 +3,7 @@
     coin phantom --out DIR --subjects N --seed S [--layout kits23]
     coin prepare --layout totalsegmentator|kits23 --src DIR --out DIR [--image-size 256]
     coin train-classifier --profile quick --run-dir runs/quick [--track synthetic|tumour]
-    coin train --profile quick --run-dir runs/quick [--variant coin]
+    coin train --profile quick --run-dir runs/quick [--variant coin] [--set train.batch_size=8]
     coin evaluate --profile quick --run-dir runs/quick [--variant coin]
     coin reproduce --profile quick --run-dir runs/quick
     coin report --run-dir runs/quick          # README results section + figures/
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_overrides"]
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -> None:
@@ -28,6 +28,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -
     parser.add_argument("--data", default="phantom",
                         help="'phantom' (default) or a dataset folder in the track's real layout")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="change one profile setting, e.g. train.batch_size=8 (VALUE is read as JSON, "
+                             "else as text; repeatable); give such a run its own --run-dir")
     if variant:
         parser.add_argument("--variant", default="coin", help="coin, singla or another named variant")
         parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
@@ -94,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["train.batch_size=8", ...]`` -> ``{"train": {"batch_size": 8}}`` for ``get_profile``."""
+    overrides: dict[str, dict] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and section and name):
+            raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.batch_size=8")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -146,8 +165,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from . import pipeline
 
+    overrides = parse_overrides(args.overrides)
     fast = getattr(args, "fast", None)
-    profile = get_profile(args.profile, {"train": {"compile": fast}} if fast is not None else None)
+    if fast is not None:
+        overrides.setdefault("train", {})["compile"] = fast
+    profile = get_profile(args.profile, overrides)
     run_dir = args.run_dir or Path("runs") / args.profile
     prepared = pipeline.prepare_track(profile, run_dir, args.track, args.data)
     if args.command == "train-classifier":

@@ -38,3 +38,20 @@ def test_fast_flag_overrides_the_profiles_compile_setting(monkeypatch, tmp_path)
     seen.clear()
     assert main(["train", "--profile", "quick", "--run-dir", str(tmp_path), "--fast"]) == 0
     assert seen == {"compile": True}
+
+
+def test_set_changes_one_profile_setting_and_refuses_a_malformed_or_unknown_one(monkeypatch, tmp_path, capsys):
+    from coinlib import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "prepare_track", lambda profile, *a, **k: tmp_path)
+    monkeypatch.setattr(pipeline, "ensure_counterfactual",
+                        lambda profile, *a, **k: seen.update(batch=profile.train.batch_size, lr=profile.train.lr,
+                                                             compile=profile.train.compile, skips=profile.gan.skips))
+    args = ["train", "--run-dir", str(tmp_path), "--set", "train.batch_size=8", "--set", "gan.skips=2", "--fast"]
+    assert main(args) == 0
+    assert seen == {"batch": 8, "lr": 1e-3, "compile": True, "skips": 2}
+    assert main(["train", "--run-dir", str(tmp_path), "--set", "batch_size=8"]) == 2
+    assert "expected SECTION.FIELD=VALUE" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(tmp_path), "--set", "train.batch=8"]) == 2
+    assert "unknown key(s) ['batch']" in capsys.readouterr().err
