@@ -187,16 +187,18 @@ def table1_claims(
         claim = f"{track}: {METHOD_NAMES[better]} > {METHOD_NAMES[worse]}"
         if not (_scored(saliency, track, better) and _scored(saliency, track, worse)):
             return claim, None
-        return claim, iou(track, better) > iou(track, worse)
+        a, b = iou(track, better), iou(track, worse)
+        return f"{claim} ({a:.3f} against {b:.3f})", a > b
 
     tumour = [m for m in SALIENCY if _scored(saliency, "tumour", m)]
+    coin, best = iou("tumour", "coin"), max((iou("tumour", m) for m in tumour), default=float("nan"))
     return [
         check("synthetic", "coin", "singla"),
         check("synthetic", "singla", "rise"),
         check("synthetic", "rise", "scorecam"),
         check("synthetic", "rise", "layercam"),
-        (f"tumour: COIN > every saliency method run ({', '.join(METHOD_NAMES[m].split(' (')[0] for m in tumour)})",
-         all(iou("tumour", "coin") > iou("tumour", m) for m in tumour)),
+        (f"tumour: COIN > every saliency method run ({', '.join(METHOD_NAMES[m].split(' (')[0] for m in tumour)})"
+         f" ({coin:.3f} against at most {best:.3f})", all(coin > iou("tumour", m) for m in tumour)),
     ]
 
 

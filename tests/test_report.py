@@ -58,6 +58,8 @@ def test_readme_shows_the_tables_and_the_checked_orderings(tmp_path):
     block = results_markdown(run)
     assert "**Table 1.**" in block and "| COIN | 0.500 | 0.646 |" in block
     assert "- holds: synthetic: COIN > Singla et al.*" in block and "does NOT hold" not in block
+    coin, singla = (0.1 * TABLE1_METHODS.index(m) for m in ("coin", "singla"))
+    assert f"COIN > Singla et al.* ({coin:.3f} against {singla:.3f})" in block  # the IoUs behind the verdict
     copied = publish_tables(run, tmp_path / "tables")
     assert sorted(p.name for p in copied) == ["table1.csv", "table1.md"]
 
