@@ -1,6 +1,7 @@
 """Training the classifier f, the first of the two stages (paper Sec. 4.3).
 
-BCE on one logit, Adam, random flips as augmentation, early stopping on validation AUC.
+BCE on one logit, Adam, random flips (and, where configured, intensity jitter) as
+augmentation, early stopping on validation AUC.
 Each epoch ends with an atomic checkpoint (``classifier_last.pt``); the best weights by
 validation AUC are kept in ``classifier.pt`` and the per-epoch history in
 ``classifier_history.json``. Re-running with the same config resumes from the last
@@ -46,6 +47,7 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "random_flips",
+    "random_intensity",
     "refresh_batchnorm",
 ]
 
@@ -82,6 +84,20 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     for start, end in zip(starts, ends):
         ranks[order[start:end]] = (start + end + 1) / 2.0
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def random_intensity(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Scale each image's contrast by U(1 - s, 1 + s) about -1 and shift it by U(-0.8 s, 0.8 s).
+
+    Augmentation on the [-1, 1] scale, clipped back to it; air and fat (at -1) stay put.
+    ``strength`` 0 returns ``x`` unchanged and draws nothing from ``generator``.
+    """
+    if strength <= 0:
+        return x
+    draws = torch.rand(2, x.shape[0], generator=generator, device="cpu").mul(2).sub(1).to(x.device, x.dtype)
+    scale = (1 + strength * draws[0]).view(-1, 1, 1, 1)
+    shift = (0.8 * strength * draws[1]).view(-1, 1, 1, 1)
+    return ((x + 1) * scale - 1 + shift).clamp(-1, 1)
 
 
 def random_flips(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -203,6 +219,7 @@ def train_classifier(
                    leave=False)
         for done, batch in bar:
             x = random_flips(batch["image"].to(device, non_blocking=True), flip_rng)
+            x = random_intensity(x, config.intensity_jitter, flip_rng)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 logits = parallel(x)

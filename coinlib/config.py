@@ -96,6 +96,9 @@ class ClassifierConfig:
     max_epochs: int = 20
     patience: int = 3  # early stopping on validation AUC
     steps_per_epoch: int | None = None  # None: one pass over the training split
+    # augmentation beside flips: per-slice contrast x 1 +- j and shift +- 0.8 j on [-1, 1]
+    # (0: off). Makes f read contrast within a slice rather than a scan's overall enhancement.
+    intensity_jitter: float = 0.0
     threshold: float = 0.5  # t in Sec. 3.1
     seed: int = 0
 
@@ -245,8 +248,11 @@ PROFILES: dict[str, Profile] = {
         # ResNet18 on the tumour track too: EfficientNetV2-S trained from scratch (no weights
         # can be downloaded) stays at the prior's BCE for 200 steps of 32 on the 128 px
         # phantom (README, "Profiles"); ResNet18 learns there. `paper` keeps EfficientNetV2-S.
+        # Intensity jitter: on 28 training scans f otherwise learns each phantom subject's
+        # contrast enhancement (one draw per subject) instead of the tumour (README, "Profiles").
         tumour_classifier=ClassifierConfig(
-            arch="resnet18", lr=1e-3, max_epochs=8, steps_per_epoch=30, patience=3, batch_size=32
+            arch="resnet18", lr=1e-3, max_epochs=8, steps_per_epoch=30, patience=3, batch_size=32,
+            intensity_jitter=0.25,
         ),
         gan=GANConfig(widths=(8, 16, 32, 64, 128), stem_width=8, disc_widths=(8, 16, 32, 64, 128)),
         train=CounterfactualConfig(

@@ -7,6 +7,7 @@ import torch
 from coinlib.classifier_training import (
     load_classifier,
     random_flips,
+    random_intensity,
     roc_auc,
     roc_curve,
     train_classifier,
@@ -31,6 +32,20 @@ def test_roc_matches_scikit_learn():
     ref_fpr, ref_tpr, _ = metrics.roc_curve(labels, scores, drop_intermediate=False)
     np.testing.assert_allclose(fpr, ref_fpr)
     np.testing.assert_allclose(tpr, ref_tpr)
+
+
+def test_random_intensity_is_a_seeded_clipped_affine_map_per_image():
+    x = torch.linspace(-1, 1, 3 * 64).view(3, 1, 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert random_intensity(x, 0.0, generator) is x and torch.equal(generator.get_state(), state)
+    a = random_intensity(x, 0.25, torch.Generator().manual_seed(2))
+    assert torch.equal(a, random_intensity(x, 0.25, torch.Generator().manual_seed(2)))
+    assert a.min() >= -1 and a.max() <= 1 and not torch.equal(a, x)
+    for image, jittered in zip(x, a):  # (x + 1) * scale - 1 + shift, scale in [0.75, 1.25]
+        inside = (jittered > -1) & (jittered < 1)
+        slope = torch.diff(jittered[inside]) / torch.diff(image[inside])
+        assert torch.allclose(slope, slope[0], atol=1e-4) and 0.75 <= slope[0] <= 1.25
 
 
 def test_random_flips_are_flips_and_seeded():
