@@ -49,6 +49,7 @@ __all__ = [
     "score_counterfactuals",
     "evaluate_counterfactual",
     "quick_validation",
+    "abnormal_indices",
     "saliency_subset",
     "saliency_maps",
     "evaluate_saliency_method",
@@ -79,6 +80,11 @@ def abnormal_maps(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     """The difference maps |x - x_cf| and true masks of the abnormal slices of ``arrays``."""
     abnormal = arrays["label"] > 0.5
     return difference_map(arrays["x"][abnormal], arrays["x_cf"][abnormal]), arrays["lesion_mask"][abnormal]
+
+
+def abnormal_indices(dataset: torch.utils.data.Dataset) -> np.ndarray:
+    """Positions of the abnormal (label 1) items of ``dataset``, in order."""
+    return np.flatnonzero(dataset.labels() == 1)
 
 
 def score_maps(
@@ -162,7 +168,7 @@ def evaluate_counterfactual(
     seconds = (time.perf_counter() - start) / max(1, len(test["x"]))
     val = None
     if val_set is not None:
-        abnormal_val = torch.utils.data.Subset(val_set, saliency_subset(val_set, None))
+        abnormal_val = torch.utils.data.Subset(val_set, abnormal_indices(val_set).tolist())
         val = generate_counterfactuals(generator, classifier, abnormal_val, gan, config.batch_size, device, progress)
     scored = score_counterfactuals(test, config, classifier, val, fid, device)
     # one generator pass makes the mask; the time also holds loading and f(x), f(x_cf)
@@ -195,10 +201,10 @@ def quick_validation(
 def saliency_subset(dataset: torch.utils.data.Dataset, max_images: int | None) -> list[int]:
     """Indices of the abnormal items of ``dataset``: all, or ``max_images`` spread evenly.
 
-    Saliency maps (and counterfactuals on the validation split) are scored on abnormal slices only (Sec. 5). Spreading the subset over
+    Saliency maps are scored on abnormal slices only (Sec. 5). Spreading the subset over
     the whole split keeps every scan represented; the choice depends on nothing random.
     """
-    abnormal = np.flatnonzero(dataset.labels() == 1)
+    abnormal = abnormal_indices(dataset)
     if max_images is None or max_images >= len(abnormal):
         return abnormal.tolist()
     return abnormal[np.linspace(0, len(abnormal) - 1, max_images).round().astype(int)].tolist()
