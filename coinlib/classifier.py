@@ -38,7 +38,6 @@ __all__ = [
 
 Arch = Literal["resnet18", "efficientnet_v2_s"]
 ARCHS: tuple[str, ...] = ("resnet18", "efficientnet_v2_s")
-FEATURE_DIMS = {"resnet18": 512, "efficientnet_v2_s": 1280}
 
 
 class BinaryClassifier(nn.Module):
@@ -49,15 +48,15 @@ class BinaryClassifier(nn.Module):
     H and W should be multiples of 32 (both backbones downsample by 32).
     """
 
-    def __init__(self, arch: Arch):
+    def __init__(self, arch: Arch, width: int = 64):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown classifier arch {arch!r}; choose one of {list(ARCHS)}")
-        self.arch = arch
+        if width < 1 or (arch != "resnet18" and width != 64):
+            raise ValueError(f"classifier width {width}: ResNet18 takes any width >= 1, {arch} only 64")
+        self.arch, self.width = arch, width
         if arch == "resnet18":
-            net = models.resnet18(weights=None, num_classes=1)
-            net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            net = _resnet18(width)
         else:
             net = models.efficientnet_v2_s(weights=None, num_classes=1)
             old = net.features[0][0]
@@ -92,6 +91,32 @@ class BinaryClassifier(nn.Module):
         return self.head(self.penultimate(x))
 
 
+def _resnet18(width: int) -> models.ResNet:
+    """torchvision's ResNet18 with one input channel, one logit and base width ``width``.
+
+    ``width`` 64 is torchvision's network exactly; another width rebuilds the stem and the four
+    stages with ``width x (1, 2, 4, 8)`` channels through torchvision's own ``_make_layer`` and
+    initialises them as torchvision does (Kaiming normal, fan-out; BatchNorm 1 and 0).
+    """
+    net = models.resnet18(weights=None, num_classes=1)
+    if width != 64:
+        net.inplanes = width
+        net.bn1 = nn.BatchNorm2d(width)
+        for i in range(4):
+            layer = net._make_layer(models.resnet.BasicBlock, width * 2**i, 2, stride=1 if i == 0 else 2)
+            setattr(net, f"layer{i + 1}", layer)
+        net.fc = nn.Linear(8 * width, 1)
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    net.conv1 = nn.Conv2d(1, width, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
 def build_classifier(config: ClassifierConfig) -> BinaryClassifier:
     """The classifier ``config.arch``: randomly initialised, or loaded from ``config.weights_path``.
 
@@ -102,7 +127,7 @@ def build_classifier(config: ClassifierConfig) -> BinaryClassifier:
     ``ValueError``) naming the file. ImageNet weights are never downloaded: the images have
     one channel and the paper trains f from its own data.
     """
-    model = BinaryClassifier(config.arch)
+    model = BinaryClassifier(config.arch, config.width)
     if config.weights_path is not None:
         load_weights(config.weights_path, model, name="classifier")
     return model

@@ -38,6 +38,7 @@ from .runtime import (
     pick_device,
     save_checkpoint,
     seed_everything,
+    use_job_threads,
 )
 
 __all__ = [
@@ -177,6 +178,7 @@ def train_classifier(
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
     ctx, device = distributed_context(device)
+    use_job_threads(device)
     run_config = {"classifier": to_dict(config), "anomaly": to_dict(anomaly) if anomaly else None,
                   "data": str(prepared.root)}
 
@@ -270,7 +272,7 @@ def load_classifier(run_dir: str | os.PathLike, device: torch.device | str | Non
     config = from_dict(ClassifierConfig, run_config["classifier"])
     model = build_classifier(dataclasses.replace(config, weights_path=None))
     load_checkpoint(path, {"classifier": model})
-    model.to(pick_device(str(device) if device else None)).eval()
+    model.to(pick_device(str(device) if device else None), memory_format=torch.channels_last).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model

@@ -67,6 +67,7 @@ from .runtime import (
     pick_device,
     save_checkpoint,
     seed_everything,
+    use_job_threads,
 )
 
 __all__ = [
@@ -318,6 +319,7 @@ def train_counterfactual(
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
     ctx, device = distributed_context(device)
+    use_job_threads(device)
     run_config = _run_config(gan, train, anomaly, prepared, Path(classifier_path))
 
     seed_everything(train.seed)  # the same initial weights on every rank
@@ -413,7 +415,7 @@ def load_generator(run_dir: str | os.PathLike, device: torch.device | str | None
     generator, _ = build_gan(gan)
     load_checkpoint(path, {"generator": generator})
     device = device if isinstance(device, torch.device) else pick_device(device)
-    return generator.to(device).eval(), gan
+    return generator.to(device, memory_format=torch.channels_last).eval(), gan
 
 
 @torch.no_grad()
@@ -444,7 +446,7 @@ def generate_counterfactuals(
             "kidney_mask", "index")
     out: dict[str, list] = {key: [] for key in keys}
     for batch in tqdm(loader, desc="counterfactuals", disable=not progress, leave=False):
-        x = batch["image"].to(device)
+        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
         inpaint = torch.zeros(x.shape[0], dtype=torch.long, device=device)
         with autocast(device):
             x_cf = generator(x, inpaint).float()

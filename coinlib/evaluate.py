@@ -34,6 +34,7 @@ from .metrics import (
     best_threshold,
     classifier_frechet_distance,
     compute_fid_or_reason,
+    confusion_counts,
     counterfactual_validity,
     sweep_thresholds,
     threshold_sweep,
@@ -45,6 +46,7 @@ __all__ = [
     "iou_at",
     "sweep",
     "abnormal_maps",
+    "per_slice_counts",
     "score_maps",
     "score_counterfactuals",
     "evaluate_counterfactual",
@@ -65,6 +67,20 @@ def iou_at(maps: np.ndarray, masks_true: np.ndarray, threshold: float, config: E
             weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius), masks_true
         )
     return accumulator.compute()
+
+
+def per_slice_counts(maps: np.ndarray, masks_true: np.ndarray, threshold: float, config: EvalConfig,
+                     postprocess: bool = True) -> dict[str, list[int]]:
+    """Pixel TP, FP and FN of each slice's weak mask at ``threshold`` (Eq. 8's counts, unsummed).
+
+    Summed over slices they give the accumulated IoU; kept per slice so that a bootstrap over
+    test slices (:mod:`coinlib.verdicts`) can put an interval on it.
+    """
+    if not len(maps):
+        return {"tp": [], "fp": [], "fn": []}
+    pred = weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius)
+    tp, fp, fn = confusion_counts(pred, masks_true, per_image=True)
+    return {"tp": tp.astype(int).tolist(), "fp": fp.astype(int).tolist(), "fn": fn.astype(int).tolist()}
 
 
 def sweep(maps: np.ndarray, masks_true: np.ndarray, config: EvalConfig,
@@ -92,14 +108,16 @@ def score_maps(
     config: EvalConfig,
     val: tuple[np.ndarray, np.ndarray] | None = None,
     postprocess: bool = True,
+    rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The threshold protocol of Sec. 5 for any method's maps in [0, 1].
 
     ``test`` and ``val`` are (maps, true masks) of abnormal slices. The threshold is chosen
     on ``val`` by a sweep and test IoU reported at it (``iou``); beside it, labelled, the
     fixed ``config.threshold`` and the best threshold on the test set itself (what the
-    paper reports). Returns ``{"metrics": ..., "sweep": {"thresholds", "test_iou",
-    "val_iou"}}``.
+    paper reports). ``metrics["per_slice"]``: each test slice's TP/FP/FN at the reported
+    threshold, with its prepared row (``rows``; positions when not given). Returns
+    ``{"metrics": ..., "sweep": {"thresholds", "test_iou", "val_iou"}}``.
     """
     thresholds, test_ious = sweep(*test, config, postprocess)
     best_t, best_iou = best_threshold(thresholds, test_ious)
@@ -120,6 +138,10 @@ def score_maps(
         curves["val_iou"] = val_ious.tolist()
     else:
         metrics["iou"] = metrics["iou_at_fixed"]
+    reported = metrics.get("threshold_from_val", config.threshold)
+    rows = np.arange(len(test[0])) if rows is None else np.asarray(rows)
+    metrics["per_slice"] = {"rows": rows.astype(int).tolist(),
+                            **per_slice_counts(*test, reported, config, postprocess)}
     return {"metrics": metrics, "sweep": curves}
 
 
@@ -133,10 +155,15 @@ def score_counterfactuals(
 ) -> dict[str, Any]:
     """All metrics of one method from the arrays of :func:`generate_counterfactuals`."""
     device = device or next(classifier.parameters()).device
-    scored = score_maps(abnormal_maps(test), config, abnormal_maps(val) if val is not None else None)
+    rows = test["index"][test["label"] > 0.5]
+    scored = score_maps(abnormal_maps(test), config, abnormal_maps(val) if val is not None else None, rows=rows)
     metrics = scored["metrics"]
     cv, cv_count = counterfactual_validity(test["p_abnormal"], test["p_abnormal_cf"], config.cv_tau)
-    metrics.update({"cv": cv, "cv_slices": cv_count, "test_slices": int(len(test["label"]))})
+    confident = test["p_abnormal"] > config.cv_tau
+    flipped = np.abs(test["p_abnormal"] - test["p_abnormal_cf"]) > config.cv_tau
+    metrics.update({"cv": cv, "cv_slices": cv_count, "test_slices": int(len(test["label"])),
+                    "per_slice_cv": {"rows": test["index"][confident].astype(int).tolist(),
+                                     "flipped": flipped[confident].astype(int).tolist()}})
     metrics["classifier_fd"] = classifier_frechet_distance(test["features"], test["features_cf"])
     if fid:
         value, message = compute_fid_or_reason(
@@ -277,8 +304,9 @@ def evaluate_saliency_method(
     val_idx = saliency_subset(val_set, saliency.max_images)
     test_maps, test_true, seconds = saliency_maps(method, model, test_set, test_idx, saliency, progress=progress)
     val_maps, val_true, _ = saliency_maps(method, model, val_set, val_idx, saliency, progress=progress)
-    scored = score_maps((test_maps, test_true), config, (val_maps, val_true), postprocess=False)
-    post = score_maps((test_maps, test_true), config, (val_maps, val_true), postprocess=True)
+    rows = np.asarray([int(test_set.rows[i]) for i in test_idx], dtype=int)
+    scored = score_maps((test_maps, test_true), config, (val_maps, val_true), postprocess=False, rows=rows)
+    post = score_maps((test_maps, test_true), config, (val_maps, val_true), postprocess=True, rows=rows)
     options = {k: v for k, v in method_options(method, saliency).items() if k == "n_masks"}
     scored["metrics"].update({
         "iou_postprocessed": post["metrics"]["iou"],
@@ -288,6 +316,6 @@ def evaluate_saliency_method(
     scored["sweep_postprocessed"] = post["sweep"]
     scored["cost"] = {"forward_passes": forward_passes(method, model, **options),
                       "seconds_per_image": seconds, "device": str(next(model.parameters()).device)}
-    scored["test_index"] = [int(test_set.rows[i]) for i in test_idx]
+    scored["test_index"] = rows.tolist()
     scored["test_maps"] = test_maps.astype(np.float16)
     return scored

@@ -16,7 +16,7 @@ the evaluation scores them:
 3. ``diff_map = |x - x_cf|`` on the [0, 1] scale, thresholded and post-processed by closing,
    opening and the largest connected component (Sec. 5; :func:`coinlib.masks.weak_mask`).
    The threshold is the one chosen on the validation split by ``coin evaluate``
-   (``results/<track>_<variant>.json``, ``threshold_from_val``) when that file exists, else
+   (``results/seed0/<track>_<variant>.json``, ``threshold_from_val``) when that file exists, else
    ``EvalConfig.threshold``; ``--threshold`` overrides both. The CSV says which was used.
 4. Slice masks are resampled to the native in-plane grid (bilinear of the 0/1 mask, then
    ``>= 0.5``), put back along the native axial axis in the file's own orientation and
@@ -201,7 +201,9 @@ def _image_size(prepared: Path) -> int:
 
 def _mask_threshold(run_dir: Path, track: str, variant: str, override: float | None) -> tuple[float, str, EvalConfig]:
     """(threshold, where it came from, EvalConfig of the evaluation) for the weak mask."""
-    results = run_dir / "results" / f"{track}_{variant}.json"
+    from .pipeline import RunPaths
+
+    results = RunPaths(run_dir).result(track, variant)
     eval_config = EvalConfig()
     chosen = None
     if results.is_file():
@@ -214,8 +216,8 @@ def _mask_threshold(run_dir: Path, track: str, variant: str, override: float | N
     if override is not None:
         return float(override), "--threshold", eval_config
     if chosen is not None:
-        return chosen, f"validation sweep (results/{results.name} threshold_from_val)", eval_config
-    return eval_config.threshold, f"EvalConfig.threshold (no results/{results.name}; run `coin evaluate`)", eval_config
+        return chosen, f"validation sweep ({results.relative_to(run_dir)} threshold_from_val)", eval_config
+    return eval_config.threshold, f"EvalConfig.threshold (no {results.relative_to(run_dir)}; run `coin evaluate`)", eval_config
 
 
 def load_label_model(
@@ -254,7 +256,7 @@ def load_label_model(
     fingerprint = read_json(prepared / "fingerprint.json")
     classifier_threshold = float(read_json(classifier_file.with_suffix(".json"))["classifier"]["threshold"])
     mask_threshold, source, eval_config = _mask_threshold(run_dir, track, variant, threshold)
-    results = run_dir / "results" / f"{track}_{variant}.json"
+    results = paths.result(track, variant)
     if source.startswith("validation") and results.stat().st_mtime_ns < generator_file.stat().st_mtime_ns:
         warnings.warn(f"{results} is older than {generator_file}: its threshold was chosen for an earlier "
                       f"generator; run `coin evaluate {where} --variant {variant}` to choose it again",

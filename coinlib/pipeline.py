@@ -7,16 +7,23 @@ every notebook runs on its own from a fresh kernel::
     runs/<profile>/
       data/phantom/totalsegmentator/   generated CT (TotalSegmentator layout)
       data/phantom/kits23/             generated CT with tumours (KiTS23 layout)
-      data/prepared/<name>_<size>/     prepared slices (coinlib.prepared)
-      models/<track>/classifier/       classifier f
-      models/<track>/<variant>/        counterfactual GAN (COIN, Singla*, ablations)
-      models/<track>/ablation/<variant>/  Table 2/3 rows, when the profile trains them shorter
-      results/                         metrics JSON (<track>_<method>.json, ablation_...)
+      data/prepared/<name>_<size>/     prepared slices (coinlib.prepared), shared by every seed
+      models/<track>/seed<s>/classifier/            classifier f of replicate s
+      models/<track>/seed<s>/<variant>/             counterfactual GAN (COIN, Singla*, ablations)
+      models/<track>/seed<s>/ablation/<variant>/    Table 2/3 rows, when the profile trains them shorter
+      results/seed<s>/                 metrics JSON (<track>_<method>.json, ablation_..., classifier_...)
       tables/, figures/                what the notebooks write (Markdown + CSV, PNG + PDF)
       notebooks/                       executed notebooks (coin reproduce)
 
 A *track* is "synthetic" (TotalSegmentator layout + synthetic anomalies, ResNet18) or
 "tumour" (KiTS23 layout + real tumours, EfficientNetV2-S) — the two halves of Table 1.
+
+Seeds (issue 12): every trained result is repeated over ``profile.seeds``. Replicate ``s``
+(:func:`coinlib.config.with_seed`) has its own classifier, its own GANs and its own saliency
+maps (explaining its own classifier); data, split and test anomalies are shared, so the
+replicates are scored on the same slices. The single-replicate stages (``ensure_classifier``,
+``ensure_results``, ...) work on ``profile.seed``; the ``*_all`` stages run every seed and
+track as independent jobs (:mod:`coinlib.jobs`: side by side on the CPU's cores).
 """
 
 from __future__ import annotations
@@ -41,11 +48,17 @@ __all__ = [
     "evaluate_variant",
     "ensure_results",
     "ensure_table1",
+    "prepare_tracks",
     "evaluate_saliency",
     "evaluate_classifier",
     "load_results",
+    "load_classifier_results",
     "load_saliency_maps",
     "saliency_maps_path",
+    "ensure_classifiers_all",
+    "ensure_results_all",
+    "evaluate_saliency_all",
+    "evaluate_classifier_all",
 ]
 
 Track = Literal["synthetic", "tumour"]
@@ -54,10 +67,14 @@ LAYOUT_OF_TRACK = {"synthetic": "totalsegmentator", "tumour": "kits23"}
 
 @dataclass(frozen=True)
 class RunPaths:
-    root: Path
+    """Where everything of a run folder lives; models and results are those of replicate ``seed``."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    root: Path
+    seed: int = 0
+
+    def __init__(self, root: str | os.PathLike, seed: int = 0) -> None:
         object.__setattr__(self, "root", Path(root))
+        object.__setattr__(self, "seed", int(seed))
 
     def phantom(self, layout: str) -> Path:
         return self.root / "data" / "phantom" / layout
@@ -65,18 +82,32 @@ class RunPaths:
     def prepared(self, name: str, image_size: int) -> Path:
         return self.root / "data" / "prepared" / f"{name}_{image_size}"
 
+    def models(self, track: Track) -> Path:
+        return self.root / "models" / track / f"seed{self.seed}"
+
     def classifier(self, track: Track) -> Path:
-        return self.root / "models" / track / "classifier"
+        return self.models(track) / "classifier"
 
     def counterfactual(self, track: Track, variant: str, ablation: bool = False) -> Path:
-        return self.root / "models" / track / ("ablation" if ablation else "") / variant
+        return self.models(track) / ("ablation" if ablation else "") / variant
 
     def result(self, track: Track, method: str, ablation: bool = False) -> Path:
-        return self.results / f"{'ablation_' if ablation else ''}{track}_{method}.json"
+        return self.seed_results / f"{'ablation_' if ablation else ''}{track}_{method}.json"
+
+    def classifier_result(self, track: Track) -> Path:
+        return self.seed_results / f"classifier_{track}.json"
+
+    def saliency_maps(self, track: Track, method: str) -> Path:
+        return self.seed_results / f"{track}_{method}_maps.npz"
 
     @property
     def results(self) -> Path:
+        """Results of every replicate (``seed<s>/``) and the run's summary."""
         return self.root / "results"
+
+    @property
+    def seed_results(self) -> Path:
+        return self.results / f"seed{self.seed}"
 
     @property
     def tables(self) -> Path:
@@ -123,34 +154,46 @@ def _write_results(path: Path, fields: dict, prepared: str | os.PathLike, device
     return results
 
 
-def saliency_maps_path(run_dir: str | os.PathLike, track: Track, method: str) -> Path:
-    """Where :func:`evaluate_saliency` keeps the scored test maps (``index``, ``maps``)."""
-    return RunPaths(run_dir).results / f"{track}_{method}_maps.npz"
+def saliency_maps_path(run_dir: str | os.PathLike, track: Track, method: str, seed: int = 0) -> Path:
+    """Where :func:`evaluate_saliency` keeps the scored test maps (``index``, ``maps``) of ``seed``."""
+    return RunPaths(run_dir, seed).saliency_maps(track, method)
 
 
-def load_saliency_maps(run_dir: str | os.PathLike, track: Track, method: str) -> dict[int, np.ndarray]:
+def load_saliency_maps(run_dir: str | os.PathLike, track: Track, method: str,
+                       seed: int = 0) -> dict[int, np.ndarray]:
     """The saliency maps scored on the test split, by prepared row: ``{row: (H, W) float32}``."""
-    path = saliency_maps_path(run_dir, track, method)
+    path = saliency_maps_path(run_dir, track, method, seed)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run notebook 04 (saliency baselines)")
+        raise FileNotFoundError(f"{path} is missing: run notebook 05 (saliency baselines)")
     with np.load(path) as saved:
         return {int(i): m.astype(np.float32) for i, m in zip(saved["index"], saved["maps"])}
 
 
-def load_results(run_dir: str | os.PathLike, track: Track, method: str, ablation: bool = False) -> dict:
-    """The results JSON of ``method`` (a variant or a saliency method) on ``track``.
+def load_results(run_dir: str | os.PathLike, track: Track, method: str, ablation: bool = False,
+                 seed: int = 0) -> dict:
+    """The results JSON of ``method`` (a variant or a saliency method) on ``track``, replicate ``seed``.
 
     ``ablation``: the Table 2/3 run of the variant (the Table 1 one when the profile
     trains both alike). Raises ``FileNotFoundError`` naming the notebook that writes it.
     """
     from .files import read_json
 
-    paths = RunPaths(run_dir)
+    paths = RunPaths(run_dir, seed)
     path = paths.result(track, method, ablation)
     if ablation and not path.is_file():
         path = paths.result(track, method)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the notebook that evaluates {method} on {track}")
+    return read_json(path)
+
+
+def load_classifier_results(run_dir: str | os.PathLike, track: Track, seed: int = 0) -> dict:
+    """``results/seed<s>/classifier_<track>.json`` (test AUC, accuracy, confusion matrix)."""
+    from .files import read_json
+
+    path = RunPaths(run_dir, seed).classifier_result(track)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook 01 (classifiers)")
     return read_json(path)
 
 
@@ -211,7 +254,7 @@ def ensure_classifier(
     from .classifier_training import train_classifier
 
     config, anomaly = track_settings(profile, track)
-    return train_classifier(prepared, config, anomaly, RunPaths(run_dir).classifier(track),
+    return train_classifier(prepared, config, anomaly, RunPaths(run_dir, profile.seed).classifier(track),
                             device=device, progress=progress)
 
 
@@ -238,7 +281,7 @@ def ensure_counterfactual(
     from .evaluate import quick_validation
     from .variants import apply_variant
 
-    paths = RunPaths(run_dir)
+    paths = RunPaths(run_dir, profile.seed)
     classifier_path = ensure_classifier(profile, run_dir, track, prepared, device, progress)
     profile, separate = _budget(profile, ablation)
     configured = apply_variant(profile, variant)
@@ -279,10 +322,10 @@ def evaluate_variant(
     from .counterfactual import FINAL, load_generator
     from .data import evaluation_set
     from .evaluate import evaluate_counterfactual
-    from .runtime import pick_device
+    from .runtime import pick_device, use_job_threads
     from .variants import VARIANTS, apply_variant
 
-    paths = RunPaths(run_dir)
+    paths = RunPaths(run_dir, profile.seed)
     profile, separate = _budget(profile, ablation)
     configured = apply_variant(profile, variant)
     model_dir = paths.counterfactual(track, variant, separate)
@@ -292,6 +335,7 @@ def evaluate_variant(
     if (saved := _reusable(out, settings)) is not None:
         return saved
     device = device if isinstance(device, torch.device) else pick_device(device)
+    use_job_threads(device)
     _, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
     generator, gan = load_generator(model_dir, device)
@@ -328,31 +372,31 @@ def ensure_results(
                             ablation=ablation)
 
 
+def prepare_tracks(profile: Profile, run_dir: str | os.PathLike, sources: dict[str, str | os.PathLike],
+                   progress: bool = True) -> dict[Track, Path]:
+    """:func:`prepare_track` for each ``{track: "phantom" or a dataset folder}``: ``{track: prepared}``."""
+    return {track: prepare_track(profile, run_dir, track, source, progress=progress)
+            for track, source in sources.items()}
+
+
 def ensure_table1(
     profile: Profile,
     run_dir: str | os.PathLike,
     sources: dict[str, str | os.PathLike],
     device: torch.device | str | None = None,
     progress: bool = True,
-) -> dict[str, dict[str, dict]]:
-    """Every Table 1 result, built where missing: ``{track: {method: results}}``.
+) -> dict[str, dict[str, list[dict]]]:
+    """Every Table 1 result of every seed, built where missing: ``{track: {method: [per seed]}}``.
 
-    ``sources`` maps each track to "phantom" or its dataset folder. Per track: the
+    ``sources`` maps each track to "phantom" or its dataset folder. Per track and seed: the
     classifier, the saliency methods of ``profile.saliency``, Singla* and COIN.
     """
     from .variants import TABLE1_VARIANTS
 
-    table: dict[str, dict[str, dict]] = {}
-    for track, source in sources.items():
-        prepared = prepare_track(profile, run_dir, track, source, progress=progress)
-        ensure_classifier(profile, run_dir, track, prepared, device, progress)
-        table[track] = {
-            **{m: evaluate_saliency(profile, run_dir, track, prepared, m, device, progress)
-               for m in profile.saliency.methods_for(track)},
-            **{v: ensure_results(profile, run_dir, track, prepared, v, device=device, progress=progress)
-               for v in TABLE1_VARIANTS},
-        }
-    return table
+    prepared = prepare_tracks(profile, run_dir, sources, progress)
+    saliency = evaluate_saliency_all(profile, run_dir, prepared, device, progress)
+    variants = ensure_results_all(profile, run_dir, prepared, TABLE1_VARIANTS, device=device, progress=progress)
+    return {track: {**saliency[track], **variants[track]} for track in prepared}
 
 
 def evaluate_saliency(
@@ -378,28 +422,30 @@ def evaluate_saliency(
     from .data import evaluation_set
     from .evaluate import evaluate_saliency_method
     from .files import atomic_path
-    from .runtime import pick_device
+    from .runtime import pick_device, use_job_threads
 
-    paths = RunPaths(run_dir)
+    paths = RunPaths(run_dir, profile.seed)
     settings = {"saliency": to_dict(profile.saliency), "eval": to_dict(profile.eval),
                 "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER)}
     out = paths.result(track, method)
-    if (saved := _reusable(out, settings)) is not None and saliency_maps_path(run_dir, track, method).is_file():
+    if (saved := _reusable(out, settings)) is not None and paths.saliency_maps(track, method).is_file():
         return saved
     device = device if isinstance(device, torch.device) else pick_device(device)
+    use_job_threads(device)
     _, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
     scored = evaluate_saliency_method(
         method, classifier, profile.saliency, profile.eval,
         evaluation_set(prepared, "test", anomaly), evaluation_set(prepared, "val", anomaly), progress,
     )
-    with atomic_path(saliency_maps_path(run_dir, track, method)) as tmp:
+    with atomic_path(paths.saliency_maps(track, method)) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, index=np.asarray(scored["test_index"]), maps=scored.pop("test_maps"))
     results = {
         "track": track,
         "method": method,
         "profile": profile.name,
+        "seed": profile.seed,
     }
     return _write_results(out, results, prepared, device, settings, scored)
 
@@ -419,10 +465,13 @@ def evaluate_classifier(
     from .classifier_training import load_classifier, predict, roc_auc
     from .data import evaluation_set
     from .files import write_json
-    from .runtime import git_commit, hardware_summary
+    from .runtime import git_commit, hardware_summary, pick_device, use_job_threads
 
     config, anomaly = track_settings(profile, track)
-    model = load_classifier(RunPaths(run_dir).classifier(track), device)
+    paths = RunPaths(run_dir, profile.seed)
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    use_job_threads(device)
+    model = load_classifier(paths.classifier(track), device)
     scores = predict(model, evaluation_set(prepared, "test", anomaly), batch_size=profile.eval.batch_size)
     predicted = scores["p_abnormal"] >= config.threshold
     actual = scores["label"] > 0.5
@@ -436,6 +485,7 @@ def evaluate_classifier(
         "track": track,
         "arch": config.arch,
         "profile": profile.name,
+        "seed": profile.seed,
         "test_auc": roc_auc(actual, scores["p_abnormal"]),
         "test_accuracy": float((predicted == actual).mean()),
         "threshold": config.threshold,
@@ -444,5 +494,98 @@ def evaluate_classifier(
         "hardware": hardware_summary(next(model.parameters()).device),
         "git_commit": git_commit(),
     }
-    write_json(RunPaths(run_dir).results / f"classifier_{track}.json", results)
+    write_json(paths.classifier_result(track), results)
     return {**results, "scores": {k: np.asarray(v) for k, v in scores.items()}}
+
+
+# ------------------------------------------------------------ every seed, as parallel jobs
+
+
+def _seed_jobs(profile: Profile, label: str, function, tracks_and_data: list[tuple[Track, os.PathLike]],
+               run_dir: str | os.PathLike, *args, **kwargs) -> list:
+    from .config import with_seed
+    from .jobs import Job
+
+    return [Job(f"{label}, {track} track, seed {seed}", function,
+                (with_seed(profile, seed), run_dir, track, prepared, *args), {**kwargs, "progress": False})
+            for track, prepared in tracks_and_data for seed in profile.seeds]
+
+
+def ensure_classifiers_all(profile: Profile, run_dir: str | os.PathLike, prepared: dict[Track, os.PathLike],
+                           device: torch.device | str | None = None, progress: bool = True) -> None:
+    """Every seed's classifier of every track in ``prepared`` (``{track: prepared folder}``)."""
+    from .jobs import run_jobs
+
+    run_jobs(_seed_jobs(profile, "classifier", ensure_classifier, list(prepared.items()), run_dir,
+                        device=device), device, desc="classifiers", progress=progress)
+
+
+def evaluate_classifier_all(profile: Profile, run_dir: str | os.PathLike, prepared: dict[Track, os.PathLike],
+                            device: torch.device | str | None = None, progress: bool = True
+                            ) -> dict[Track, list[dict]]:
+    """:func:`evaluate_classifier` for every seed: ``{track: [results of each seed]}``."""
+    from .jobs import run_jobs
+
+    ensure_classifiers_all(profile, run_dir, prepared, device, progress)
+    jobs = _seed_jobs(profile, "classifier test", _evaluate_classifier_job, list(prepared.items()), run_dir,
+                      device=device)
+    done = run_jobs(jobs, device, desc="classifier tests", progress=progress)
+    return _by_track(prepared, profile, done)
+
+
+def _evaluate_classifier_job(profile, run_dir, track, prepared, device=None, progress=False) -> dict:
+    return evaluate_classifier(profile, run_dir, track, prepared, device)
+
+
+def _by_track(prepared: dict, profile: Profile, done: list) -> dict:
+    count = len(profile.seeds)
+    return {track: done[i * count:(i + 1) * count] for i, track in enumerate(prepared)}
+
+
+def ensure_results_all(profile: Profile, run_dir: str | os.PathLike, prepared: dict[Track, os.PathLike],
+                       variants: tuple[str, ...], ablation: bool = False,
+                       device: torch.device | str | None = None, progress: bool = True
+                       ) -> dict[Track, dict[str, list[dict]]]:
+    """Train and score ``variants`` for every seed and track: ``{track: {variant: [results per seed]}}``.
+
+    The classifiers come first (one job per track and seed), then one job per track,
+    variant and seed, side by side where :mod:`coinlib.jobs` allows.
+    """
+    from .jobs import run_jobs
+
+    ensure_classifiers_all(profile, run_dir, prepared, device, progress)
+    jobs = [job for variant in variants
+            for job in _seed_jobs(profile, METHOD_LABELS.get(variant, variant), ensure_results,
+                                  list(prepared.items()), run_dir, variant, ablation, device=device)]
+    done = run_jobs(jobs, device, desc="counterfactual GANs", progress=progress)
+    count = len(profile.seeds)
+    out: dict[Track, dict[str, list[dict]]] = {track: {} for track in prepared}
+    for v, variant in enumerate(variants):
+        for t, track in enumerate(prepared):
+            start = (v * len(prepared) + t) * count
+            out[track][variant] = done[start:start + count]
+    return out
+
+
+def evaluate_saliency_all(profile: Profile, run_dir: str | os.PathLike, prepared: dict[Track, os.PathLike],
+                          device: torch.device | str | None = None, progress: bool = True
+                          ) -> dict[Track, dict[str, list[dict]]]:
+    """Every saliency method of the profile on every track and seed: ``{track: {method: [per seed]}}``."""
+    from .jobs import Job, run_jobs
+
+    ensure_classifiers_all(profile, run_dir, prepared, device, progress)
+    plan = [(track, method) for track in prepared for method in profile.saliency.methods_for(track)]
+    jobs: list[Job] = []
+    for track, method in plan:
+        jobs += _seed_jobs(profile, METHOD_LABELS.get(method, method), evaluate_saliency,
+                           [(track, prepared[track])], run_dir, method, device=device)
+    done = run_jobs(jobs, device, desc="saliency maps", progress=progress)
+    count = len(profile.seeds)
+    out: dict[Track, dict[str, list[dict]]] = {track: {} for track in prepared}
+    for i, (track, method) in enumerate(plan):
+        out[track][method] = done[i * count:(i + 1) * count]
+    return out
+
+
+METHOD_LABELS = {"coin": "COIN", "singla": "Singla*", "gradcam": "Grad-CAM", "layercam": "LayerCAM",
+                 "scorecam": "ScoreCAM", "rise": "RISE"}

@@ -1,7 +1,13 @@
 """What every training or evaluation run shares: device, precision, seeding, checkpoints.
 
 - :func:`pick_device` chooses CUDA when present, else the CPU; :func:`autocast` gives bf16
-  autocast on CUDA and a no-op elsewhere, so the maths is the same code on both.
+  autocast where the hardware computes in bf16 natively (CUDA; CPUs with AVX512-BF16 or
+  AMX-BF16) and fp32 elsewhere (:func:`precision`; ``COIN_PRECISION=bf16|fp32`` or
+  :func:`set_precision` forces either), so the maths is the same code on every device.
+- :func:`use_job_threads`: every CPU job (a classifier, a GAN, an evaluation) runs on
+  ``COIN_THREADS`` threads (default 1), however it is launched. oneDNN's reductions depend on
+  the thread count, so this is what makes a job's numbers the same in a notebook, in
+  ``coin train`` and in :mod:`coinlib.jobs`' worker processes (which run one job per core).
 - Checkpoints are ``state_dict``s plus the run's config as JSON (STYLE.md: diffusers),
   written atomically and loaded with ``weights_only=True``; a wrong shape or a missing file
   raises an error that names the file.
@@ -52,6 +58,7 @@ __all__ = [
     "ResumableSampler",
     "autocast",
     "config_differences",
+    "cpu_has_native_bf16",
     "distributed_context",
     "git_commit",
     "hardware_summary",
@@ -59,8 +66,11 @@ __all__ = [
     "load_weights",
     "local_module",
     "pick_device",
+    "precision",
     "save_checkpoint",
     "seed_everything",
+    "set_precision",
+    "use_job_threads",
 ]
 
 
@@ -163,11 +173,73 @@ def local_module(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+_precision_choice = os.environ.get("COIN_PRECISION", "auto")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16, as ``lscpu`` lists).
+
+    Without it oneDNN emulates bf16 and autocast is slower than fp32, so ``auto`` keeps fp32.
+    """
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def set_precision(choice: str) -> None:
+    """``auto`` (bf16 where native, else fp32), ``bf16`` or ``fp32`` for this process.
+
+    Worker processes inherit it through ``COIN_PRECISION``, which this also sets.
+    """
+    global _precision_choice
+    if choice not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {choice!r}")
+    _precision_choice = choice
+    os.environ["COIN_PRECISION"] = choice
+
+
+def precision(device: torch.device) -> str:
+    """``"bf16"`` or ``"fp32"``: what :func:`autocast` computes in on ``device``."""
+    if _precision_choice not in PRECISIONS:
+        raise ValueError(f"COIN_PRECISION must be one of {list(PRECISIONS)}, got {_precision_choice!r}")
+    if _precision_choice != "auto":
+        return _precision_choice
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; the CPU path runs in fp32 (bit-reproducible for the resume test)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast where :func:`precision` says bf16 (CUDA, native-bf16 CPUs), else fp32.
+
+    Either path is deterministic on one machine with a fixed thread count
+    (:func:`use_job_threads`); the resume and determinism tests run on whichever is active.
+    """
+    if enabled and device.type in ("cuda", "cpu") and precision(device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def job_threads() -> int:
+    """Threads one CPU job uses: ``COIN_THREADS`` (default 1), at most the cores there are."""
+    text = os.environ.get("COIN_THREADS", "1")
+    try:
+        threads = int(text)
+    except ValueError:
+        raise ValueError(f"COIN_THREADS must be a whole number of threads, got {text!r}") from None
+    if threads < 1:
+        raise ValueError(f"COIN_THREADS must be at least 1, got {threads}")
+    return min(threads, os.cpu_count() or 1)
+
+
+def use_job_threads(device: torch.device) -> None:
+    """Set torch's intra-op threads to :func:`job_threads` when ``device`` is the CPU.
+
+    Called at the start of every training and evaluation stage: the same job then gives the
+    same numbers wherever it runs (see the module docstring).
+    """
+    if device.type == "cpu" and torch.get_num_threads() != job_threads():
+        torch.set_num_threads(job_threads())
 
 
 def seed_everything(seed: int) -> None:
@@ -317,6 +389,8 @@ def hardware_summary(device: torch.device | None = None) -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "precision": precision(device),
+        "threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
         summary["gpu"] = torch.cuda.get_device_name(device)

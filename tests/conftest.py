@@ -7,6 +7,7 @@ import pytest
 import torch
 from skimage.draw import ellipse
 
+from coinlib import runtime
 from coinlib.prepared import write_prepared
 
 # Tiny models on 2 cores run faster on one thread (thread hand-off costs more than it saves).
@@ -42,3 +43,11 @@ def make_prepared(root, size: int = 32, scans: int = 6, slices: int = 8, seed: i
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     return make_prepared(tmp_path_factory.mktemp("tiny_prepared"))
+
+
+@pytest.fixture
+def fp32(monkeypatch):
+    """Run a test in fp32 whatever the machine's native precision is (for float-tolerance
+    comparisons of two computations that bf16 would round differently)."""
+    monkeypatch.setattr(runtime, "_precision_choice", "fp32")
+    monkeypatch.setenv("COIN_PRECISION", "fp32")

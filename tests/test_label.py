@@ -41,6 +41,7 @@ from coinlib.label import (
 )
 from coinlib.masks import difference_map
 from coinlib.prepare import load_canonical, normalise_hu, resize_slices
+from coinlib.pipeline import RunPaths
 from coinlib.runtime import save_checkpoint
 
 AFFINE = np.array([[0.8, 0, 0, -16.0], [0, 0.9, 0, -20.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
@@ -101,16 +102,17 @@ def run_dir(tmp_path_factory, tiny_prepared, scans):
     assert p[half - 1] < p[half], "need distinct probabilities to split the slices"
     threshold = float(p[half - 1] + p[half]) / 2  # the upper half of the slices is abnormal
 
-    clf_dir = root / "models" / "synthetic" / "classifier"
+    paths = RunPaths(root)
+    clf_dir = paths.classifier("synthetic")
     save_checkpoint(clf_dir / "classifier.pt", {"classifier": classifier},
                     {"classifier": to_dict(ClassifierConfig(threshold=threshold)), "anomaly": None,
                      "data": str(tiny_prepared)})
-    save_checkpoint(root / "models" / "synthetic" / "coin" / "counterfactual.pt", {"generator": generator},
+    save_checkpoint(paths.counterfactual("synthetic", "coin") / "counterfactual.pt", {"generator": generator},
                     {"gan": to_dict(profile.gan), "train": to_dict(profile.train), "anomaly": None,
                      "data": str(tiny_prepared), "classifier": str(clf_dir / "classifier.pt")})
-    (root / "results").mkdir()
+    paths.seed_results.mkdir(parents=True)
     metrics = {"threshold_from_val": float(np.quantile(diff_map, 0.6))}
-    (root / "results" / "synthetic_coin.json").write_text(
+    paths.result("synthetic", "coin").write_text(
         json.dumps({"metrics": metrics, "config": {"eval": to_dict(profile.eval)}}))
     return root
 
@@ -170,7 +172,7 @@ def test_csv_and_sidecars_report_volume_and_threshold(scans, labelled, run_dir):
     ras_slices = json.loads((out / "ras_coin_mask.json").read_text())["abnormal_slice_indices"]
     kits_slices = json.loads((out / "case_00000" / "imaging_coin_mask.json").read_text())["abnormal_slice_indices"]
     assert len(ras_slices) == 5 and kits_slices == sorted(9 - k for k in ras_slices)
-    expected = json.loads((run_dir / "results" / "synthetic_coin.json").read_text())["metrics"]
+    expected = json.loads(RunPaths(run_dir).result("synthetic", "coin").read_text())["metrics"]
     assert float(ras["mask_threshold"]) == pytest.approx(expected["threshold_from_val"])
     assert "validation" in ras["threshold_source"]
 
@@ -261,7 +263,7 @@ def test_missing_model_pieces_name_the_command(run_dir, scans, tmp_path):
     with pytest.raises(FileNotFoundError, match="run folder not found"):
         load_label_model(tmp_path / "nowhere")
     partial = tmp_path / "run"
-    shutil.copytree(run_dir / "models" / "synthetic" / "classifier", partial / "models" / "synthetic" / "classifier")
+    shutil.copytree(RunPaths(run_dir).classifier("synthetic"), RunPaths(partial).classifier("synthetic"))
     with pytest.raises(FileNotFoundError, match=r"no generator.*coin train --run-dir .* --variant coin"):
         load_label_model(partial, device="cpu")
     with pytest.raises(FileNotFoundError, match=r"no classifier.*coin train-classifier --run-dir .* --track tumour"):

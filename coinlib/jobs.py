@@ -1,0 +1,120 @@
+"""Independent jobs side by side: one process per CPU core (the CPU fast path's second half).
+
+The quick profile trains many small networks that do not depend on each other: every
+seed's classifier, every seed's COIN and Singla*, every ablation row. Their convolutions
+are too small for two threads to share well, so two one-thread processes do more work on
+two cores than one two-thread process (``benchmarks/train_step.py --jobs 2`` measures it).
+:func:`run_jobs` runs a list of :class:`Job` in a pool of worker processes, each on
+:func:`coinlib.runtime.job_threads` threads, so a job gives the same numbers whether it ran
+in a worker, in a notebook's kernel or from ``coin train``.
+
+On CUDA, under ``torchrun``, or with one worker, the jobs run one after another in this
+process. ``COIN_JOBS`` (default: cores / threads per job on the CPU) caps the workers.
+A job is a module-level function and its arguments (pickled to the worker); a job that
+fails stops the stage with an error naming it, after the jobs already running finish, so
+their checkpoints are complete and a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .progress import tqdm
+from .runtime import job_threads
+
+__all__ = ["Job", "JobFailed", "job_workers", "run_jobs"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """``function(*args, **kwargs)``, described by ``name`` in progress and errors."""
+
+    name: str
+    function: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> Any:
+        return self.function(*self.args, **self.kwargs)
+
+
+class JobFailed(RuntimeError):
+    """A job of :func:`run_jobs` raised; the message names it and the original error."""
+
+
+def job_workers(device: torch.device | str | None, jobs: int) -> int:
+    """How many worker processes :func:`run_jobs` uses for ``jobs`` jobs on ``device``."""
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1 or jobs <= 1:
+        return 1
+    text = os.environ.get("COIN_JOBS", "auto")
+    if text == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        wanted = max(1, cores // job_threads())
+    else:
+        try:
+            wanted = int(text)
+        except ValueError:
+            raise ValueError(f"COIN_JOBS must be 'auto' or a whole number, got {text!r}") from None
+        if wanted < 1:
+            raise ValueError(f"COIN_JOBS must be at least 1, got {wanted}")
+    return min(wanted, jobs)
+
+
+def _start_worker() -> None:
+    torch.set_num_threads(job_threads())
+
+
+def run_jobs(jobs: Sequence[Job], device: torch.device | str | None = None, desc: str = "jobs",
+             progress: bool = True) -> list[Any]:
+    """Run ``jobs`` (in parallel where :func:`job_workers` allows); their results, in order.
+
+    Raises :class:`JobFailed` naming the first job that failed.
+    """
+    jobs = list(jobs)
+    workers = job_workers(device, len(jobs))
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress or len(jobs) <= 1)
+    results: list[Any] = [None] * len(jobs)
+    try:
+        if workers == 1:
+            for i, job in enumerate(jobs):
+                results[i] = _run_here(job)
+                bar.update(1)
+            return results
+        context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's thread pools
+        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+            pending = {pool.submit(job.function, *job.args, **job.kwargs): i for i, job in enumerate(jobs)}
+            failure: tuple[Job, BaseException] | None = None
+            for done in futures.as_completed(pending):
+                i = pending[done]
+                if done.cancelled():
+                    continue
+                error = done.exception()
+                if error is not None and failure is None:
+                    failure = (jobs[i], error)
+                    for other in pending:
+                        other.cancel()  # what has not started yet; running jobs finish
+                elif error is None:
+                    results[i] = done.result()
+                bar.update(1)
+                bar.set_postfix_str(jobs[i].name)
+            if failure is not None:
+                job, error = failure
+                raise JobFailed(f"job {job.name!r} failed: {type(error).__name__}: {error}") from error
+        return results
+    finally:
+        bar.close()
+
+
+def _run_here(job: Job) -> Any:
+    try:
+        return job()
+    except Exception as error:
+        raise JobFailed(f"job {job.name!r} failed: {type(error).__name__}: {error}") from error
