@@ -34,6 +34,7 @@ __all__ = [
     "PROFILES",
     "get_profile",
     "with_seed",
+    "config_rows",
     "from_dict",
     "to_dict",
 ]
@@ -349,3 +350,22 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
             )
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def config_rows(configs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per field of same-typed configs, one column per name: a readable settings table.
+
+    ``config_rows({"synthetic": p.classifier, "tumour": p.tumour_classifier})`` ->
+    ``[{"setting": "arch", "synthetic": "resnet18", "tumour": ...}, ...]`` (for
+    :func:`coinlib.tables.markdown_table`); tuples are shown as written in the profile.
+    """
+    names = list(configs)
+    first = configs[names[0]]
+    rows = []
+    for f in fields(first):
+        rows.append({"setting": f.name, **{name: _shown(getattr(configs[name], f.name, None)) for name in names}})
+    return rows
+
+
+def _shown(value: Any) -> Any:
+    return ", ".join(str(v) for v in value) if isinstance(value, tuple) else value

@@ -27,6 +27,8 @@ __all__ = [
     "sweep_curves",
     "method_grid",
     "variant_grid",
+    "roc_curves",
+    "scan_scores",
 ]
 
 OUTCOME_COLOURS = {"tp": (0.1, 0.85, 0.1), "fp": (0.95, 0.1, 0.1), "fn": (1.0, 0.9, 0.0), "truth": (1, 1, 1)}
@@ -211,4 +213,48 @@ def training_curves(log: Sequence[dict], title: str = "") -> plt.Figure:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ax: plt.Axes | None = None,
+               title: str = "") -> plt.Figure:
+    """ROC curves, one per label (e.g. per seed): ``curves[label] = (fpr, tpr)``."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.2, 3.6))
+    for label, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, lw=1.3, label=label)
+    ax.plot([0, 1], [0, 1], ":", color="gray", lw=1)
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def scan_scores(p_abnormal: np.ndarray, label: np.ndarray, scan: Sequence[str], threshold: float,
+                ax: plt.Axes | None = None, title: str = "", other: np.ndarray | None = None,
+                other_label: str = "") -> plt.Figure:
+    """f(x) of every test slice, one column per scan: does f read the lesion or the scan?
+
+    Abnormal slices are drawn as red dots, normal ones as grey crosses, ``other`` (a bool mask,
+    e.g. slices with a cyst, labelled normal) as blue diamonds; the line is the decision
+    threshold. A scan whose slices all sit high (or low) whatever their label shows that f
+    learnt the scan's appearance rather than the lesion.
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(9, 3.2))
+    scans = sorted(set(scan))
+    column = np.array([scans.index(s) for s in scan], dtype=float)
+    jitter = (np.random.default_rng(0).random(len(column)) - 0.5) * 0.5
+    positive = np.asarray(label) > 0.5
+    special = np.zeros(len(column), bool) if other is None else np.asarray(other, bool) & ~positive
+    plain = ~positive & ~special
+    ax.scatter(column[plain] + jitter[plain], p_abnormal[plain], marker="x", s=10, color="0.55", lw=0.8,
+               label="normal slice")
+    if special.any():
+        ax.scatter(column[special] + jitter[special], p_abnormal[special], marker="D", s=12, color="tab:blue",
+                   label=other_label or "other")
+    ax.scatter(column[positive] + jitter[positive], p_abnormal[positive], s=10, color="tab:red",
+               label="abnormal slice")
+    ax.axhline(threshold, ls=":", color="k", lw=1)
+    ax.set(xticks=range(len(scans)), xlim=(-0.6, len(scans) - 0.4), ylim=(-0.02, 1.02), ylabel="f(x)",
+           title=title)
+    ax.set_xticklabels(scans, rotation=60, fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
