@@ -213,6 +213,10 @@ class Profile:
     eval: EvalConfig = field(default_factory=EvalConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    # Replicates (issue 12): each seed is one full run (classifier, GANs, saliency maps) on
+    # the same test set; ``seed`` is the replicate being run, ``seeds`` all of them.
+    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
 
 
 PROFILES: dict[str, Profile] = {
@@ -231,6 +235,7 @@ PROFILES: dict[str, Profile] = {
         eval=EvalConfig(batch_size=16, sweep_points=21),
         saliency=SaliencyConfig(rise_masks=16, rise_batch_size=16, scorecam_batch_size=64, max_images=1),
         ablation=AblationConfig(steps=2),
+        seeds=(0, 1),
     ),
     # The CPU default: everything of the paper's method, at a size 2 cores train in minutes.
     # Trades (README, "Profiles"): 128 px instead of 256, GAN widths / 8, a few hundred
@@ -261,6 +266,7 @@ PROFILES: dict[str, Profile] = {
         ),
         saliency=SaliencyConfig(rise_masks=250, max_images=4),
         ablation=AblationConfig(steps=100),
+        seeds=(0, 1, 2),
     ),
     "paper": Profile(
         name="paper",

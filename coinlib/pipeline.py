@@ -55,9 +55,11 @@ LAYOUT_OF_TRACK = {"synthetic": "totalsegmentator", "tumour": "kits23"}
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
+    seed: int = 0
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, seed: int = 0) -> None:
         object.__setattr__(self, "root", Path(root))
+        object.__setattr__(self, "seed", seed)
 
     def phantom(self, layout: str) -> Path:
         return self.root / "data" / "phantom" / layout
@@ -72,7 +74,12 @@ class RunPaths:
         return self.root / "models" / track / ("ablation" if ablation else "") / variant
 
     def result(self, track: Track, method: str, ablation: bool = False) -> Path:
-        return self.results / f"{'ablation_' if ablation else ''}{track}_{method}.json"
+        return self.seed_results / f"{'ablation_' if ablation else ''}{track}_{method}.json"
+
+    @property
+    def seed_results(self) -> Path:
+        """The results of replicate ``seed`` (results JSON, classifier results)."""
+        return self.results / f"seed{self.seed}"
 
     @property
     def results(self) -> Path:
@@ -137,7 +144,8 @@ def load_saliency_maps(run_dir: str | os.PathLike, track: Track, method: str) ->
         return {int(i): m.astype(np.float32) for i, m in zip(saved["index"], saved["maps"])}
 
 
-def load_results(run_dir: str | os.PathLike, track: Track, method: str, ablation: bool = False) -> dict:
+def load_results(run_dir: str | os.PathLike, track: Track, method: str, ablation: bool = False,
+                 seed: int = 0) -> dict:
     """The results JSON of ``method`` (a variant or a saliency method) on ``track``.
 
     ``ablation``: the Table 2/3 run of the variant (the Table 1 one when the profile
@@ -145,7 +153,7 @@ def load_results(run_dir: str | os.PathLike, track: Track, method: str, ablation
     """
     from .files import read_json
 
-    paths = RunPaths(run_dir)
+    paths = RunPaths(run_dir, seed)
     path = paths.result(track, method, ablation)
     if ablation and not path.is_file():
         path = paths.result(track, method)
@@ -444,5 +452,5 @@ def evaluate_classifier(
         "hardware": hardware_summary(next(model.parameters()).device),
         "git_commit": git_commit(),
     }
-    write_json(RunPaths(run_dir).results / f"classifier_{track}.json", results)
+    write_json(RunPaths(run_dir).seed_results / f"classifier_{track}.json", results)
     return {**results, "scores": {k: np.asarray(v) for k, v in scores.items()}}
