@@ -1,8 +1,11 @@
 """The README's results section, generated from a run folder (never typed by hand).
 
-``coin report --run-dir runs/quick`` reads the results JSON files, notebook timings and
-hardware of a finished run and rewrites the part of README.md between the markers
-``<!-- results:start -->`` and ``<!-- results:end -->``. The same text is written to
+``coin report --run-dir runs/quick`` reads the per-seed results JSON files
+(``results/seed<s>/``), notebook timings and hardware of a finished run and rewrites the
+part of README.md between the markers ``<!-- results:start -->`` and
+``<!-- results:end -->``: profile, seeds, hardware, timings, each classifier's AUC over
+seeds, Tables 1-3 with the ordering checks under each (:mod:`coinlib.verdicts`), and
+"Reading the run", prose generated from those verdicts. The same text is written to
 ``<run_dir>/results/summary.md``, which ``coin reproduce`` prints at the end.
 """
 
@@ -11,19 +14,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import Profile
 from .files import atomic_path, read_json
 from .tables import markdown_table
+from .verdicts import CONFIDENCE, MIN_SEEDS, Estimate, Verdict, seed_estimate
 
-__all__ = ["END", "START", "publish_figures", "publish_tables", "results_markdown", "update_readme"]
+__all__ = ["END", "START", "publish_figures", "publish_tables", "reading_the_run", "results_markdown",
+           "update_readme"]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    return read_json(path) if path.is_file() else None
+RELIABLE_AUC = 0.9  # below it, a track's claims explain a classifier that barely detects the lesion
+TRACKS = ("synthetic", "tumour")
 
 
 def _table_body(path: Path) -> str | None:
@@ -34,52 +39,181 @@ def _table_body(path: Path) -> str | None:
     return text[text.index("|"):] if "|" in text else None
 
 
+def _source(results: Path) -> dict[str, Any] | None:
+    """The lowest seed's COIN (else classifier) results: what produced the run."""
+    for name in ("synthetic_coin.json", "classifier_synthetic.json", "classifier_tumour.json"):
+        found = sorted(results.glob(f"seed*/{name}"), key=lambda p: int(p.parent.name.removeprefix("seed")))
+        if found:
+            return read_json(found[0])
+    return None
+
+
+def describe_hardware(hardware: dict[str, Any]) -> str:
+    """'AMD EPYC (2 cores, 1 thread, fp32, CPU only)' or 'NVIDIA H200 (bf16; host CPU ...)'."""
+    threads, precision = hardware.get("threads"), hardware.get("precision")
+    cpu = [f"{hardware['cpu_cores']} cores", *([f"{threads} thread{'s' if threads != 1 else ''}"] if threads else [])]
+    if hardware.get("gpu"):
+        return f"{hardware['gpu']} ({precision or 'GPU'}; host CPU {hardware['cpu']} ({', '.join(cpu)}))"
+    return f"{hardware['cpu']} ({', '.join([*cpu, *([precision] if precision else []), 'CPU only'])})"
+
+
+def classifier_results(run_dir: str | os.PathLike, profile: Profile, track: str) -> dict[int, dict] | None:
+    """``{seed: classifier results}`` of the track over ``profile.seeds`` (None: no seed has one).
+
+    A seed missing among others raises, naming its file.
+    """
+    from .pipeline import RunPaths
+
+    paths = {seed: RunPaths(run_dir, seed).seed_results / f"classifier_{track}.json" for seed in profile.seeds}
+    if not any(p.is_file() for p in paths.values()):
+        return None
+    return {seed: read_json(path) for seed, path in paths.items()}
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def _weak_classifier(track: str, auc: Estimate) -> str | None:
+    """The caveat sentence for a track whose classifier is below :data:`RELIABLE_AUC` on any seed."""
+    weak = [seed for seed, value in zip(auc.seeds, auc.per_seed) if value < RELIABLE_AUC]
+    if not weak:
+        return None
+    which = "every seed" if len(weak) == len(auc.seeds) else \
+        f"seed{'s' if len(weak) > 1 else ''} {', '.join(map(str, weak))}"
+    return (f"**Caveat:** the {track} track's classifier f has test AUC below {RELIABLE_AUC} on {which} "
+            f"({auc.mean_sd()} over {_seeds(len(auc.seeds))}). A method can only explain what f "
+            f"detects, so the {track}-track claims rest on a classifier that barely finds the lesions "
+            f"and say little about the methods.")
+
+
+def _classifier_line(track: str, results: dict[int, dict], auc: Estimate) -> str:
+    first = next(iter(results.values()))
+    accuracy = seed_estimate("accuracy", {seed: r["test_accuracy"] for seed, r in results.items()})
+    each = ", ".join(f"seed {s}: {v:.3f}" for s, v in zip(auc.seeds, auc.per_seed))
+    return (f"Classifier f, {track} track ({first['arch']}): test AUC **{auc.mean_sd()}** over "
+            f"{_seeds(len(auc.seeds))} ({each}), accuracy "
+            f"{accuracy.mean_sd()} on {first['test_slices']} test slices.")
+
+
+def _mean_interval(estimate: Estimate) -> str:
+    interval = estimate.interval()
+    return f"{estimate.mean:.3f}" + ("" if interval == "-" else f" {interval}")
+
+
+def _short(verdict: Verdict) -> str:
+    """A verdict in the prose: the claim (without its track) and the means with their intervals."""
+    claim = verdict.claim.removeprefix(f"{verdict.track}: ")
+    if verdict.better is None or verdict.worse is None:
+        return f"{claim} ({verdict.reason})"
+    a, b = verdict.better, verdict.worse
+    numbers = f"{_mean_interval(a)} against {_mean_interval(b)}"
+    reason = f"; {verdict.reason}" if verdict.label == "not resolved at this budget" else ""
+    return f"{claim} ({numbers}{reason})"
+
+
+def reading_the_run(sections: Sequence[tuple[str, Sequence[Verdict], Sequence[str]]]) -> str:
+    """'Reading the run': a paragraph per table, generated from its verdicts.
+
+    ``sections``: (title, verdicts, extra sentences such as caveats and budgets). Each
+    paragraph says which orderings hold, which do not and which are not resolved, with
+    the means and intervals behind each.
+    """
+    lines = [f"**Reading the run** (generated from the verdicts above). An ordering holds only when it "
+             f"holds on every seed and the {CONFIDENCE:.0%} bootstrap intervals over test slices do not "
+             f"overlap, does not hold only when it fails the same way, and is otherwise not resolved at "
+             f"this budget; with fewer than {MIN_SEEDS} seeds none is resolved.", ""]
+    for title, verdicts, extra in sections:
+        groups: dict[str, list[Verdict]] = {}
+        for verdict in verdicts:
+            groups.setdefault(verdict.label, []).append(verdict)
+        order = ["holds", "does not hold", "not resolved at this budget"]
+        labels = [*order, *sorted(set(groups) - {*order, "not checked"}), "not checked"]
+        parts = [f"{label[0].upper()}{label[1:]} ({len(groups[label])} of {len(verdicts)}): "
+                 + "; ".join(_short(v) for v in groups[label]) + "." for label in labels if label in groups]
+        if "holds" not in groups:
+            parts.insert(0, f"None of the {len(verdicts)} orderings holds.")
+        lines += [f"*{title}.* " + " ".join([*parts, *extra]), ""]
+    return "\n".join(lines)
+
+
+def _budget(run_dir: Path, profile: Profile, ablation: bool) -> str:
+    from .pipeline import load_results
+
+    train = load_results(run_dir, "synthetic", "coin", ablation, seed=profile.seeds[0])["config"]["train"]
+    return f"{train['steps']} steps of {train['batch_size']} slices"
+
+
 def results_markdown(run_dir: str | os.PathLike) -> str:
-    """Markdown summary of what the run produced: profile, hardware, timings, Tables 1-3."""
+    """Markdown summary of what the run produced: profile, hardware, timings, Tables 1-3, verdicts."""
     from .config import get_profile
-    from .tables import claims_markdown, table1_claims
+    from .pipeline import load_results
+    from .tables import claims_markdown, table1_claims, table2_claims, table3_claims
 
     run_dir = Path(run_dir)
-    results = run_dir / "results"
-    timings = _load(run_dir / "notebooks" / "timings.json")
-    classifiers = {t: _load(results / f"classifier_{t}.json") for t in ("synthetic", "tumour")}
-    coin = _load(results / "synthetic_coin.json")
-    source = coin or classifiers["synthetic"]
+    source = _source(run_dir / "results")
     if source is None:
-        raise FileNotFoundError(f"no results in {results}; run the notebooks first (coin reproduce)")
-    hardware = source["hardware"]
-    device = hardware.get("gpu") or f"{hardware['cpu']} ({hardware['cpu_cores']} cores, CPU only)"
+        raise FileNotFoundError(f"no results in {run_dir / 'results'}; run the notebooks first (coin reproduce)")
+    profile = get_profile(source["profile"])
     data = "the embedded phantom" if "phantom" in str(source.get("data", "phantom")) else f"`{source['data']}`"
+    seeds = ", ".join(map(str, profile.seeds))
     lines = [
-        f"Profile **{source['profile']}** on {data}, produced on {device} with torch "
-        f"{hardware['torch']} (commit `{source.get('git_commit') or 'unknown'}`).",
+        f"Profile **{profile.name}**, seed{'s' if len(profile.seeds) != 1 else ''} {seeds}, on {data}, produced "
+        f"on {describe_hardware(source['hardware'])} with torch {source['hardware']['torch']} "
+        f"(commit `{source.get('git_commit') or 'unknown'}`).",
         "",
     ]
-    if timings:
-        rows = [{"notebook": t["notebook"], "minutes": t["seconds"] / 60} for t in timings["notebooks"]]
-        rows.append({"notebook": "total", "minutes": sum(t["seconds"] for t in timings["notebooks"]) / 60})
+    timings_path = run_dir / "notebooks" / "timings.json"
+    if timings_path.is_file():
+        timings = read_json(timings_path)["notebooks"]
+        rows = [{"notebook": t["notebook"], "minutes": t["seconds"] / 60} for t in timings]
+        rows.append({"notebook": "total", "minutes": sum(t["seconds"] for t in timings) / 60})
         lines += ["Wall-clock time of the notebooks in `make reproduce`:", "",
                   markdown_table(rows, ["notebook", "minutes"], 1)]
-    for track, classifier in classifiers.items():
-        if classifier:
-            lines += [f"Classifier f, {track} track ({classifier['arch']}): test AUC **{classifier['test_auc']:.3f}**, "
-                      f"accuracy {classifier['test_accuracy']:.3f} on {classifier['test_slices']} test slices.", ""]
+    caveats: dict[str, str] = {}
+    for track in TRACKS:
+        if (classifiers := classifier_results(run_dir, profile, track)) is None:
+            continue
+        auc = seed_estimate("AUC", {seed: r["test_auc"] for seed, r in classifiers.items()})
+        lines += [_classifier_line(track, classifiers, auc), ""]
+        if (caveat := _weak_classifier(track, auc)) is not None:
+            caveats[track] = caveat
+            lines += [caveat, ""]
+
     tables = run_dir / "tables"
-    if (table1 := _table_body(tables / "table1.md")) is not None:
-        lines += [
-            "**Table 1.** IoU at the threshold chosen on the validation split, the paper's protocol "
-            "(best threshold on the test set) beside it, and the paper's numbers in the adjacent "
-            "columns. Saliency methods are scored on the slices counted in the last column.",
-            "", table1, "Orderings the paper reports, checked on this run:", "",
-            claims_markdown(table1_claims(run_dir, get_profile(source["profile"]).saliency)),
-        ]
-    if coin is not None and coin["metrics"].get("fid") is None:
-        lines += [f"FID: {coin['metrics'].get('fid_note', 'not computed')}", ""]
-    for name, caption in (("table2", "**Table 2.** COIN's loss ablation (synthetic track)."),
-                          ("table3", "**Table 3.** Appendix A: masks, perturbations, skips, conditions "
-                                     "(synthetic track).")):
-        if (body := _table_body(tables / f"{name}.md")) is not None:
-            lines += [caption, "", body]
+    interval = f"its {CONFIDENCE:.0%} bootstrap interval over test slices"
+    captions = {
+        "table1": (f"**Table 1.** IoU at the threshold chosen on the validation split, mean ± sd over seeds and "
+                   f"{interval} beside it; the paper's protocol (best threshold on the test set) and the paper's "
+                   "numbers in adjacent columns. Saliency methods are scored on the slices counted in the last "
+                   "column. `tables/table1.csv` holds every seed's value."),
+        "table2": f"**Table 2.** COIN's loss ablation (synthetic track), mean ± sd over seeds and {interval}.",
+        "table3": (f"**Table 3.** Appendix A: masks, perturbations, skips, conditions (synthetic track), mean ± sd "
+                   f"over seeds and {interval}."),
+    }
+    checks = {"table1": table1_claims, "table2": table2_claims, "table3": table3_claims}
+    sections: list[tuple[str, list[Verdict], list[str]]] = []
+    for name, caption in captions.items():
+        if (body := _table_body(tables / f"{name}.md")) is None:
+            continue
+        verdicts = checks[name](run_dir, profile)
+        rest_on = [caveats[t] for t in TRACKS if t in caveats and any(v.track == t for v in verdicts)]
+        lines += [caption, "", body, "Orderings the paper reports, checked on this run:", "",
+                  claims_markdown(verdicts), *(f"{c}\n" for c in rest_on)]
+        if name == "table1":
+            for track in TRACKS:
+                sections.append((f"Table 1, {track} track", [v for v in verdicts if v.track == track],
+                                 [caveats[track]] if track in caveats else []))
+            coin = load_results(run_dir, "synthetic", "coin", seed=profile.seeds[0])["metrics"]
+            if coin.get("fid") is None:
+                lines += [f"FID: {coin.get('fid_note', 'not computed')}", ""]
+        else:
+            budget = (f"Every row trained {_budget(run_dir, profile, True)} on each seed (Table 1's COIN: "
+                      f"{_budget(run_dir, profile, False)}); these verdicts are about runs of that length.")
+            sections.append((name.replace("table", "Table "), verdicts,
+                             [budget, *([caveats["synthetic"]] if "synthetic" in caveats else [])]))
+    if sections:
+        lines += [reading_the_run(sections)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -98,8 +232,11 @@ def update_readme(run_dir: str | os.PathLike, readme: str | os.PathLike) -> str:
 
 
 def publish_figures(run_dir: str | os.PathLike, figures_dir: str | os.PathLike) -> list[Path]:
-    """Copy the run's figures (PNG and PDF) into the repository's ``figures/`` folder."""
-    return _publish(Path(run_dir) / "figures", "*.p[dn][fg]", figures_dir)
+    """Copy the run's figures into the repository's ``figures/`` folder: PNG only.
+
+    The repository keeps each image once; the PDFs stay in the run folder.
+    """
+    return _publish(Path(run_dir) / "figures", "*.png", figures_dir)
 
 
 def publish_tables(run_dir: str | os.PathLike, tables_dir: str | os.PathLike) -> list[Path]:

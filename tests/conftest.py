@@ -51,3 +51,52 @@ def fp32(monkeypatch):
     comparisons of two computations that bf16 would round differently)."""
     monkeypatch.setattr(runtime, "_precision_choice", "fp32")
     monkeypatch.setenv("COIN_PRECISION", "fp32")
+
+
+def write_fake_run(root, seeds=(0, 1, 2), iou=lambda track, method, seed: 0.5, cv=0.9, auc=0.99, slices=12,
+                   profile="quick"):
+    """Per-seed results JSON files of every row of Tables 1-3 (tests of tables and report).
+
+    Each abnormal test slice has TP + FP = 100 pixels and no FN; TP varies by -5, 0, +5 around
+    100 * ``iou(track, method, seed)`` (``slices`` a multiple of 3), so the accumulated IoU is
+    exactly that value. CV: ``round(10 * cv)`` of 10 slices with f(x) > tau flip.
+    """
+    from coinlib.config import GANConfig, to_dict
+    from coinlib.files import write_json
+    from coinlib.pipeline import RunPaths
+    from coinlib.variants import TABLE2_VARIANTS, TABLE3_VARIANTS, VARIANTS
+
+    hardware = {"device": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "threads": 1, "precision": "fp32",
+                "torch": "2.x", "python": "3.11"}
+    rows = list(range(3, 3 + 2 * slices, 2))
+
+    def result(track, method, seed, steps):
+        value = iou(track, method, seed)
+        tp = [round(100 * value) + 5 * (i % 3 - 1) for i in range(slices)]
+        metrics = {"iou": {"iou": sum(tp) / (100 * slices)}, "iou_best_on_test": value + 0.01,
+                   "threshold_from_val": 0.2, "fid": None, "fid_note": "FID unavailable: no weights",
+                   "classifier_fd": 3.0 + seed, "abnormal_test_slices": slices,
+                   "per_slice": {"rows": rows, "tp": tp, "fp": [100 - t for t in tp], "fn": [0] * slices}}
+        out = {"profile": profile, "hardware": hardware, "git_commit": "abc123", "metrics": metrics,
+               "config": {"gan": {**to_dict(GANConfig()), **VARIANTS[method].gan} if method in VARIANTS else {},
+                          "train": {"steps": steps, "batch_size": 4}}}
+        if method in VARIANTS:
+            flipped = [1] * round(10 * cv) + [0] * (10 - round(10 * cv))
+            metrics.update(cv=sum(flipped) / 10, per_slice_cv={"rows": rows[:10], "flipped": flipped})
+        else:
+            metrics["subset"] = {"test": slices, "val": slices, "max_images": None}
+            out["cost"] = {"forward_passes": 250, "seconds_per_image": 0.5}
+        return out
+
+    for seed in seeds:
+        paths = RunPaths(root, seed)
+        for track in ("synthetic", "tumour"):
+            for method in ("scorecam", "layercam", "rise", "gradcam", "singla", "coin"):
+                write_json(paths.result(track, method), result(track, method, seed, 30))
+            write_json(paths.seed_results / f"classifier_{track}.json", {
+                "track": track, "arch": "resnet18", "profile": profile, "hardware": hardware,
+                "test_auc": auc(track, seed) if callable(auc) else auc, "test_accuracy": 0.9, "test_slices": 40})
+        for variant in {*TABLE2_VARIANTS, *TABLE3_VARIANTS}:
+            write_json(paths.result("synthetic", variant, ablation=True), result("synthetic", variant, seed, 7))
+    return root
+

@@ -1,36 +1,47 @@
 import json
 
 import pytest
+from conftest import write_fake_run
 
-from coinlib.files import write_json
-from coinlib.pipeline import RunPaths
+from coinlib.config import get_profile
 from coinlib.report import (
     END,
     START,
+    describe_hardware,
     publish_figures,
     publish_tables,
     results_markdown,
     update_readme,
 )
-from coinlib.tables import TABLE1_METHODS, format_value, markdown_table, write_table
+from coinlib.tables import (
+    TABLE1_COLUMNS,
+    TABLE1_METHODS,
+    TABLE2_COLUMNS,
+    format_value,
+    markdown_table,
+    table1_rows,
+    table2_rows,
+    write_table,
+)
 
 
-def _fake_run(tmp_path):
-    hardware = {"device": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "torch": "2.x", "python": "3.11"}
-    (tmp_path / "results").mkdir(parents=True)
-    (tmp_path / "results" / "synthetic_coin.json").write_text(json.dumps({
-        "profile": "quick", "hardware": hardware, "git_commit": "abc123",
-        "metrics": {"iou": {"iou": 0.61, "mean_per_image_iou": 0.55}, "threshold_from_val": 0.12,
-                    "iou_best_on_test": 0.63, "threshold_best_on_test": 0.11, "cv": 0.99, "fid": None,
-                    "fid_note": "FID unavailable: put the weights there", "classifier_fd": 1.5},
-    }))
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "notebooks" / "timings.json").write_text(json.dumps(
+def _iou(track, method, seed):
+    """Table 1: IoU rising along TABLE1_METHODS; Table 2: lambda_tv = 0 level with COIN."""
+    if method in TABLE1_METHODS:
+        return 0.1 + 0.1 * TABLE1_METHODS.index(method)
+    return {"coin_no_idt": 0.3, "coin_no_f": 0.2}.get(method, 0.6)
+
+
+def _fake_run(tmp_path, tumour_auc=0.99):
+    run = write_fake_run(tmp_path, iou=_iou, auc=lambda track, seed: tumour_auc - 0.01 * seed
+                         if track == "tumour" else 0.99)
+    (run / "notebooks").mkdir()
+    (run / "notebooks" / "timings.json").write_text(json.dumps(
         {"notebooks": [{"notebook": "00_x.ipynb", "seconds": 60.0}, {"notebook": "01_y.ipynb", "seconds": 120.0}]}))
-    (tmp_path / "figures").mkdir()
-    (tmp_path / "figures" / "a.png").write_bytes(b"png")
-    (tmp_path / "figures" / "a.pdf").write_bytes(b"pdf")
-    return tmp_path
+    (run / "figures").mkdir()
+    (run / "figures" / "a.png").write_bytes(b"png")
+    (run / "figures" / "a.pdf").write_bytes(b"pdf")
+    return run
 
 
 def test_readme_block_is_replaced_from_the_run_files(tmp_path):
@@ -40,28 +51,44 @@ def test_readme_block_is_replaced_from_the_run_files(tmp_path):
     block = update_readme(run, readme)
     text = readme.read_text()
     assert "stale text" not in text and text.endswith("tail\n") and block in text
-    assert "Profile **quick**" in block and "Test CPU (2 cores, CPU only)" in block
-    assert "| total | 3.0 |" in block and "FID unavailable" in block
-    assert "Table 1" not in block  # no table written yet
+    assert "Profile **quick**, seeds 0, 1, 2, on the embedded phantom" in block
+    assert "Test CPU (2 cores, 1 thread, fp32, CPU only)" in block and "| total | 3.0 |" in block
+    assert ("Classifier f, synthetic track (resnet18): test AUC **0.990 ± 0.000** over 3 seeds "
+            "(seed 0: 0.990, seed 1: 0.990, seed 2: 0.990)") in block
+    assert "Caveat" not in block and "Table 1" not in block  # no table written yet
 
 
-def test_readme_shows_the_tables_and_the_checked_orderings(tmp_path):
+def test_readme_shows_the_tables_their_verdicts_and_prose_made_from_them(tmp_path):
     run = _fake_run(tmp_path / "run")
-    for i, method in enumerate(TABLE1_METHODS):  # IoU rises along TABLE1_METHODS: COIN best
-        for track in ("synthetic", "tumour"):
-            path = RunPaths(run).result(track, method)
-            result = json.loads(path.read_text()) if path.is_file() else {}
-            result["metrics"] = {**result.get("metrics", {}), "iou": {"iou": 0.1 * i}}
-            write_json(path, result)
-    write_table(run / "tables" / "table1", [{"method": "COIN", "IoU": 0.5, "paper IoU": 0.646}],
-                ["method", "IoU", "paper IoU"], title="Table 1 (profile quick)")
+    profile = get_profile("quick")
+    write_table(run / "tables" / "table1", table1_rows(run, profile), TABLE1_COLUMNS, title="Table 1 (quick)")
+    write_table(run / "tables" / "table2", table2_rows(run, profile), TABLE2_COLUMNS, title="Table 2 (quick)")
     block = results_markdown(run)
-    assert "**Table 1.**" in block and "| COIN | 0.500 | 0.646 |" in block
-    assert "- holds: synthetic: COIN > Singla et al.*" in block and "does NOT hold" not in block
-    coin, singla = (0.1 * TABLE1_METHODS.index(m) for m in ("coin", "singla"))
-    assert f"COIN > Singla et al.* ({coin:.3f} against {singla:.3f})" in block  # the IoUs behind the verdict
+    assert "**Table 1.**" in block and "| COIN | 0.600 ± 0.000 | [0.579, 0.625] | 0.646 |" in block
+    assert "- holds: synthetic: COIN > Singla* (0.600 ± 0.000 [0.579, 0.625] against 0.500 ± 0.000" in block
+    assert "- not resolved at this budget: IoU: COIN > lambda_tv = 0 (" in block
+    assert "FID unavailable: no weights" in block and "**Table 3.**" not in block
+    prose = block[block.index("**Reading the run**"):]
+    assert "*Table 1, synthetic track.* Holds (4 of 4): COIN > Singla* (0.600 [0.579, 0.625] " \
+           "against 0.500 [0.479, 0.525]);" in prose
+    assert ("*Table 2.* Holds (2 of 4): IoU: COIN > lambda_idt = 0 (0.600 [0.579, 0.625] against 0.300 "
+            "[0.279, 0.325]); IoU: COIN > lambda_f = 0") in prose
+    assert "Not resolved at this budget (2 of 4): IoU: COIN > lambda_tv = 0 (0.600 [0.579, 0.625] against " \
+           "0.600 [0.579, 0.625]; COIN higher on 0 of 3 seeds, intervals overlap)" in prose
+    assert "Every row trained 7 steps of 4 slices on each seed (Table 1's COIN: 30 steps of 4 slices)" in prose
     copied = publish_tables(run, tmp_path / "tables")
-    assert sorted(p.name for p in copied) == ["table1.csv", "table1.md"]
+    assert sorted(p.name for p in copied) == ["table1.csv", "table1.md", "table2.csv", "table2.md"]
+
+
+def test_a_weak_classifier_gets_a_caveat_beside_its_claims(tmp_path):
+    run = _fake_run(tmp_path / "run", tumour_auc=0.905)  # seeds: 0.905, 0.895, 0.885
+    write_table(run / "tables" / "table1", table1_rows(run, get_profile("quick")), TABLE1_COLUMNS)
+    block = results_markdown(run)
+    caveat = ("**Caveat:** the tumour track's classifier f has test AUC below 0.9 on seeds 1, 2 "
+              "(0.895 ± 0.010 over 3 seeds)")
+    assert block.count(caveat) == 3  # under the AUC, under Table 1's claims, in the tumour paragraph
+    tumour = block[block.index("*Table 1, tumour track.*"):]
+    assert caveat in tumour and "synthetic track's classifier" not in block
 
 
 def test_readme_without_markers_is_refused(tmp_path):
@@ -71,10 +98,21 @@ def test_readme_without_markers_is_refused(tmp_path):
         update_readme(run, tmp_path / "README.md")
 
 
-def test_figures_are_published(tmp_path):
+def test_a_run_without_results_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results"):
+        results_markdown(tmp_path)
+
+
+def test_hardware_is_named_with_its_precision():
+    gpu = {"cpu": "Intel Xeon", "cpu_cores": 16, "threads": 16, "precision": "bf16", "gpu": "NVIDIA H200"}
+    assert describe_hardware(gpu) == "NVIDIA H200 (bf16; host CPU Intel Xeon (16 cores, 16 threads))"
+    assert describe_hardware({"cpu": "AMD EPYC", "cpu_cores": 2}) == "AMD EPYC (2 cores, CPU only)"
+
+
+def test_figures_are_published_as_png_only(tmp_path):
     run = _fake_run(tmp_path / "run")
     copied = publish_figures(run, tmp_path / "figures")
-    assert sorted(p.name for p in copied) == ["a.pdf", "a.png"]
+    assert [p.name for p in copied] == ["a.png"]  # the PDF stays in the run folder
     assert (tmp_path / "figures" / "a.png").read_bytes() == b"png"
 
 
@@ -84,5 +122,7 @@ def test_table_writer(tmp_path):
         "| method | IoU | FID |", "|---|---|---|", "| COIN | 0.646 | - |", "| RISE | 0.397 | 1.20e-04 |"]
     md, csv = write_table(tmp_path / "t", rows, ["method", "IoU"], title="Table 1")
     assert md.read_text().startswith("Table 1\n\n| method | IoU |")
-    assert csv.read_text().splitlines() == ["method,IoU", "COIN,0.6461", "RISE,0.3969"]
+    assert csv.read_text().splitlines() == ["method,IoU,FID", "COIN,0.6461,", "RISE,0.3969,0.00012"]
+    _, csv = write_table(tmp_path / "u", rows, ["method"], csv_columns=["method", "IoU"])
+    assert csv.read_text().splitlines()[0] == "method,IoU"
     assert format_value(float("nan")) == "-" and format_value(True) == "yes"
