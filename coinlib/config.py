@@ -273,7 +273,7 @@ PROFILES: dict[str, Profile] = {
             lr=1e-3, batch_size=4, generator_every=1, steps=300, log_every=10, eval_every=150,
             checkpoint_every=50,
         ),
-        saliency=SaliencyConfig(rise_masks=250, max_images=4),
+        saliency=SaliencyConfig(rise_masks=250),  # every abnormal val and test slice
         ablation=AblationConfig(steps=100),
     ),
     "paper": Profile(

@@ -17,7 +17,9 @@ their checkpoints are complete and a re-run resumes.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as futures
+import concurrent.futures.process
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -72,6 +74,25 @@ def _start_worker() -> None:
     torch.set_num_threads(job_threads())
 
 
+_pools: dict[int, futures.ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> futures.ProcessPoolExecutor:
+    """A pool of ``workers`` processes, started once per process and reused by every stage
+    (a worker's start-up, importing torch and coinlib, costs seconds)."""
+    pool = _pools.get(workers)
+    if pool is None:
+        context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's thread pools
+        pool = _pools[workers] = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker)
+        atexit.register(pool.shutdown, cancel_futures=True)
+    return pool
+
+
+_NO_START = ("worker processes could not start. A script that runs coinlib stages side by side must call "
+             "them under `if __name__ == \"__main__\":` (Python's spawn start method imports the script "
+             "in every worker); or set COIN_JOBS=1 to run the jobs one after another in this process")
+
+
 def run_jobs(jobs: Sequence[Job], device: torch.device | str | None = None, desc: str = "jobs",
              progress: bool = True) -> list[Any]:
     """Run ``jobs`` (in parallel where :func:`job_workers` allows); their results, in order.
@@ -88,26 +109,29 @@ def run_jobs(jobs: Sequence[Job], device: torch.device | str | None = None, desc
                 results[i] = _run_here(job)
                 bar.update(1)
             return results
-        context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's thread pools
-        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
-            pending = {pool.submit(job.function, *job.args, **job.kwargs): i for i, job in enumerate(jobs)}
-            failure: tuple[Job, BaseException] | None = None
-            for done in futures.as_completed(pending):
-                i = pending[done]
-                if done.cancelled():
-                    continue
-                error = done.exception()
-                if error is not None and failure is None:
-                    failure = (jobs[i], error)
-                    for other in pending:
-                        other.cancel()  # what has not started yet; running jobs finish
-                elif error is None:
-                    results[i] = done.result()
-                bar.update(1)
-                bar.set_postfix_str(jobs[i].name)
-            if failure is not None:
-                job, error = failure
-                raise JobFailed(f"job {job.name!r} failed: {type(error).__name__}: {error}") from error
+        pool = _pool(workers)
+        pending = {pool.submit(job.function, *job.args, **job.kwargs): i for i, job in enumerate(jobs)}
+        failure: tuple[Job, BaseException] | None = None
+        for done in futures.as_completed(pending):
+            i = pending[done]
+            if done.cancelled():
+                continue
+            error = done.exception()
+            if error is not None and failure is None:
+                failure = (jobs[i], error)
+                for other in pending:
+                    other.cancel()  # what has not started yet; running jobs finish
+            elif error is None:
+                results[i] = done.result()
+            bar.update(1)
+            bar.set_postfix_str(jobs[i].name)
+        if failure is not None:
+            job, error = failure
+            if isinstance(error, futures.process.BrokenProcessPool):
+                _pools.pop(workers, None)
+                raise JobFailed(f"job {job.name!r} failed: {_NO_START}, or a worker was killed "
+                                f"(out of memory?): {error}") from error
+            raise JobFailed(f"job {job.name!r} failed: {type(error).__name__}: {error}") from error
         return results
     finally:
         bar.close()

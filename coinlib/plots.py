@@ -124,21 +124,31 @@ def counterfactual_panel(
 
 
 def sweep_curves(
-    curves: dict[str, dict[str, Sequence[float]]],
+    curves: dict[str, dict],
     ax: plt.Axes | None = None,
     title: str = "",
 ) -> plt.Figure:
     """IoU against the binarisation threshold, one line per method (Sec. 5 sweep).
 
-    ``curves[name]`` holds ``thresholds`` and ``test_iou`` (a results JSON's ``sweep``) and
-    optionally ``chosen`` (the threshold from the validation split, drawn as a dot).
+    ``curves[name]`` holds ``thresholds`` and ``test_iou`` (a results JSON's ``sweep``: one
+    curve, or one per seed as a 2-D list, drawn as the seeds' mean with their range shaded),
+    optionally ``chosen`` (the threshold(s) from the validation split, drawn as dots), ``style``
+    (a matplotlib line style) and ``colour`` (to pair a method's solid and dashed curves).
     """
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 3.6))
     for name, curve in curves.items():
-        (line,) = ax.plot(curve["thresholds"], curve["test_iou"], label=name, lw=1.4)
-        if curve.get("chosen") is not None:
-            t = float(curve["chosen"])
-            ax.plot([t], [np.interp(t, curve["thresholds"], curve["test_iou"])], "o", color=line.get_color(), ms=4)
+        thresholds = np.asarray(curve["thresholds"], float)
+        ious = np.atleast_2d(np.asarray(curve["test_iou"], float))
+        mean = ious.mean(axis=0)
+        (line,) = ax.plot(thresholds, mean, label=name, lw=1.4, ls=curve.get("style", "-"),
+                          color=curve.get("colour"))
+        if len(ious) > 1:
+            ax.fill_between(thresholds, ious.min(axis=0), ious.max(axis=0), color=line.get_color(), alpha=0.15,
+                            lw=0)
+        chosen = curve.get("chosen")
+        if chosen is not None:
+            for row, t in zip(ious, np.atleast_1d(np.asarray(chosen, float))):
+                ax.plot([t], [np.interp(t, thresholds, row)], "o", color=line.get_color(), ms=3.5)
     ax.set(xlabel="threshold", ylabel="test IoU", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
