@@ -167,6 +167,10 @@ class EvalConfig:
 
     threshold: float = 0.25  # on |x - x_cf| in [0, 1]
     cv_tau: float = 0.8
+    # Sec. 5 post-processing of the counterfactual methods' masks, before the largest
+    # component: "paper" (its text: closing, then opening, disks of the radii below) or
+    # "implementation" (the authors' code: opening, then closing, a 3 x 3 square; radii unused)
+    morphology: Literal["paper", "implementation"] = "paper"
     closing_radius: int = 2
     opening_radius: int = 2
     sweep_points: int = 101
