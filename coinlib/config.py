@@ -151,6 +151,11 @@ class CounterfactualConfig:
     lambda_tv: float = 0.05
     adv_loss: Literal["bce", "hinge"] = "bce"
     kl_eps: float = 1e-6  # target probability for "normal" in Eq. 3
+    # COIN's Eq. 3 target for the slices f calls normal (f(x) < the classifier's t, Sec. 3.1):
+    # "eps", the paper's (every slice is asked for f(x_cf) = eps), or "f(x)", the authors'
+    # code's (eps only for the slices f calls abnormal; the others are asked to keep f(x)).
+    # Singla*'s target (1 - f(x), Eq. 9) does not depend on it.
+    kl_target_normal: Literal["eps", "f(x)"] = "eps"
     prob_clamp: float = 1e-5
     log_every: int = 50
     eval_every: int = 1000
