@@ -45,6 +45,12 @@ patch):
    through the same steps by nearest neighbour (each step rounds to its own pixel grid);
    the image gets the smooth template evaluated at the same points.
 
+Checked once against albumentations 1.3.0 and OpenCV on 2000 parameter draws (not a test:
+neither is a dependency): identical masks, image values within 0.10 (OpenCV resamples the
+coarse grid bilinearly three times). Zero outside the patch is an inference: albumentations'
+default border mode mirrors the patch, which adds slivers (mean area 87.4 px, aspect 1.41
+in 4000 draws), while zero borders give the authors' measured numbers (84.1 px, 1.37).
+
 Placement (implementation): of the (at most two) largest 8-connected kidney components
 (the implementation's "contours") one is picked uniformly *first*; when its bounding box
 holds ``min_box_area`` px or fewer (400 at 256 px, scaled by area) the slice stays normal.
