@@ -70,8 +70,20 @@ class AnomalyConfig:
 
     Sizes are given for a 256x256 slice and scaled with ``DataConfig.image_size`` so an
     anomaly covers the same anatomy at every resolution.
+
+    ``rule`` (App. 7.2 names the transforms, not their settings; ``coinlib.anomaly`` has
+    both rules step by step): ``"implementation"``, the default, draws as the authors' code
+    does (albumentations 1.3.0 on a 20 px template: scale truncated to whole pixels, grid
+    distortion and rotation each with p = 0.5, the distortion unnormalised so each axis is
+    stretched on its own; one of the two largest kidney components picked first and the
+    slice left normal when its box is too small). Mean area 84.6 px, 95th-percentile aspect
+    1.34 at 256 px. ``"continuous"``: this project's first reading, an exact remap of the
+    continuous blob, always warped (normalised) and rotated, centred in any large enough
+    component (95 px, aspect 1.06). Fields marked "implementation" or "continuous" below
+    serve that rule only.
     """
 
+    rule: Literal["implementation", "continuous"] = "implementation"
     template_size: int = 20  # grid points spanning [-1, 1]^2 at 256 px
     reference_size: int = 256
     sigma: float = 0.4
@@ -82,7 +94,12 @@ class AnomalyConfig:
     rotation_range: tuple[float, float] = (-90.0, 90.0)
     alpha: float = 0.9  # intensity weight on the [0, 1] scale
     probability: float = 0.65  # P(slice gets an anomaly) = P(label 1)
-    bbox_margin: float = 0.1  # centre drawn inside the kidney bbox shrunk by this fraction
+    # centre drawn inside the kidney bbox shrunk on each side by ceil(margin * side) px
+    # (continuous) or int(margin * side / 2) px (implementation: 5 % per side)
+    bbox_margin: float = 0.1
+    warp_probability: float = 0.5  # implementation: P(grid distortion), albumentations' default p
+    rotation_probability: float = 0.5  # implementation: P(rotation), albumentations' default p
+    min_box_area: int = 400  # implementation: a host component's bbox must exceed this (px at 256)
     seed: int = 0  # seeds the fixed validation/test anomalies that every method is scored on
 
 
@@ -140,6 +157,11 @@ class CounterfactualConfig:
     lambda_tv: float = 0.05
     adv_loss: Literal["bce", "hinge"] = "bce"
     kl_eps: float = 1e-6  # target probability for "normal" in Eq. 3
+    # COIN's Eq. 3 target for the slices f calls normal (f(x) < the classifier's t, Sec. 3.1):
+    # "eps", the paper's (every slice is asked for f(x_cf) = eps), or "f(x)", the authors'
+    # code's (eps only for the slices f calls abnormal; the others are asked to keep f(x)).
+    # Singla*'s target (1 - f(x), Eq. 9) does not depend on it.
+    kl_target_normal: Literal["eps", "f(x)"] = "eps"
     prob_clamp: float = 1e-5
     log_every: int = 50
     eval_every: int = 1000
@@ -156,6 +178,10 @@ class EvalConfig:
 
     threshold: float = 0.25  # on |x - x_cf| in [0, 1]
     cv_tau: float = 0.8
+    # Sec. 5 post-processing of the counterfactual methods' masks, before the largest
+    # component: "paper" (its text: closing, then opening, disks of the radii below) or
+    # "implementation" (the authors' code: opening, then closing, a 3 x 3 square; radii unused)
+    morphology: Literal["paper", "implementation"] = "paper"
     closing_radius: int = 2
     opening_radius: int = 2
     sweep_points: int = 101

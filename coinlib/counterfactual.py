@@ -20,8 +20,10 @@ is not the same maths: the generator's spectral norms would take one power itera
 instead of two and its BatchNorm statistics one update, so it is not done.)
 
 Conditions (Sec. 3.1-3.2): COIN has one condition, "inpaint", and the KL target is
-``eps`` ~ 0 (Eq. 3). Singla* bins probabilities of [0, 1] into ``conditions`` bins: the
-counterfactual is asked for bin(1 - f(x)), the identity for bin(f(x)) (Eq. 9-10).
+``eps`` ~ 0 (Eq. 3); with ``CounterfactualConfig.kl_target_normal = "f(x)"`` (the authors'
+code) only for the slices f calls abnormal, the others keeping f(x). Singla* bins
+probabilities of [0, 1] into ``conditions`` bins: the counterfactual is asked for
+bin(1 - f(x)), the identity for bin(f(x)) (Eq. 9-10).
 """
 
 from __future__ import annotations
@@ -103,11 +105,23 @@ class Conditions:
     kl_target: torch.Tensor  # (B,) float: target of f(x_cf) in Eq. 3 / Eq. 9
 
 
-def make_conditions(p_abnormal: torch.Tensor, gan: GANConfig, train: CounterfactualConfig) -> Conditions:
-    """COIN: one condition, target eps (Eq. 3). Singla*: bins of 1 - f(x) and f(x) (Eq. 9-10)."""
+def make_conditions(
+    p_abnormal: torch.Tensor, gan: GANConfig, train: CounterfactualConfig, classifier_threshold: float = 0.5
+) -> Conditions:
+    """COIN: one condition, target eps (Eq. 3). Singla*: bins of 1 - f(x) and f(x) (Eq. 9-10).
+
+    ``p_abnormal``: (B,) f(x) in [0, 1]. COIN with ``train.kl_target_normal == "f(x)"``
+    (the authors' code): eps where ``p_abnormal >= classifier_threshold`` (t of Sec. 3.1),
+    ``f(x)`` clamped to [eps, 1 - eps] elsewhere. With ``"eps"`` (the paper) COIN does not
+    read ``p_abnormal``.
+    """
     if gan.conditions == 1:
         zeros = torch.zeros_like(p_abnormal, dtype=torch.long)
-        return Conditions(zeros, None, zeros, torch.full_like(p_abnormal, train.kl_eps))
+        target = torch.full_like(p_abnormal, train.kl_eps)
+        if train.kl_target_normal == "f(x)":
+            kept = p_abnormal.clamp(train.kl_eps, 1.0 - train.kl_eps)
+            target = torch.where(p_abnormal >= classifier_threshold, target, kept)
+        return Conditions(zeros, None, zeros, target)
     desired = 1.0 - p_abnormal
     observed = condition_from_probability(p_abnormal, gan.conditions)
     return Conditions(
@@ -204,26 +218,29 @@ def counterfactual_step(
     update_generator: bool,
     device: torch.device,
     losses: StepLosses = PLAIN,
+    classifier_threshold: float = 0.5,
 ) -> dict[str, torch.Tensor]:
     """One discriminator update and, when ``update_generator``, one generator update (Eq. 1).
 
     ``batch["image"]``: (B, 1, H, W) in [-1, 1]. Returns detached scalar tensors (no host
     synchronisation here; the loop calls ``.item()`` at log intervals only). ``losses``:
-    plain or compiled (:func:`step_losses`). ``generator`` and ``discriminator`` may be
-    DistributedDataParallel wrappers: passes whose gradients are not used (x_cf for D's
-    update, the frozen D in G's update) run on the module inside, without a collective.
+    plain or compiled (:func:`step_losses`). ``classifier_threshold``: f's t (Sec. 3.1),
+    read by :func:`make_conditions` for COIN's ``kl_target_normal = "f(x)"``. ``generator``
+    and ``discriminator`` may be DistributedDataParallel wrappers: passes whose gradients
+    are not used (x_cf for D's update, the frozen D in G's update) run on the module
+    inside, without a collective.
     """
     x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     masks = None
     if gan.use_masks:
         kidney = batch["kidney_mask"].to(device, non_blocking=True)
         masks = torch.cat([kidney, 1.0 - kidney], dim=1)  # labels j: kidney, everything else
-    if gan.conditions == 1:  # COIN's one condition does not depend on f(x): skip its forward
-        p_abnormal = torch.zeros(x.shape[0], device=device)
+    if gan.conditions == 1 and train.kl_target_normal == "eps":
+        p_abnormal = torch.zeros(x.shape[0], device=device)  # COIN's eps target does not read f(x): skip it
     else:
         with torch.no_grad(), autocast(device):
             p_abnormal = torch.sigmoid(classifier(x).float())
-    conditions = make_conditions(p_abnormal, gan, train)
+    conditions = make_conditions(p_abnormal, gan, train, classifier_threshold)
 
     with autocast(device):
         d_loss = losses.discriminator(local_module(generator), discriminator, x, conditions, train)
@@ -278,7 +295,7 @@ SPEED_ONLY = ("compile",)  # CounterfactualConfig fields that change speed, not 
 
 
 def _run_config(gan: GANConfig, train: CounterfactualConfig, anomaly: AnomalyConfig | None,
-                prepared: PreparedSlices, classifier_path: Path) -> dict[str, Any]:
+                prepared: PreparedSlices, classifier_path: Path, classifier_threshold: float) -> dict[str, Any]:
     """What a run's checkpoints must agree on to be resumed (speed settings may change)."""
     return {
         "gan": to_dict(gan),
@@ -286,6 +303,7 @@ def _run_config(gan: GANConfig, train: CounterfactualConfig, anomaly: AnomalyCon
         "anomaly": to_dict(anomaly) if anomaly else None,
         "data": str(prepared.root),
         "classifier": str(classifier_path),
+        "classifier_threshold": classifier_threshold,
     }
 
 
@@ -302,6 +320,7 @@ def train_counterfactual(
     evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
     stop_after: int | None = None,
     num_workers: int = 0,
+    classifier_threshold: float = 0.5,
 ) -> Path:
     """Train the counterfactual GAN for ``train.steps`` steps; returns ``out_dir/counterfactual.pt``.
 
@@ -310,6 +329,8 @@ def train_counterfactual(
     never stopped. ``evaluate(generator, step)`` runs every ``train.eval_every`` steps and
     its numbers join the history. ``stop_after`` raises :class:`TrainingInterrupted` after
     that many steps of this call (used by the tests to simulate a kill).
+    ``classifier_threshold``: f's t (Sec. 3.1; ``ClassifierConfig.threshold``), which COIN's
+    ``kl_target_normal = "f(x)"`` reads.
 
     Under ``torchrun`` every rank trains on its shard of the data with gradients averaged
     (DistributedDataParallel, :mod:`coinlib.runtime`); each rank evaluates its own copy (they
@@ -320,7 +341,7 @@ def train_counterfactual(
     prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
     ctx, device = distributed_context(device)
     use_job_threads(device)
-    run_config = _run_config(gan, train, anomaly, prepared, Path(classifier_path))
+    run_config = _run_config(gan, train, anomaly, prepared, Path(classifier_path), float(classifier_threshold))
 
     seed_everything(train.seed)  # the same initial weights on every rank
     generator, discriminator, optimizers = build_networks(gan, train, classifier, device)
@@ -379,7 +400,7 @@ def train_counterfactual(
             raise TrainingInterrupted(f"stopped after {taken} steps at step {step}")
         update_generator = step % train.generator_every == 0
         terms = counterfactual_step(parallel_g, parallel_d, classifier, optimizers, batch,
-                                    gan, train, update_generator, device, losses)
+                                    gan, train, update_generator, device, losses, classifier_threshold)
         for name, value in terms.items():
             running[name] = running.get(name, 0.0) + value
             counts[name] = counts.get(name, 0) + 1

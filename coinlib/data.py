@@ -216,7 +216,7 @@ class SliceDataset(torch.utils.data.Dataset):
         """Counts of the synthetic-anomaly draws of this split, and a warning when some fail.
 
         Keys: ``split``, ``mode`` ("fixed" or "fresh"), ``slices``, ``never_placeable``
-        (slices with no eligible kidney component: the pre-check), and ``anomaly``,
+        (slices where no draw can place an anomaly: the pre-check), and ``anomaly``,
         ``normal``, ``unplaceable`` (a coin flip said "anomaly" but no position exists; the
         slice is served as normal, label 0). For fresh draws the three counts are those of
         the current epoch. Tumour datasets report ``positive``/``negative`` slice counts.
@@ -230,7 +230,7 @@ class SliceDataset(torch.utils.data.Dataset):
         never = 0
         for row in self.rows:
             row = int(row)
-            never += not self._sites_of(row)
+            never += not any(len(site) for site in self._sites_of(row))
             counts[self.draw(row)[2]] += 1
         mode = "fresh" if self.fresh_anomalies else "fixed"
         report.update(mode=mode, never_placeable=never, **counts)

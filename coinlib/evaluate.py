@@ -64,7 +64,9 @@ def iou_at(maps: np.ndarray, masks_true: np.ndarray, threshold: float, config: E
     accumulator = IoUAccumulator()
     if len(maps):
         accumulator.update(
-            weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius), masks_true
+            weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius,
+                      config.morphology),
+            masks_true,
         )
     return accumulator.compute()
 
@@ -88,7 +90,8 @@ def sweep(maps: np.ndarray, masks_true: np.ndarray, config: EvalConfig,
     """(thresholds, IoUs) over ``config.sweep_points`` thresholds in [0, 1] (Sec. 5)."""
     thresholds = sweep_thresholds(config.sweep_points)
     ious = threshold_sweep(maps, masks_true, thresholds, postprocess=postprocess,
-                           closing_radius=config.closing_radius, opening_radius=config.opening_radius)
+                           closing_radius=config.closing_radius, opening_radius=config.opening_radius,
+                           morphology=config.morphology)
     return thresholds, ious
 
 

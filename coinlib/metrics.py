@@ -30,7 +30,7 @@ import torch
 from pytorch_fid import inception as fid_inception
 from torch import nn
 
-from coinlib.masks import postprocess_masks
+from coinlib.masks import Morphology, postprocess_masks
 
 __all__ = [
     "confusion_counts",
@@ -182,6 +182,7 @@ def threshold_sweep(
     closing_radius: int = 2,
     opening_radius: int = 2,
     chunk_pixels: int = 1 << 20,
+    morphology: Morphology = "paper",
 ) -> np.ndarray:
     """Accumulated IoU of ``maps > t`` for every threshold t (Sec. 5, "0-1 range sweep").
 
@@ -191,9 +192,10 @@ def threshold_sweep(
     Returns (T,) IoUs, each from one TP/FP/FN count over all images (as ``IoUAccumulator``).
 
     Without ``postprocess`` (saliency maps) the counts for every threshold come from one
-    sort of the map values. With it (counterfactual methods) closing, opening and the
-    largest component run at every threshold, on about ``chunk_pixels`` pixels at a time
-    (small chunks stay in cache); that is the whole cost of a sweep.
+    sort of the map values. With it (counterfactual methods) the morphology (``morphology``,
+    as :func:`coinlib.masks.postprocess_masks`) and the largest component run at every
+    threshold, on about ``chunk_pixels`` pixels at a time (small chunks stay in cache);
+    that is the whole cost of a sweep.
     """
     values = _numpy(maps)
     values = values.reshape(-1, *values.shape[-2:])
@@ -218,7 +220,7 @@ def threshold_sweep(
             pred = values[start : start + per_chunk] > threshold
             busy = pred.any(axis=(1, 2))  # empty masks stay empty: skip them
             if busy.any():
-                done = postprocess_masks(pred[busy], closing_radius, opening_radius)
+                done = postprocess_masks(pred[busy], closing_radius, opening_radius, morphology)
                 chunk_tp, chunk_fp, _ = confusion_counts(done, true[start : start + per_chunk][busy])
                 tp[i] += chunk_tp
                 fp[i] += chunk_fp

@@ -285,7 +285,7 @@ def ensure_counterfactual(
     classifier_path = ensure_classifier(profile, run_dir, track, prepared, device, progress)
     profile, separate = _budget(profile, ablation)
     configured = apply_variant(profile, variant)
-    _, anomaly = track_settings(profile, track)
+    classifier_config, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
     # A row with its own shorter budget is scored once, after training, by evaluate_variant
     # (validation sweep included): validating it during training would repeat that work.
@@ -294,7 +294,7 @@ def ensure_counterfactual(
     return train_counterfactual(
         prepared, configured.gan, configured.train, anomaly, classifier, classifier_path,
         paths.counterfactual(track, variant, separate), device=device, progress=progress,
-        evaluate=evaluate,
+        evaluate=evaluate, classifier_threshold=classifier_config.threshold,
     )
 
 

@@ -102,13 +102,13 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> lis
 
 def counterfactual_panel(
     arrays: dict[str, np.ndarray], picks: Sequence[int], threshold: float,
-    closing_radius: int = 2, opening_radius: int = 2,
+    closing_radius: int = 2, opening_radius: int = 2, morphology: str = "paper",
 ) -> plt.Figure:
     """Rows of x, x_cf, |x - x_cf|, weak mask (TP green, FP red, FN yellow) and the truth.
 
     ``arrays`` as returned by :func:`coinlib.counterfactual.generate_counterfactuals`;
     ``picks`` index into them. The weak mask is ``diff_map > threshold`` post-processed as
-    in the paper (Sec. 5).
+    in Sec. 5 (``closing_radius``, ``opening_radius``, ``morphology``: ``EvalConfig``'s).
     """
     from .masks import difference_map, weak_mask
 
@@ -116,7 +116,7 @@ def counterfactual_panel(
     for i in picks:
         x, x_cf, truth = arrays["x"][i], arrays["x_cf"][i], arrays["lesion_mask"][i]
         diff = difference_map(x, x_cf)
-        pred = weak_mask(diff, threshold, True, closing_radius, opening_radius)
+        pred = weak_mask(diff, threshold, True, closing_radius, opening_radius, morphology)
         rows.append([x, x_cf, diff * 2 - 1, x, np.where(truth, 1.0, -1.0)])
         overlays.append([None, None, None, outcome_rgba(pred, truth), None])
     titles = ["x", "x_cf", "|x - x_cf|", f"weak mask (t={threshold:.2f})", "true mask"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -49,6 +50,52 @@ def test_conditions_coin_and_singla():
     assert singla.counterfactual.tolist() == [1, 0]  # ask for the opposite class
     assert singla.identity.tolist() == [0, 1] and singla.real.tolist() == [0, 1]
     assert torch.allclose(singla.kl_target, torch.tensor([0.95, 0.05]))
+
+
+def test_coin_kl_target_for_slices_f_calls_normal():
+    p = torch.tensor([0.05, 0.3, 0.5, 0.95])
+    paper = make_conditions(p, GANConfig(conditions=1), TRAIN)  # Eq. 3: eps for every slice
+    assert torch.equal(paper.kl_target, torch.full((4,), TRAIN.kl_eps))
+    code = dataclasses.replace(TRAIN, kl_target_normal="f(x)")  # eps only where f(x) >= t
+    eps = TRAIN.kl_eps
+    torch.testing.assert_close(make_conditions(p, GANConfig(conditions=1), code).kl_target,
+                               torch.tensor([0.05, 0.3, eps, eps]))
+    torch.testing.assert_close(make_conditions(p, GANConfig(conditions=1), code, classifier_threshold=0.25).kl_target,
+                               torch.tensor([0.05, eps, eps, eps]))
+    clamped = make_conditions(torch.tensor([0.0]), GANConfig(conditions=1), code).kl_target
+    assert clamped.item() == pytest.approx(eps)  # f(x) = 0 is kept as eps, not 0
+    singla = make_conditions(p, GANConfig(conditions=2), code)  # Eq. 9 does not change
+    torch.testing.assert_close(singla.kl_target, 1 - p)
+
+
+class _ConstantClassifier(torch.nn.Module):
+    """f(x) = sigmoid(logit) for every image, still a function of x for autograd."""
+
+    def __init__(self, probability: float):
+        super().__init__()
+        self.logit = float(torch.logit(torch.tensor(probability)))
+
+    def forward(self, x):
+        return 0.0 * x.flatten(1).sum(1) + self.logit
+
+
+@pytest.mark.parametrize("target, probability, zero", [("f(x)", 0.2, True), ("f(x)", 0.8, False),
+                                                        ("eps", 0.2, False)])
+def test_coin_step_reads_f_when_its_kl_target_needs_it(tiny_prepared, target, probability, zero):
+    # f says p for x and for x_cf alike: with target f(x) for slices f calls normal, L_f is
+    # KL(p || p) = 0; f calling x abnormal (0.8 >= t), or the paper's target, asks for eps
+    torch.manual_seed(0)
+    generator, discriminator = build_gan(TINY_GAN)
+    train = dataclasses.replace(TRAIN, kl_target_normal=target)
+    optimizers = build_optimizers(generator, discriminator, train, torch.device("cpu"))
+    dataset = SliceDataset(tiny_prepared, "train", ANOMALY, fresh_anomalies=False)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(4)])
+    out = counterfactual_step(generator, discriminator, _ConstantClassifier(probability), optimizers, batch,
+                              TINY_GAN, train, True, torch.device("cpu"), classifier_threshold=0.5)
+    if zero:
+        assert out["g_f"].item() == pytest.approx(0.0, abs=1e-5)
+    else:  # lambda_f * KL(eps || p) ~ lambda_f * -log(1 - p)
+        assert out["g_f"].item() == pytest.approx(TRAIN.lambda_f * -math.log(1 - probability), rel=1e-3)
 
 
 def test_generator_loss_decreases_over_steps(tiny_prepared, classifier):

@@ -50,6 +50,17 @@ def test_without_validation_the_fixed_threshold_is_used():
     assert "threshold_from_val" not in out and out["iou"] == out["iou_at_fixed"]
 
 
+def test_the_morphology_of_the_eval_config_reaches_every_mask():
+    # 4 x 4 lesions: the paper's radius-2 disk opening erases them, the implementation's 3 x 3 keeps them
+    maps = np.zeros((2, 16, 16), np.float32)
+    maps[:, 6:10, 6:10] = 0.9
+    truth = maps > 0.5
+    paper = score_maps((maps, truth), EvalConfig(), None, postprocess=True)["metrics"]
+    code = score_maps((maps, truth), EvalConfig(morphology="implementation"), None, postprocess=True)["metrics"]
+    assert paper["iou"]["iou"] == 0.0 and paper["iou_best_on_test"] == 0.0
+    assert code["iou"]["iou"] == pytest.approx(1.0) and code["iou_best_on_test"] == pytest.approx(1.0)
+
+
 class _Labelled(torch.utils.data.Dataset):
     def __init__(self, labels):
         self._labels = np.asarray(labels)

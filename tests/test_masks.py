@@ -5,7 +5,7 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 from skimage.measure import label
-from skimage.morphology import closing, disk, opening
+from skimage.morphology import closing, disk, footprint_rectangle, opening
 
 from coinlib.masks import (
     difference_map,
@@ -99,12 +99,16 @@ def test_largest_component_uses_8_connectivity_and_breaks_ties_in_raster_order()
     assert out[0, 0, 0] and out[0, 1, 1] and not out[0, 4].any()
 
 
-def _skimage_reference(mask, closing_radius, opening_radius):
+def _skimage_reference(mask, closing_radius, opening_radius, morphology="paper"):
     out = mask
-    if closing_radius:
-        out = closing(out, disk(closing_radius), mode="ignore")
-    if opening_radius:
-        out = opening(out, disk(opening_radius), mode="ignore")
+    if morphology == "implementation":  # the authors' code: opening, then closing, 3 x 3 square
+        square = footprint_rectangle((3, 3))
+        out = closing(opening(out, square, mode="ignore"), square, mode="ignore")
+    else:
+        if closing_radius:
+            out = closing(out, disk(closing_radius), mode="ignore")
+        if opening_radius:
+            out = opening(out, disk(opening_radius), mode="ignore")
     labels = label(out, connectivity=2)
     if labels.max() == 0:
         return np.zeros_like(mask)
@@ -119,3 +123,33 @@ def test_postprocessing_matches_scikit_image_on_random_masks(radii):
     ours = postprocess_masks(masks, *radii)
     for mask, got in zip(masks, ours):
         np.testing.assert_array_equal(got, _skimage_reference(mask, *radii))
+
+
+def test_implementation_morphology_matches_scikit_image_on_random_masks():
+    rng = np.random.default_rng(7)
+    noise = ndi.gaussian_filter(rng.normal(size=(12, 40, 40)), (0, 1.0, 1.0))
+    masks = noise > rng.uniform(0.0, 0.3, size=(12, 1, 1))
+    ours = postprocess_masks(masks, morphology="implementation")
+    assert not np.array_equal(ours, postprocess_masks(masks))  # the two orders differ here
+    for mask, got in zip(masks, ours):
+        np.testing.assert_array_equal(got, _skimage_reference(mask, 0, 0, "implementation"))
+    # the same through weak_mask, for numpy and torch, and the radii are not used
+    maps = noise.astype(np.float32)
+    expected = postprocess_masks(maps > 0.1, 0, 0, "implementation")
+    np.testing.assert_array_equal(weak_mask(maps, 0.1, True, 5, 5, "implementation"), expected)
+    np.testing.assert_array_equal(weak_mask(torch.from_numpy(maps), 0.1, morphology="implementation").numpy(),
+                                  expected)
+    with pytest.raises(ValueError, match="morphology"):
+        postprocess_masks(masks, morphology="closing")
+
+
+def test_the_two_rules_by_hand():
+    # two 4 x 4 squares 1 px apart. Implementation: the 3 x 3 opening keeps both, the
+    # closing bridges the gap into one 4 x 9 block. Paper: the radius-2 disk closing
+    # bridges it too, but the disk (5 px tall) fits nowhere in 4 rows, so opening empties it.
+    mask = np.zeros((12, 16), bool)
+    mask[4:8, 2:6] = True
+    mask[4:8, 7:11] = True
+    implementation = postprocess_mask(mask, morphology="implementation")
+    np.testing.assert_array_equal(implementation, np.pad(np.ones((4, 9), bool), ((4, 4), (2, 5))))
+    assert not postprocess_mask(mask).any()

@@ -103,14 +103,14 @@ def _blob_maps(n=6, size=24, seed=0):
     return np.clip(np.stack(maps), 0, 1).astype(np.float32)[:, None], np.stack(truth)[:, None]
 
 
-@pytest.mark.parametrize("postprocess", [False, True])
-def test_threshold_sweep_equals_thresholding_each_image(postprocess):
+@pytest.mark.parametrize("postprocess, morphology", [(False, "paper"), (True, "paper"), (True, "implementation")])
+def test_threshold_sweep_equals_thresholding_each_image(postprocess, morphology):
     maps, truth = _blob_maps()
     thresholds = np.linspace(0, 1, 11)
-    ious = threshold_sweep(maps, truth, thresholds, postprocess=postprocess)
+    ious = threshold_sweep(maps, truth, thresholds, postprocess=postprocess, morphology=morphology)
     for t, iou in zip(thresholds, ious):
         acc = IoUAccumulator()
-        acc.update(weak_mask(maps, float(t), postprocess=postprocess), truth)
+        acc.update(weak_mask(maps, float(t), postprocess=postprocess, morphology=morphology), truth)
         assert iou == pytest.approx(acc.iou())
 
 
