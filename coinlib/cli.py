@@ -28,6 +28,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -
     parser.add_argument("--data", default="phantom",
                         help="'phantom' (default) or a dataset folder in the track's real layout")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the replicate to train or score (default: the profile's first seed); models and "
+                             "results go to models/<track>/seed<S>/ and results/seed<S>/")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="change one profile setting, e.g. train.batch_size=8 (VALUE is read as JSON, "
                              "else as text; repeatable); give such a run its own --run-dir")
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .config import DataConfig, get_profile
+    from .config import DataConfig, get_profile, with_seed
 
     if args.command == "phantom":
         from .phantom import generate_kits23, generate_totalsegmentator
@@ -170,6 +173,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if fast is not None:
         overrides.setdefault("train", {})["compile"] = fast
     profile = get_profile(args.profile, overrides)
+    profile = with_seed(profile, profile.seeds[0] if args.seed is None else args.seed)
     run_dir = args.run_dir or Path("runs") / args.profile
     prepared = pipeline.prepare_track(profile, run_dir, args.track, args.data)
     if args.command == "train-classifier":

@@ -1,4 +1,4 @@
-"""Every notebook (00-09) on the smoke profile, through the same runner as `make reproduce`.
+"""Every numbered notebook on the smoke profile, through the same runner as `make reproduce`.
 
 The run folder is shared by the tests of this module (one papermill pass of 00-09), and a
 second, fresh folder checks that a later notebook runs on its own from a fresh kernel.
@@ -13,7 +13,11 @@ import nbformat
 import pytest
 
 from coinlib.notebook_runner import list_notebooks, run_notebooks
+from coinlib.config import get_profile
+from coinlib.pipeline import RunPaths
 from coinlib.prepared import open_prepared
+
+SEEDS = get_profile("smoke").seeds
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def test_executed_copies_are_written_without_errors(smoke_run):
         path = smoke_run / "notebooks" / notebook.name
         assert path.is_file() and not _errors(path), notebook.name
     timings = json.loads((smoke_run / "notebooks" / "timings.json").read_text())
-    assert [t["notebook"][:2] for t in timings["notebooks"]] == [f"{i:02d}" for i in range(10)]
+    assert [t["notebook"] for t in timings["notebooks"]] == [p.name for p in list_notebooks()]
 
 
 def test_00_prepares_both_tracks_and_draws_its_figures(smoke_run):
@@ -56,47 +60,55 @@ def test_00_prepares_both_tracks_and_draws_its_figures(smoke_run):
         assert (smoke_run / "figures" / f"{figure}.pdf").is_file()
 
 
-def test_01_writes_classifier_results(smoke_run):
-    results = json.loads((smoke_run / "results" / "classifier_synthetic.json").read_text())
-    assert results["arch"] == "resnet18" and 0.0 <= results["test_auc"] <= 1.0
-    assert sum(results["confusion"].values()) == results["test_slices"] > 0
-    assert (smoke_run / "figures" / "classifier_roc.png").is_file()
+def test_01_writes_classifier_results_for_every_track_and_seed(smoke_run):
+    for seed in SEEDS:
+        for track in ("synthetic", "tumour"):
+            results = json.loads(RunPaths(smoke_run, seed).classifier_result(track).read_text())
+            assert results["seed"] == seed and 0.0 <= results["test_auc"] <= 1.0
+            assert sum(results["confusion"].values()) == results["test_slices"] > 0
+    for figure in ("classifier_roc", "classifier_scan_scores", "classifier_examples_tumour"):
+        assert (smoke_run / "figures" / f"{figure}.png").is_file(), figure
 
 
-def test_02_writes_coin_results_with_protocol_fields(smoke_run):
-    results = json.loads((smoke_run / "results" / "synthetic_coin.json").read_text())
-    metrics = results["metrics"]
-    assert results["profile"] == "smoke" and results["variant"] == "coin"
-    assert 0.0 <= metrics["iou"]["iou"] <= 1.0 and 0.0 <= metrics["threshold_from_val"] <= 1.0
-    assert metrics["abnormal_test_slices"] > 0
-    assert metrics["fid"] is not None or metrics["fid_note"].startswith("FID unavailable")
-    assert metrics["classifier_fd"] >= 0.0
-    assert {"hardware", "seed", "git_commit", "config"} <= set(results)
-    assert (smoke_run / "figures" / "coin_examples.png").is_file()
+def test_03_writes_coin_results_with_protocol_fields_for_every_seed(smoke_run):
+    for seed in SEEDS:
+        results = json.loads(RunPaths(smoke_run, seed).result("synthetic", "coin").read_text())
+        metrics = results["metrics"]
+        assert results["profile"] == "smoke" and results["variant"] == "coin" and results["seed"] == seed
+        assert 0.0 <= metrics["iou"]["iou"] <= 1.0 and 0.0 <= metrics["threshold_from_val"] <= 1.0
+        assert metrics["abnormal_test_slices"] == len(metrics["per_slice"]["tp"]) > 0
+        assert metrics["fid"] is not None or metrics["fid_note"].startswith("FID unavailable")
+        assert metrics["classifier_fd"] >= 0.0
+        assert {"hardware", "seed", "git_commit", "config"} <= set(results)
+        assert results["hardware"]["precision"] in ("bf16", "fp32")
+    for track in ("synthetic", "tumour"):
+        assert (smoke_run / "figures" / f"coin_examples_{track}.png").is_file()
     assert (smoke_run / "results" / "summary.md").read_text().startswith("Profile **smoke**")
 
 
 def test_a_later_notebook_runs_alone_in_a_fresh_run_folder(tmp_path):
     run_notebooks("smoke", tmp_path, ["01"])  # builds the data it needs itself
     assert not _errors(tmp_path / "notebooks" / "01_classifier.ipynb")
-    assert (tmp_path / "results" / "classifier_synthetic.json").is_file()
+    assert RunPaths(tmp_path, SEEDS[-1]).classifier_result("tumour").is_file()
 
 
-def test_03_to_05_score_every_table1_method_on_both_tracks(smoke_run):
-    for track in ("synthetic", "tumour"):
-        for method in ("singla", "coin"):
-            metrics = json.loads((smoke_run / "results" / f"{track}_{method}.json").read_text())["metrics"]
-            assert metrics["postprocessed"] is True and 0.0 <= metrics["iou"]["iou"] <= 1.0
-        for method in ("gradcam", "layercam", "scorecam", "rise"):
-            result = json.loads((smoke_run / "results" / f"{track}_{method}.json").read_text())
-            assert result["metrics"]["postprocessed"] is False and result["cost"]["forward_passes"] >= 1
-            assert len(result["sweep"]["test_iou"]) == len(result["sweep"]["thresholds"]) == 21
-            assert (smoke_run / "results" / f"{track}_{method}_maps.npz").is_file()
-    for figure in ("singla_examples", "saliency_cost", "saliency_maps_tumour", "threshold_sweeps"):
+def test_03_to_05_score_every_table1_method_on_both_tracks_and_seeds(smoke_run):
+    for seed in SEEDS:
+        paths = RunPaths(smoke_run, seed)
+        for track in ("synthetic", "tumour"):
+            for method in ("singla", "coin"):
+                metrics = json.loads(paths.result(track, method).read_text())["metrics"]
+                assert metrics["postprocessed"] is True and 0.0 <= metrics["iou"]["iou"] <= 1.0
+            for method in ("gradcam", "layercam", "scorecam", "rise"):
+                result = json.loads(paths.result(track, method).read_text())
+                assert result["metrics"]["postprocessed"] is False and result["cost"]["forward_passes"] >= 1
+                assert len(result["sweep"]["test_iou"]) == len(result["sweep"]["thresholds"]) == 21
+                assert paths.saliency_maps(track, method).is_file()
+    for figure in ("singla_vs_coin_synthetic_singla", "saliency_cost", "saliency_maps_tumour", "threshold_sweeps"):
         assert (smoke_run / "figures" / f"{figure}.png").is_file(), figure
 
 
-def test_06_to_08_write_the_three_tables_beside_the_papers_numbers(smoke_run):
+def test_07_to_09_write_the_three_tables_beside_the_papers_numbers(smoke_run):
     tables = smoke_run / "tables"
     expected_rows = {"table1": 12, "table2": 4, "table3": 9}
     for name, rows in expected_rows.items():
@@ -105,11 +117,11 @@ def test_06_to_08_write_the_three_tables_beside_the_papers_numbers(smoke_run):
         with (tables / f"{name}.csv").open() as f:
             assert len(list(csv.DictReader(f))) == rows, name
     assert "0.646" in (tables / "table1.md").read_text()  # the paper's COIN IoU beside ours
-    ablation = json.loads((smoke_run / "results" / "ablation_synthetic_coin_no_f.json").read_text())
+    ablation = json.loads(RunPaths(smoke_run, SEEDS[-1]).result("synthetic", "coin_no_f", ablation=True).read_text())
     assert ablation["budget"] == "ablation" and ablation["config"]["train"]["steps"] == 2
 
 
-def test_09_draws_figures_2_and_4_to_6(smoke_run):
+def test_10_draws_figures_2_and_4_to_6(smoke_run):
     for figure in ("fig2_synthetic", "fig2_tumour", "fig4_perturbation", "fig5_skips", "fig6_singla_vs_coin"):
         assert (smoke_run / "figures" / f"{figure}.png").stat().st_size > 10_000, figure
         assert (smoke_run / "figures" / f"{figure}.pdf").is_file(), figure
