@@ -1,7 +1,8 @@
 """Training the classifier f, the first of the two stages (paper Sec. 4.3).
 
-BCE on one logit, Adam, random flips (and, where configured, intensity jitter) as
-augmentation, early stopping on validation AUC.
+BCE on one logit, Adam, random flips (and, where configured, shift-scale-rotate as the
+authors' code and intensity jitter) as augmentation, class-balanced batches where configured
+(the authors' tumour track), early stopping on validation AUC.
 Each epoch ends with an atomic checkpoint (``classifier_last.pt``); the best weights by
 validation AUC are kept in ``classifier.pt`` and the per-epoch history in
 ``classifier_history.json``. Re-running with the same config resumes from the last
@@ -25,7 +26,7 @@ from torch import nn
 
 from .classifier import build_classifier
 from .config import AnomalyConfig, ClassifierConfig, from_dict, to_dict
-from .data import SliceDataset, evaluation_set
+from .data import SliceDataset, balanced_weights, evaluation_set
 from .files import read_json, write_json
 from .prepared import PreparedSlices, open_prepared
 from .progress import tqdm
@@ -48,6 +49,7 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "random_flips",
+    "random_shift_scale_rotate",
     "random_intensity",
     "refresh_batchnorm",
 ]
@@ -99,6 +101,21 @@ def random_intensity(x: torch.Tensor, strength: float, generator: torch.Generato
     scale = (1 + strength * draws[0]).view(-1, 1, 1, 1)
     shift = (0.8 * strength * draws[1]).view(-1, 1, 1, 1)
     return ((x + 1) * scale - 1 + shift).clamp(-1, 1)
+
+
+def random_shift_scale_rotate(x: torch.Tensor, generator: torch.Generator | None = None, shift: float = 0.0625,
+                              scale: float = 0.1, degrees: float = 45.0) -> torch.Tensor:
+    """A random affine per image, as albumentations' ``ShiftScaleRotate`` defaults the authors used
+    (FACTS): shift up to ``shift`` of the size per axis, zoom 1 +- ``scale``, rotation +- ``degrees``,
+    bilinear, borders mirrored. ``x (B, 1, H, W)``; the same shape back."""
+    draws = torch.rand(4, x.shape[0], generator=generator, device="cpu").mul(2).sub(1).to(x.device, torch.float32)
+    angle = draws[0] * torch.pi * degrees / 180
+    zoom = 1 + scale * draws[1]
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # grid maps output to input: inverse zoom
+    theta = torch.stack([torch.stack([cos, -sin, 2 * shift * draws[2]], 1),
+                         torch.stack([sin, cos, 2 * shift * draws[3]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False).to(x.dtype)
 
 
 def random_flips(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -202,7 +219,8 @@ def train_classifier(
     seed = config.seed
     train_set = SliceDataset(prepared, "train", anomaly, fresh_anomalies=True, seed=seed)
     val_set = evaluation_set(prepared, "val", anomaly)
-    sampler = ResumableSampler(len(train_set), seed=seed, rank=ctx.rank, num_replicas=ctx.world_size)
+    sampler = ResumableSampler(len(train_set), seed=seed, rank=ctx.rank, num_replicas=ctx.world_size,
+                               weights=balanced_weights(train_set) if config.balanced_sampling else None)
     flip_rng = torch.Generator().manual_seed(seed)
     steps = config.steps_per_epoch or -(-len(sampler) // config.batch_size)
     parallel = ctx.wrap(model, device)  # `model` itself when there is one process
@@ -221,6 +239,8 @@ def train_classifier(
                    leave=False)
         for done, batch in bar:
             x = random_flips(batch["image"].to(device, non_blocking=True), flip_rng)
+            if config.shift_scale_rotate:
+                x = random_shift_scale_rotate(x, flip_rng)
             x = random_intensity(x, config.intensity_jitter, flip_rng)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):

@@ -45,7 +45,7 @@ from .config import (
     from_dict,
     to_dict,
 )
-from .data import SliceDataset
+from .data import SliceDataset, balanced_weights
 from .files import read_json, write_json
 from .gan import build_gan, condition_from_probability
 from .losses import (
@@ -361,7 +361,8 @@ def train_counterfactual(
         return out / FINAL
 
     dataset = SliceDataset(prepared, "train", anomaly, fresh_anomalies=True, seed=train.seed)
-    sampler = ResumableSampler(len(dataset), seed=train.seed, rank=ctx.rank, num_replicas=ctx.world_size)
+    sampler = ResumableSampler(len(dataset), seed=train.seed, rank=ctx.rank, num_replicas=ctx.world_size,
+                               weights=balanced_weights(dataset) if train.balanced_sampling else None)
     steps_per_epoch = len(sampler) // train.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"training split of {prepared.root} has {len(dataset)} slices, "

@@ -8,9 +8,12 @@ NIfTI is read per item. Two tracks:
   "Synthetic anomaly"); ``label`` is 1 iff an anomaly was inserted and ``lesion_mask`` is
   its mask. The prepared ``lesion_masks`` are ignored.
 - **Real tumours** (KiTS track, ``anomaly=None``): ``lesion_mask`` is the prepared tumour
-  mask and ``label`` is 1 iff that mask is non-empty *at the prepared resolution* (not the
-  index's ``lesion_pixels``, counted before resizing), so ``label == lesion_mask.any()``
-  always holds, as in the synthetic track.
+  mask and ``label`` is 1 iff that mask is non-empty *at the prepared resolution* and the
+  tumour's native area (the index's ``lesion_pixels`` times its pixel area) exceeds
+  ``min_lesion_area_mm2`` — the prepared folder's rule (``DataConfig.min_lesion_area_mm2``,
+  recorded in its manifest; 0, the paper's "contains a lesion", when absent) unless given.
+  With the authors' rule (``TumourProtocol``) a slice with a small tumour section is labelled
+  normal: ``label == 1`` implies ``lesion_mask.any()``, not the converse.
 
 Reproducible randomness, no worker seeding needed (every draw has its own generator):
 
@@ -49,7 +52,7 @@ from .anomaly import (
 from .config import AnomalyConfig
 from .prepared import PreparedSlices, open_prepared
 
-__all__ = ["SliceDataset", "evaluation_set", "make_loader", "subset_by_rows"]
+__all__ = ["SliceDataset", "balanced_weights", "evaluation_set", "make_loader", "subset_by_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +111,14 @@ class SliceDataset(torch.utils.data.Dataset):
         anomaly: AnomalyConfig | None,
         fresh_anomalies: bool,
         seed: int = 0,
+        min_lesion_area_mm2: float | None = None,
     ) -> None:
         if not isinstance(prepared, PreparedSlices):
             prepared = open_prepared(prepared)
         self.prepared = prepared
+        if min_lesion_area_mm2 is None:
+            min_lesion_area_mm2 = float(prepared.manifest.get("min_lesion_area_mm2", 0.0))
+        self.min_lesion_area_mm2 = float(min_lesion_area_mm2)
         self.split = split
         self.rows = self.prepared.split_indices(split)
         self.anomaly = anomaly
@@ -188,7 +195,7 @@ class SliceDataset(torch.utils.data.Dataset):
         kidney = np.asarray(self.prepared.kidney_masks[row])
         if self.anomaly is None:
             lesion = np.asarray(self.prepared.lesion_masks[row])
-            label = int(lesion.any())  # label 1 iff the tumour mask is non-empty
+            label = self._tumour_label(row, lesion)
         else:
             label, params, _ = self.draw(row, kidney)
             if params is None:
@@ -210,7 +217,18 @@ class SliceDataset(torch.utils.data.Dataset):
         if self.anomaly is not None:
             return np.array([self.draw(int(row))[0] for row in self.rows], dtype=np.int64)
         masks = self.prepared.lesion_masks
-        return np.array([int(np.asarray(masks[row]).any()) for row in self.rows], dtype=np.int64)
+        return np.array([self._tumour_label(int(row), np.asarray(masks[row])) for row in self.rows], dtype=np.int64)
+
+    def lesion_area_mm2(self, row: int) -> float:
+        """The native (before resizing) lesion area of prepared row ``row``, in mm^2."""
+        meta = self.prepared.index[row]
+        return float(meta["lesion_pixels"]) * float(meta.get("row_mm") or 1.0) * float(meta.get("col_mm") or 1.0)
+
+    def _tumour_label(self, row: int, lesion: np.ndarray) -> int:
+        """1 iff the prepared lesion mask is non-empty and its native area exceeds the rule's."""
+        if not lesion.any():
+            return 0
+        return int(self.min_lesion_area_mm2 <= 0 or self.lesion_area_mm2(row) > self.min_lesion_area_mm2)
 
     def anomaly_report(self) -> dict[str, Any]:
         """Counts of the synthetic-anomaly draws of this split, and a warning when some fail.
@@ -291,14 +309,18 @@ def make_loader(
 
 
 def evaluation_set(
-    prepared: PreparedSlices | str | os.PathLike, split: str, anomaly: AnomalyConfig | None
+    prepared: PreparedSlices | str | os.PathLike, split: str, anomaly: AnomalyConfig | None,
+    min_lesion_area_mm2: float | None = None,
 ) -> SliceDataset:
     """Validation or test split with anomalies fixed per slice, seeded by ``anomaly.seed``.
 
     Every method (classifier, COIN, Singla*, saliency baselines) is scored on this one set
-    of images, whatever its own training seed (App. 7.2).
+    of images, whatever its own training seed (App. 7.2). ``min_lesion_area_mm2``: another
+    tumour label rule than the prepared folder's (e.g. 0, the paper text's, to score the same
+    models on every tumour slice).
     """
-    return SliceDataset(prepared, split, anomaly, fresh_anomalies=False, seed=anomaly.seed if anomaly else 0)
+    return SliceDataset(prepared, split, anomaly, fresh_anomalies=False, seed=anomaly.seed if anomaly else 0,
+                        min_lesion_area_mm2=min_lesion_area_mm2)
 
 
 def subset_by_rows(dataset: SliceDataset, rows: Sequence[int]) -> torch.utils.data.Subset:
@@ -308,3 +330,17 @@ def subset_by_rows(dataset: SliceDataset, rows: Sequence[int]) -> torch.utils.da
     if missing:
         raise KeyError(f"rows {missing[:5]} are not in the {dataset.split} split")
     return torch.utils.data.Subset(dataset, [position[int(r)] for r in rows])
+
+
+def balanced_weights(dataset: SliceDataset) -> np.ndarray:
+    """Class-balanced sampling weights of a tumour-track training split (the authors' sampler).
+
+    Its labels are fixed (they come from the lesion masks), so both classes can be drawn
+    equally often. A synthetic-track split draws its labels afresh every epoch: refused.
+    """
+    from .runtime import class_balanced_weights
+
+    if dataset.anomaly is not None:
+        raise ValueError("balanced sampling needs fixed labels: the synthetic track draws its anomalies "
+                         "afresh every epoch (its labels are balanced by AnomalyConfig.probability instead)")
+    return class_balanced_weights(dataset.labels())

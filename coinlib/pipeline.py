@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .config import AnomalyConfig, ClassifierConfig, Profile
+from .config import AnomalyConfig, ClassifierConfig, Profile, track_profile
 
 __all__ = [
     "Track",
@@ -199,11 +199,8 @@ def load_classifier_results(run_dir: str | os.PathLike, track: Track, seed: int 
 
 def track_settings(profile: Profile, track: Track) -> tuple[ClassifierConfig, AnomalyConfig | None]:
     """The classifier config and anomaly config of a track (synthetic anomalies or none)."""
-    if track == "synthetic":
-        return profile.classifier, profile.anomaly
-    if track == "tumour":
-        return profile.tumour_classifier, None
-    raise ValueError(f"track must be 'synthetic' or 'tumour', got {track!r}")
+    seen = track_profile(profile, track)
+    return seen.classifier, seen.anomaly if track == "synthetic" else None
 
 
 def prepare_track(
@@ -238,8 +235,8 @@ def prepare_track(
         if found != layout:
             raise ValueError(f"{src} is in the {found} layout; the {track} track needs {layout}")
         name = f"{layout}_{src.resolve().name}"
-    return prepare_dataset(layout, src, paths.prepared(name, profile.data.image_size), profile.data,
-                           progress=progress)
+    data = track_profile(profile, track).data
+    return prepare_dataset(layout, src, paths.prepared(name, data.image_size), data, progress=progress)
 
 
 def ensure_classifier(
@@ -283,7 +280,7 @@ def ensure_counterfactual(
 
     paths = RunPaths(run_dir, profile.seed)
     classifier_path = ensure_classifier(profile, run_dir, track, prepared, device, progress)
-    profile, separate = _budget(profile, ablation)
+    profile, separate = _budget(track_profile(profile, track), ablation)
     configured = apply_variant(profile, variant)
     classifier_config, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
@@ -326,7 +323,7 @@ def evaluate_variant(
     from .variants import VARIANTS, apply_variant
 
     paths = RunPaths(run_dir, profile.seed)
-    profile, separate = _budget(profile, ablation)
+    profile, separate = _budget(track_profile(profile, track), ablation)
     configured = apply_variant(profile, variant)
     model_dir = paths.counterfactual(track, variant, separate)
     settings = {"eval": to_dict(configured.eval), "fid": fid,

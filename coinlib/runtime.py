@@ -57,6 +57,7 @@ __all__ = [
     "DistributedContext",
     "ResumableSampler",
     "autocast",
+    "class_balanced_weights",
     "config_differences",
     "cpu_has_native_bf16",
     "distributed_context",
@@ -335,8 +336,19 @@ def load_weights(path: str | os.PathLike, module: nn.Module, name: str | None = 
     _load_module(module, payload, str(path))
 
 
+def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Sampling weight of each item, 1 / (items of its class): both classes drawn equally often
+    (the authors' ``use_sampler``). ``labels`` (N,) of 0 and 1; one class only gives equal weights."""
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    return 1.0 / counts[labels]
+
+
 class ResumableSampler(torch.utils.data.Sampler[int]):
     """Seeded shuffling that can start mid-epoch (and shard across ranks).
+
+    With ``weights`` (e.g. :func:`class_balanced_weights`) each epoch is ``size`` seeded draws
+    with replacement in proportion to them, resumable the same way.
 
     Epoch ``e`` visits ``permutation(seed, e)``; ``start`` skips the first items, so a run
     resumed at global batch ``k`` sees the same items as one that never stopped. With
@@ -351,12 +363,19 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         shuffle: bool = True,
         rank: int = 0,
         num_replicas: int = 1,
+        weights: np.ndarray | None = None,
     ) -> None:
         if size <= 0:
             raise ValueError("cannot sample from an empty dataset")
         self.size, self.seed, self.shuffle = size, seed, shuffle
         self.rank, self.num_replicas = rank, num_replicas
         self.epoch, self.start = 0, 0
+        self.probabilities = None
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (size,) or not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.sum() <= 0:
+                raise ValueError(f"sampling weights must be {size} finite non-negative numbers, not all 0")
+            self.probabilities = weights / weights.sum()
 
     def set_position(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -365,7 +384,9 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         return -(-self.size // self.num_replicas) - self.start
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
+        if self.probabilities is not None:  # weighted: an epoch is `size` draws with replacement
+            order = np.random.default_rng([self.seed, self.epoch]).choice(self.size, self.size, p=self.probabilities)
+        elif self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
         else:
             order = np.arange(self.size)

@@ -87,3 +87,17 @@ def test_refresh_batchnorm_sets_running_stats_to_the_batches_average():
     bn = model[0]
     assert bn.running_mean.item() == pytest.approx(2.0)  # mean of the two batch means
     assert bn.momentum == 0.1 and not model.training
+
+
+def test_shift_scale_rotate_is_seeded_and_keeps_the_image_in_frame():
+    from coinlib.classifier_training import random_shift_scale_rotate
+
+    x = torch.zeros(4, 1, 32, 32)
+    x[:, :, 12:20, 12:20] = 1.0
+    same = random_shift_scale_rotate(x, torch.Generator().manual_seed(1), shift=0, scale=0, degrees=0)
+    torch.testing.assert_close(same, x)  # no shift, zoom or rotation: the identity
+    a = random_shift_scale_rotate(x, torch.Generator().manual_seed(1))
+    b = random_shift_scale_rotate(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert a.shape == x.shape and not torch.equal(a[0], a[1])  # each image its own draw
+    assert torch.all(a.sum(dim=(1, 2, 3)) > 0.6 * 64)  # a centred square stays mostly in frame

@@ -59,3 +59,19 @@ def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         GANConfig().skips = 3  # type: ignore[misc]
     assert AnomalyConfig().scale_range == (0.75, 1.0)
+
+
+def test_track_profile_applies_the_tumour_protocol_only_to_the_tumour_track():
+    from coinlib.config import track_profile
+
+    quick = get_profile("quick")
+    assert track_profile(quick, "synthetic") is quick
+    tumour = track_profile(quick, "tumour")
+    protocol = quick.tumour_protocol
+    assert tumour.classifier == dataclasses.replace(quick.tumour_classifier, balanced_sampling=True)
+    assert (tumour.train.lambda_f, tumour.train.lambda_tv) == (protocol.lambda_f, protocol.lambda_tv) == (1.0, 5e-5)
+    assert tumour.data.min_lesion_area_mm2 == protocol.min_lesion_area_mm2 > 0
+    assert tumour.data.image_size == quick.data.image_size and quick.data.min_lesion_area_mm2 == 0
+    assert track_profile(tumour, "tumour") == tumour
+    with pytest.raises(ValueError, match="track"):
+        track_profile(quick, "liver")

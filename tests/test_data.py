@@ -179,3 +179,29 @@ def test_anomaly_report_counts_unplaceable_slices(prepared_dir, caplog):
     assert train["mode"] == "fresh" and train["never_placeable"] == 1  # scan 0, slice 2
     tumour = SliceDataset(prepared_dir, "test", None, fresh_anomalies=False).anomaly_report()
     assert tumour["mode"] == "tumour" and tumour["positive"] == 3 and tumour["negative"] == 3
+
+
+def test_the_authors_label_rule_counts_the_native_tumour_area(prepared_dir):
+    """TumourProtocol.min_lesion_area_mm2: abnormal only when the native tumour area exceeds it.
+
+    The fixture has no pixel spacing, so an area is the pixel count; tumours cover 13-29 pixels."""
+    everything = SliceDataset(prepared_dir, "train", None, fresh_anomalies=False)
+    strict = SliceDataset(prepared_dir, "train", None, fresh_anomalies=False, min_lesion_area_mm2=20.0)
+    areas = np.array([everything.lesion_area_mm2(int(row)) for row in everything.rows])
+    with_mask = np.array([everything.prepared.lesion_masks[row].any() for row in everything.rows])
+    assert everything.labels().tolist() == with_mask.astype(int).tolist()  # 0: the paper's rule
+    assert strict.labels().tolist() == (with_mask & (areas > 20)).astype(int).tolist()
+    assert 0 < strict.labels().sum() < everything.labels().sum()
+    item = strict[int(np.flatnonzero(with_mask & (areas <= 20))[0])]
+    assert item["label"].item() == 0.0 and item["lesion_mask"].sum() > 0  # a small tumour: labelled normal
+
+
+def test_balanced_weights_need_fixed_labels(prepared_dir):
+    from coinlib.data import balanced_weights
+
+    tumour = SliceDataset(prepared_dir, "train", None, fresh_anomalies=True)
+    weights = balanced_weights(tumour)
+    labels = tumour.labels()
+    assert weights[labels == 1].sum() == pytest.approx(weights[labels == 0].sum())
+    with pytest.raises(ValueError, match="fixed labels"):
+        balanced_weights(SliceDataset(prepared_dir, "train", ANOMALY, fresh_anomalies=True))

@@ -74,3 +74,49 @@ def test_sampler_shards_cover_everything_once_per_rank():
         shards.append(list(sampler))
     assert all(len(s) == 4 for s in shards)
     assert set(np.concatenate(shards)) == set(range(10))
+
+
+def test_weighted_sampler_balances_classes_and_resumes():
+    from coinlib.runtime import class_balanced_weights
+
+    labels = np.array([1] * 10 + [0] * 90)
+    sampler = ResumableSampler(100, seed=3, weights=class_balanced_weights(labels))
+    sampler.set_position(0)
+    epoch = list(sampler)
+    assert len(epoch) == 100 and 35 <= labels[epoch].sum() <= 65  # about half abnormal, not 10 %
+    sampler.set_position(0, 40)
+    assert list(sampler) == epoch[40:]
+    sampler.set_position(1)
+    assert list(sampler) != epoch
+    with pytest.raises(ValueError, match="weights"):
+        ResumableSampler(3, seed=0, weights=np.array([1.0, -1.0, 1.0]))
+
+
+def test_precision_follows_the_cpu_and_can_be_forced(monkeypatch):
+    from coinlib import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_precision_choice", "auto")
+    assert runtime.precision(cpu) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.precision(cpu) == "bf16"
+    with runtime.autocast(cpu):
+        assert torch.is_autocast_enabled("cpu")
+    runtime.set_precision("fp32")
+    try:
+        assert runtime.precision(cpu) == "fp32"
+        with pytest.raises(ValueError, match="precision"):
+            runtime.set_precision("fp16")
+    finally:
+        runtime.set_precision("auto")
+
+
+def test_job_threads_come_from_the_environment(monkeypatch):
+    from coinlib import runtime
+
+    monkeypatch.setenv("COIN_THREADS", "1")
+    assert runtime.job_threads() == 1
+    monkeypatch.setenv("COIN_THREADS", "lots")
+    with pytest.raises(ValueError, match="COIN_THREADS"):
+        runtime.job_threads()
