@@ -6,7 +6,8 @@ the masks ``coin label`` writes) and every DICOM series. A folder holds DICOM wh
 files ending ``.dcm``/``.ima``/``.dicom`` or carrying the DICOM Part 10 marker (``DICM`` at
 byte 128); GDCM's series discovery (SimpleITK's ``ImageSeriesReader.GetGDCMSeriesIDs``)
 then splits its files by SeriesInstanceUID. One series in a folder is named after the folder;
-several are named ``<folder>/<SeriesInstanceUID>``. Outputs are named after :attr:`Scan.name`.
+several are named ``<folder>/<SeriesInstanceUID>`` (``<folder>/no_series_uid`` for one whose
+files leave it empty). Outputs are named after :attr:`Scan.name`.
 
 Reading a DICOM series (:func:`read_dicom_series`): GDCM orders the files by position along
 the slice normal and SimpleITK's ``ImageSeriesReader`` builds the volume, applying each
@@ -165,7 +166,7 @@ def _dicom_scans(folder: Path, name: str) -> list[Scan]:
     ids = _series_ids(folder)
     if len(ids) <= 1:  # none readable: reading says which files fail
         return [Scan(name, folder, "dicom", ids[0] if ids else None)]
-    return [Scan(f"{name}/{uid}", folder, "dicom", uid) for uid in ids]
+    return [Scan(f"{name}/{uid or 'no_series_uid'}", folder, "dicom", uid) for uid in ids]
 
 
 def find_scans(source: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Scan]:
@@ -298,14 +299,15 @@ def _check_slices(files: list[Path], reader: Any, folder: Path, series_uid: str)
     normal = np.cross(orientation[0][:3], orientation[0][3:])
     along = np.array([_floats(tag(k, _TAGS["position"]), 3, "ImagePositionPatient", f) @ normal
                       for k, f in enumerate(files)])
-    gaps = np.diff(along)
-    same = np.flatnonzero(np.abs(gaps) < 1e-3)
-    if same.size:
-        a, b = files[same[0]].name, files[same[0] + 1].name
+    positions, counts = np.unique(np.round(along, 3), return_counts=True)
+    if len(positions) < len(files):  # GDCM cannot order such a folder either: say why
+        shared = positions[counts > 1][0]
+        a, b = [files[k].name for k in np.flatnonzero(np.round(along, 3) == shared)[:2]]
         raise UnreadableScan(
-            f"{folder}: {same.size} pairs of files lie at the same slice position (e.g. {a} and {b}): "
-            f"two series mixed in one folder with nothing to tell them apart (SeriesInstanceUID "
+            f"{folder}: {len(files) - len(positions)} files lie at the slice position of another (e.g. {a} and "
+            f"{b}): two series mixed in one folder with nothing to tell them apart (SeriesInstanceUID "
             f"{series_uid!r} for all); put each series in a folder of its own")
+    gaps = np.diff(along)
     spread = np.abs(gaps - np.median(gaps))
     if spread.max() > SLICE_SPACING_TOLERANCE * abs(np.median(gaps)):
         k = int(spread.argmax())

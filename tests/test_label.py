@@ -30,6 +30,7 @@ from coinlib.config import ClassifierConfig, DataConfig, get_profile, to_dict
 from coinlib.gan import build_gan
 from coinlib.label import (
     CSV_COLUMNS,
+    _prepared_settings,
     label_folder,
     lesion_volume_ml,
     load_label_model,
@@ -37,7 +38,6 @@ from coinlib.label import (
     shard,
     to_native_mask,
     voxel_volume_ml,
-    _prepared_settings,
 )
 from coinlib.masks import difference_map
 from coinlib.prepare import load_canonical, normalise_hu, resize_slices
@@ -362,7 +362,7 @@ def test_organ_masks_on_another_grid_or_missing_name_the_file(run_dir, scans, tm
     nib.save(nib.Nifti1Image(kidney, shifted), masks / "kidney_right.nii.gz")
     done = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "out", device="cpu", organ_masks=masks,
                         progress=False)
-    (scan, why), = done.failed
+    ((_, why),) = done.failed
     assert "kidney_right.nii.gz" in why and "not on the voxel grid" in why and not done.labelled
     (masks / "kidney_right.nii.gz").unlink()
     done = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "out", device="cpu", organ_masks=masks,
