@@ -233,7 +233,7 @@ def read_scan(scan: Scan) -> tuple[nib.Nifti1Image, CanonicalVolume]:
     try:
         if scan.kind == "dicom":
             image = read_dicom_series(scan.path, scan.series_uid)
-            data = np.asanyarray(image.dataobj)
+            data = _finite(np.asanyarray(image.dataobj), scan.path)  # float when a RescaleSlope is fractional
         else:
             image = _open_nifti(scan.path)
             data = _finite(_read_data(image, scan.path), scan.path)
@@ -373,8 +373,8 @@ def find_organ_masks(organ_dir: str | os.PathLike, scan: Scan, single: bool) -> 
     Looked for, in order: ``organ_dir`` itself when one scan is labelled (``single``);
     ``organ_dir/<name>/`` (one TotalSegmentator output folder per scan, mirroring the input);
     ``organ_dir/<folder>/segmentations/`` for a scan ``<folder>/ct.nii.gz`` (the
-    TotalSegmentator dataset layout); ``organ_dir/<name>.nii.gz`` (a multilabel file; never
-    the scan itself). Raises :class:`UnreadableScan` listing the places looked in.
+    TotalSegmentator dataset layout), or the ``segmentations/`` beside that scan when it lies
+    inside ``organ_dir``; ``organ_dir/<name>.nii.gz`` (a multilabel file; never the scan itself). Raises :class:`UnreadableScan` listing the places looked in.
     """
     organ_dir = Path(organ_dir)
     name = Path(scan.name)
@@ -382,18 +382,22 @@ def find_organ_masks(organ_dir: str | os.PathLike, scan: Scan, single: bool) -> 
     folders.append(organ_dir / name)
     if scan.kind == "nifti" and name.name == "ct":
         folders.append(organ_dir / name.parent / "segmentations")
+        beside = scan.path.parent / "segmentations"  # the dataset itself, or a folder holding it, given as DIR
+        if beside.resolve().is_relative_to(organ_dir.resolve()) and beside not in folders:
+            folders.append(beside)
     for folder in folders:
         if folder.is_dir() and _has_kidney_files(folder):
             return folder
     files = [organ_dir] if single else []
     files.append(organ_dir / f"{name}{NIFTI_SUFFIX}")
+    files = [f for f in files if f.resolve() != scan.path.resolve()]  # the scan is not its own mask
     for file in files:
-        if file.is_file() and file.name.endswith(NIFTI_SUFFIX) and file.resolve() != scan.path.resolve():
+        if file.is_file() and file.name.endswith(NIFTI_SUFFIX):
             return file
     looked = [str(f) for f in folders] + [str(f) for f in files]
+    multilabel = f" and for a multilabel file {', '.join(looked[len(folders):])}" if files else ""
     raise UnreadableScan(f"no kidney masks for {scan.display} under {organ_dir}: looked for "
-                         f"{' + '.join(KIDNEY_FILES)} in {', '.join(looked[:len(folders)])} and for a "
-                         f"multilabel file {', '.join(looked[len(folders):])}")
+                         f"{' + '.join(KIDNEY_FILES)} in {', '.join(looked[:len(folders)])}{multilabel}")
 
 
 def _label_table(image: nib.Nifti1Image) -> dict[int, str]:

@@ -227,6 +227,8 @@ def test_kidney_masks_are_found_in_the_places_totalsegmentator_writes_them(subje
     scan, _, _ = subject
     layout = SAMPLES / "totalsegmentator"
     assert find_organ_masks(layout, scan, single=False) == layout / "s0000" / "segmentations"
+    above = Scan("totalsegmentator/s0000/ct", scan.path, "nifti")  # --in and --organ-masks samples/real_ct
+    assert find_organ_masks(SAMPLES, above, single=False) == layout / "s0000" / "segmentations"
     assert find_organ_masks(layout / "s0000" / "segmentations", scan, single=True) == \
         layout / "s0000" / "segmentations"
     mirrored = tmp_path / "s0000" / "ct"  # `TotalSegmentator -i s0000/ct.nii.gz -o masks/s0000/ct`
