@@ -7,7 +7,7 @@
     coin evaluate --profile quick --run-dir runs/quick [--variant coin]
     coin reproduce --profile quick --run-dir runs/quick
     coin report --run-dir runs/quick          # README results section + figures/
-    coin label --model runs/quick --in scans/ --out masks/ [--track tumour]   # weak masks for CT
+    coin label --model runs/quick --in scans/ --out masks/ [--organ-masks seg/]   # weak masks for CT (NIfTI, DICOM)
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--figures", type=Path, default=Path("figures"), help="where to copy the run's figures")
     report.add_argument("--tables", type=Path, default=Path("tables"), help="where to copy the run's tables")
 
-    label = commands.add_parser("label", help="weak lesion masks (NIfTI + CSV) for CT volumes with a trained run")
+    label = commands.add_parser("label", help="weak lesion masks (NIfTI + CSV) for CT scans with a trained run")
     label.add_argument("--model", type=Path, required=True, metavar="RUN_DIR",
                        help="run folder holding the trained models")
     label.add_argument("--in", dest="source", type=Path, required=True, metavar="PATH",
-                       help="a .nii.gz file, or a folder searched recursively for *.nii.gz")
+                       help="a .nii.gz file, a DICOM series folder, or a folder searched recursively for both")
     label.add_argument("--out", type=Path, required=True, metavar="FOLDER",
                        help="folder for the masks, sidecars and labels.csv")
     label.add_argument("--track", default="synthetic", choices=["synthetic", "tumour"])
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
     label.add_argument("--threshold", type=float, default=None,
                        help="mask threshold on |x - x_cf| in [0, 1] (default: the run's validation choice)")
+    label.add_argument("--organ-masks", type=Path, default=None, metavar="DIR",
+                       help="TotalSegmentator's output for the scans (kidney_left/right.nii.gz or its multilabel "
+                            "file): classify only slices with enough kidney, as training did (Sec. 4.3)")
+    label.add_argument("--mask-margin-mm", type=float, default=None, metavar="MM",
+                       help="with --organ-masks: keep the weak mask within MM of the kidneys")
     label.add_argument("--force", action="store_true", help="relabel scans that already have a mask")
 
     reproduce = commands.add_parser("reproduce", help="run every notebook end to end with papermill")
@@ -153,10 +158,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         done = label_folder(args.model, args.source, args.out, track=args.track, variant=args.variant,
                             batch_size=args.batch_size, device=args.device, force=args.force,
-                            threshold=args.threshold)
-        print(f"labelled {len(done.labelled)}, skipped {len(done.skipped)} already done "
-              f"(rank {done.rank} of {done.world_size}); {done.csv} lists {done.csv_rows} of {done.total} scans")
-        return 0
+                            threshold=args.threshold, organ_masks=args.organ_masks,
+                            mask_margin_mm=args.mask_margin_mm)
+        print(f"labelled {len(done.labelled)}, skipped {len(done.skipped)} already done, "
+              f"{len(done.failed)} unreadable (rank {done.rank} of {done.world_size}); "
+              f"{done.csv} lists {done.csv_rows} of {done.total} scans")
+        for scan, reason in done.failed:
+            print(f"coin label: cannot label {scan.display}: {reason}", file=sys.stderr)
+        return 1 if done.failed else 0
     if args.command == "reproduce":
         from .notebook_runner import run_notebooks
 

@@ -1,62 +1,70 @@
 """Weak labels for real scans: ``coin label`` (paper Sec. 3.1 inference, Sec. 5 post-processing).
 
-A trained run folder turns CT volumes into weak lesion masks, slice by slice, exactly as
+A trained run folder turns CT scans into weak lesion masks, slice by slice, exactly as
 the evaluation scores them:
 
-1. Every ``*.nii.gz`` under the input folder is read in its own orientation and reoriented
-   to RAS+ from its affine (``coinlib.prepare``'s reader); axial slices are taken in
-   radiological view, HU are normalised with the training scans' fingerprint
-   (``fingerprint.json`` of the run's prepared dataset) and resized to the run's image size,
-   the same functions ``coin prepare`` used (:func:`coinlib.prepare.normalise_hu`,
+1. Every scan under the input folder, a ``*.nii.gz`` file or a DICOM series
+   (:mod:`coinlib.volumes`: discovery, DICOM reading, the checks), is read in its own
+   orientation and reoriented to RAS+ from its affine (``coinlib.prepare``'s reader); axial
+   slices are taken in radiological view, HU are normalised with the training scans'
+   fingerprint (``fingerprint.json`` of the run's prepared dataset) and resized to the run's
+   image size, the same functions ``coin prepare`` used (:func:`coinlib.prepare.normalise_hu`,
    :func:`coinlib.prepare.resize_slices`).
-2. The frozen classifier f labels a slice abnormal when ``p_abnormal >= t`` (Sec. 3.1, the
+2. Which slices are classified: every axial slice, unless ``organ_masks`` gives
+   TotalSegmentator's kidney masks for the scan (:func:`coinlib.volumes.find_organ_masks`);
+   then only the axial slices with at least ``min_kidney_pixels`` kidney pixels on the
+   native slice, as preparation kept them for training (Sec. 4.3; the value the run's
+   prepared dataset was made with, ``DataConfig.min_kidney_pixels``). f never saw a slice
+   outside the kidney range in training, so without the masks an abnormal call there
+   deserves a look. With ``mask_margin_mm`` the weak mask is also cut to the voxels within
+   that distance (mm, Euclidean, on the native grid) of the kidneys.
+3. The frozen classifier f labels a slice abnormal when ``p_abnormal >= t`` (Sec. 3.1, the
    classifier's configured threshold). Only abnormal slices are inpainted: COIN "predicts a
    normal counterfactual x_cf only when the classifier deems x abnormal" (Sec. 3.1), with
    the inpainting condition (COIN's one condition; bin 0, "normal", for Singla*).
-3. ``diff_map = |x - x_cf|`` on the [0, 1] scale, thresholded and post-processed by closing,
+4. ``diff_map = |x - x_cf|`` on the [0, 1] scale, thresholded and post-processed by closing,
    opening and the largest connected component (Sec. 5; :func:`coinlib.masks.weak_mask`).
    The threshold is the one chosen on the validation split by ``coin evaluate``
    (``results/seed0/<track>_<variant>.json``, ``threshold_from_val``) when that file exists, else
    ``EvalConfig.threshold``; ``--threshold`` overrides both. The CSV says which was used.
-4. Slice masks are resampled to the native in-plane grid (bilinear of the 0/1 mask, then
-   ``>= 0.5``), put back along the native axial axis in the file's own orientation and
-   written as a uint8 NIfTI with the input's exact affine, shape and header codes.
-
-Inputs: ``--in`` is a folder, searched recursively for ``*.nii.gz`` (flat files and the
-KiTS23 layout ``case_X/imaging.nii.gz`` alike), or one file. Label files of the two public
-layouts are not CT and are left out: files named ``segmentation.nii.gz`` and anything below
-a folder named ``segmentations`` or ``instances``; so are the masks written here
-(``*_coin_mask.nii.gz``) and, when ``--out`` lies inside ``--in``, everything below it.
+5. Slice masks are resampled to the native in-plane grid (bilinear of the 0/1 mask, then
+   ``>= 0.5``), put back along the native axial axis in the scan's own orientation and
+   written as a uint8 NIfTI with the input's exact affine, shape and header codes (for a
+   DICOM series: the series' voxel grid, :func:`coinlib.volumes.sitk_to_nifti`). A DICOM
+   SEG is not written.
 
 Outputs, under ``--out``, mirroring the input's sub-folders so names never collide::
 
-    <relative dir>/<name>_coin_mask.nii.gz   the weak mask (uint8, 1 = lesion)
-    <relative dir>/<name>_coin_mask.json     sidecar: the CSV row, the abnormal slices, the settings
-    labels.csv                               one row per labelled scan, rebuilt from sidecars
-    labels.csv.lock                          the lock ranks take to rebuild labels.csv
+    <scan name>_coin_mask.nii.gz   the weak mask (uint8, 1 = lesion)
+    <scan name>_coin_mask.json     sidecar: the CSV row, the classified and abnormal slices, the settings
+    labels.csv                     one row per scan, rebuilt from sidecars
+    labels.csv.lock                the lock ranks take to rebuild labels.csv
+
+A scan that cannot be read (corrupt or truncated file, a broken DICOM series, non-finite
+voxels, kidney masks missing or on another grid) stops only itself: its sidecar records
+``status = unreadable`` and the reason, the CSV lists it, :class:`LabelRun` ``failed``
+names it, and the other scans are labelled (``coin label`` then exits non-zero). An
+unreadable scan is tried again on the next run.
 
 Resuming: every file is written atomically (``coinlib.files.atomic_path``), mask first, then
 its sidecar; a scan counts as done when both exist and the sidecar records the same
-settings (run folder, checkpoints, thresholds, normalisation). Done scans are skipped. A
-mask without its sidecar, or one made with other settings, is never overwritten unless
-``force=True``; the run stops with an error naming it.
+settings (run folder, checkpoints, thresholds, normalisation, organ masks and margin). Done
+scans are skipped. A mask without its sidecar, or one made with other settings, is never
+overwritten unless ``force=True``; the run stops with an error naming it.
 
 Several processes (``torchrun --nproc-per-node N -m coinlib.cli label ...``, or any launcher
 that sets ``RANK`` and ``WORLD_SIZE``; an initialised ``torch.distributed`` group is used when
-there is one): rank r labels ``shard(files, r, N)`` = ``sorted(files)[r::N]``. Each scan's
+there is one): rank r labels ``shard(scans, r, N)`` = ``sorted(scans)[r::N]``. Each scan's
 sidecar is its own record, so ranks never write the same file. Every rank rebuilds
 ``labels.csv`` from all sidecars when it finishes, under a file lock; the last rank to finish
 therefore leaves the complete CSV. No barrier is needed, so a slow rank cannot time one out,
 and a failed rank leaves a CSV of what is done (run again to finish: done scans are skipped).
-
-Every axial slice is classified, including slices outside the kidney range that
-preparation drops (Sec. 4.3 keeps slices with >= 32 kidney pixels); f never saw those in
-training, so an abnormal call there deserves a look.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -70,21 +78,30 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
-from .config import EvalConfig
+from .config import DataConfig, EvalConfig
 from .files import atomic_path, read_json, write_csv, write_json
 from .masks import difference_map, weak_mask
 from .prepare import (
     CanonicalVolume,
     _canonical,
-    _open_nifti,
-    _read_data,
+    kidney_slice_indices,
     normalise_hu,
     resize_slices,
 )
 from .progress import tqdm
 from .runtime import autocast, config_differences, pick_device
+from .volumes import (
+    MASK_SUFFIX,
+    Scan,
+    UnreadableScan,
+    find_organ_masks,
+    find_scans,
+    read_kidney_mask,
+    read_scan,
+)
 
 __all__ = [
     "MASK_SUFFIX",
@@ -94,7 +111,6 @@ __all__ = [
     "LabelModel",
     "LabelRun",
     "load_label_model",
-    "find_volumes",
     "output_paths",
     "shard",
     "distributed_rank",
@@ -106,16 +122,14 @@ __all__ = [
     "write_label_csv",
 ]
 
-MASK_SUFFIX = "_coin_mask.nii.gz"
 SIDECAR_SUFFIX = "_coin_mask.json"
 CSV_NAME = "labels.csv"
 CSV_COLUMNS = [
-    "file", "mask", "shape", "spacing_mm", "axial_axis", "slices", "abnormal_slices",
-    "lesion_slices", "lesion_voxels", "lesion_ml", "classifier_threshold", "mask_threshold",
-    "threshold_source",
+    "file", "status", "error", "format", "mask", "shape", "spacing_mm", "axial_axis", "slices",
+    "classified_slices", "slice_selection", "abnormal_slices", "lesion_slices", "lesion_voxels", "lesion_ml",
+    "mask_margin_mm", "classifier_threshold", "mask_threshold", "threshold_source",
 ]
-LABEL_FILE_NAMES = frozenset({"segmentation.nii.gz"})  # KiTS23 labels
-LABEL_FOLDERS = frozenset({"segmentations", "instances"})  # TotalSegmentator, KiTS23 annotations
+EVERY_SLICE = "every axial slice (no organ masks)"
 T = TypeVar("T")
 
 
@@ -141,8 +155,33 @@ class LabelModel:
     opening_radius: int
     device: torch.device
     settings: dict[str, Any] = field(repr=False)
+    min_kidney_pixels: int = DataConfig.min_kidney_pixels  # Sec. 4.3: the training data's slice rule
+
+    def _on_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
 
     @torch.inference_mode()
+    def p_abnormal(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x): ``x`` (B, 1, S, S) in [-1, 1] -> (B,) float32 in [0, 1], on ``device``."""
+        x = self._on_device(x)
+        with autocast(self.device):
+            return torch.sigmoid(self.classifier(x).float())
+
+    @torch.inference_mode()
+    def weak_masks(self, x: torch.Tensor) -> np.ndarray:
+        """Inpaint ``x`` (A, 1, S, S) in [-1, 1] with the "normal" condition and return the
+        weak masks (A, S, S) bool: ``|x - x_cf|`` thresholded, closed, opened, largest
+        component (Sec. 5)."""
+        if len(x) == 0:
+            return np.zeros((0, *x.shape[-2:]), dtype=bool)
+        x = self._on_device(x)
+        inpaint = torch.zeros(len(x), dtype=torch.long, device=self.device)
+        with autocast(self.device):
+            x_cf = self.generator(x, inpaint).float()
+        diff_map = difference_map(x.float(), x_cf)[:, 0].cpu().numpy()
+        return weak_mask(diff_map, self.mask_threshold, True, self.closing_radius, self.opening_radius)
+
     def label_slices(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Weak masks of a batch of slices.
 
@@ -151,21 +190,10 @@ class LabelModel:
         ``masks`` (A, S, S) bool for the A abnormal slices, in batch order (Sec. 3.1: only
         abnormal slices are inpainted; Sec. 5: threshold + closing, opening, largest component).
         """
-        x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device):
-            p_abnormal = torch.sigmoid(self.classifier(x).float())
+        x = self._on_device(x)
+        p_abnormal = self.p_abnormal(x)
         abnormal = (p_abnormal >= self.classifier_threshold).cpu().numpy()  # host sync: pick slices
-        size = x.shape[-1]
-        masks = np.zeros((0, size, size), dtype=bool)
-        if abnormal.any():
-            x_abnormal = x[torch.from_numpy(abnormal).to(self.device)]
-            inpaint = torch.zeros(len(x_abnormal), dtype=torch.long, device=self.device)
-            with autocast(self.device):
-                x_cf = self.generator(x_abnormal, inpaint).float()
-            diff_map = difference_map(x_abnormal.float(), x_cf)[:, 0].cpu().numpy()
-            masks = weak_mask(diff_map, self.mask_threshold, True, self.closing_radius, self.opening_radius)
+        masks = self.weak_masks(x[torch.from_numpy(abnormal).to(self.device)])
         return p_abnormal.cpu().numpy(), abnormal, masks
 
 
@@ -189,14 +217,18 @@ def _prepared_folder(recorded: str, run_dir: Path, config_path: Path, where: str
     )
 
 
-def _image_size(prepared: Path) -> int:
+def _prepared_settings(prepared: Path) -> tuple[int, int]:
+    """(image size, min_kidney_pixels) of the run's prepared dataset: what training saw.
+    ``min_kidney_pixels`` is the manifest's (``DataConfig`` of the profile that prepared it);
+    a folder whose manifest does not record it was made with ``DataConfig``'s default."""
     manifest = read_json(prepared / "manifest.json") if (prepared / "manifest.json").is_file() else {}
+    min_kidney_pixels = int(manifest.get("min_kidney_pixels", DataConfig.min_kidney_pixels))
     if "image_size" in manifest:
-        return int(manifest["image_size"])
+        return int(manifest["image_size"]), min_kidney_pixels
     images = prepared / "images.npy"
     if not images.is_file():
         raise FileNotFoundError(f"{prepared} has neither manifest.json with image_size nor images.npy")
-    return int(np.load(images, mmap_mode="r").shape[-1])
+    return int(np.load(images, mmap_mode="r").shape[-1]), min_kidney_pixels
 
 
 def _mask_threshold(run_dir: Path, track: str, variant: str, override: float | None) -> tuple[float, str, EvalConfig]:
@@ -268,7 +300,7 @@ def load_label_model(
     if device.type == "cuda":
         classifier.to(memory_format=torch.channels_last)
         generator.to(memory_format=torch.channels_last)
-    image_size = _image_size(prepared)
+    image_size, min_kidney_pixels = _prepared_settings(prepared)
     settings = {
         "run_dir": str(run_dir.resolve()),
         "track": track,
@@ -284,6 +316,7 @@ def load_label_model(
         "threshold_source": source,
         "closing_radius": eval_config.closing_radius,
         "opening_radius": eval_config.opening_radius,
+        "min_kidney_pixels": min_kidney_pixels,
         "resample": "bilinear of the 0/1 mask, >= 0.5",
     }
     return LabelModel(
@@ -291,50 +324,11 @@ def load_label_model(
         p_low=settings["p_low"], p_high=settings["p_high"],
         classifier_threshold=classifier_threshold, mask_threshold=mask_threshold, threshold_source=source,
         closing_radius=eval_config.closing_radius, opening_radius=eval_config.opening_radius,
-        device=device, settings=settings,
+        device=device, settings=settings, min_kidney_pixels=min_kidney_pixels,
     )
 
 
-# --------------------------------------------------------------------------- files and ranks
-
-
-def _is_label_file(relative: Path) -> bool:
-    return relative.name in LABEL_FILE_NAMES or any(part in LABEL_FOLDERS for part in relative.parts[:-1])
-
-
-def find_volumes(source: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """CT volumes to label, sorted: ``source`` itself when it is a file, else every
-    ``*.nii.gz`` below it (recursively), less label files (module doc), masks this module
-    wrote (``*_coin_mask.nii.gz``) and files below ``exclude`` (the output folder) when that
-    lies inside ``source``. Raises naming ``source`` when it is missing or holds none."""
-    source = Path(source)
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise FileNotFoundError(f"input folder not found: {source}")
-    root = source.resolve()
-    skip = Path(exclude).resolve() if exclude is not None else None
-    skip_below = skip is not None and skip != root and skip.is_relative_to(root)  # out inside in
-    found = []
-    for path in sorted(source.rglob("*.nii.gz")):
-        relative = path.relative_to(source)
-        if not path.is_file() or _is_label_file(relative) or path.name.endswith(MASK_SUFFIX):
-            continue
-        if skip_below and path.resolve().is_relative_to(skip):
-            continue
-        found.append(path)
-    if not found:
-        raise ValueError(f"no CT volumes (*.nii.gz, label files excluded) found under {source}")
-    return found
-
-
-def output_paths(volume: Path, source_root: Path, out_dir: Path) -> tuple[Path, Path]:
-    """(mask, sidecar) of ``volume``: its path relative to ``source_root``, mirrored under
-    ``out_dir``, with ``.nii.gz`` replaced by :data:`MASK_SUFFIX` / :data:`SIDECAR_SUFFIX`."""
-    relative = volume.relative_to(source_root)
-    stem = relative.name[: -len(".nii.gz")] if relative.name.endswith(".nii.gz") else relative.stem
-    folder = out_dir / relative.parent
-    return folder / f"{stem}{MASK_SUFFIX}", folder / f"{stem}{SIDECAR_SUFFIX}"
+# --------------------------------------------------------------------------- ranks
 
 
 def shard(files: Sequence[T], rank: int, world_size: int) -> list[T]:
@@ -404,47 +398,79 @@ def to_native_mask(canonical: np.ndarray, affine: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- labelling
 
 
-def _read_volume(path: Path) -> tuple[nib.Nifti1Image, CanonicalVolume]:
-    image = _open_nifti(path)
-    return image, _canonical(_read_data(image, path), image.affine, path)
+def _slice_selection(kidney: np.ndarray | None, min_pixels: int, n_axial: int) -> np.ndarray:
+    """Canonical z of the slices to classify: all, or those with >= ``min_pixels`` kidney
+    pixels (Sec. 4.3, :func:`coinlib.prepare.kidney_slice_indices`)."""
+    if kidney is None:
+        return np.arange(n_axial)
+    return kidney_slice_indices(kidney, min_pixels)[0]
+
+
+def _near_kidney(kidney: np.ndarray, spacing: Sequence[float], margin_mm: float) -> np.ndarray:
+    """Voxels within ``margin_mm`` (Euclidean, mm) of a kidney voxel; kidney (X, Y, Z) bool."""
+    if not kidney.any():
+        return np.zeros(kidney.shape, dtype=bool)
+    return ndimage.distance_transform_edt(~kidney, sampling=tuple(spacing)) <= margin_mm
 
 
 def label_volume(
-    image: nib.Nifti1Image, volume: CanonicalVolume, model: LabelModel, batch_size: int = 32
+    image: nib.Nifti1Image,
+    volume: CanonicalVolume,
+    model: LabelModel,
+    batch_size: int = 32,
+    kidney: np.ndarray | None = None,
+    margin_mm: float | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The weak mask of one scan in the file's own voxel grid, and its numbers.
 
-    ``image``: the file's NIfTI image (affine, shape); ``volume``: its RAS+ canonical data.
-    Axial slices go through :meth:`LabelModel.label_slices` ``batch_size`` at a time.
-    Returns ``mask`` (``image.shape``) uint8 in {0, 1} and a dict with ``slices``,
-    ``abnormal_slices``, ``lesion_slices``, ``lesion_voxels``, ``lesion_ml`` and
-    ``abnormal_slice_indices`` (along the file's own axial axis, as a viewer numbers them).
+    ``image``: the scan's NIfTI image (affine, shape); ``volume``: its RAS+ canonical data.
+    ``kidney``: None (every axial slice is classified) or a bool kidney mask of
+    ``volume.data.shape`` (canonical): only slices with >= ``model.min_kidney_pixels`` kidney
+    pixels are classified (Sec. 4.3); with ``margin_mm`` the weak mask is cut to voxels
+    within that many mm of the kidney. Slices go through :meth:`LabelModel.label_slices`
+    ``batch_size`` at a time. Returns ``mask`` (``image.shape``) uint8 in {0, 1} and a dict
+    with ``slices``, ``classified_slices``, ``abnormal_slices``, ``lesion_slices``,
+    ``lesion_voxels``, ``lesion_ml``, ``abnormal_slice_indices``, ``classified_slice_indices``
+    and their ``p_abnormal`` (indices along the file's own axial axis, as a viewer numbers them).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if kidney is not None and kidney.shape != volume.data.shape:
+        raise ValueError(f"kidney mask shape {kidney.shape} differs from the volume's {volume.data.shape}")
+    if margin_mm is not None and kidney is None:
+        raise ValueError("a mask margin needs a kidney mask")
     width, height, n_axial = volume.data.shape  # canonical (X, Y, Z); slices are (Y, X)
+    classified = _slice_selection(kidney, model.min_kidney_pixels, n_axial)
     canonical = np.zeros(volume.data.shape, dtype=bool)
     abnormal_z: list[int] = []
-    for start in range(0, n_axial, batch_size):
-        z = np.arange(start, min(start + batch_size, n_axial))
+    p_abnormal: list[float] = []
+    for start in range(0, len(classified), batch_size):
+        z = classified[start:start + batch_size]
         x = resize_slices(normalise_hu(volume.radiological(z), model.p_low, model.p_high), model.image_size, "image")
-        _, abnormal, masks = model.label_slices(torch.from_numpy(x)[:, None])
+        p, abnormal, masks = model.label_slices(torch.from_numpy(x)[:, None])
         abnormal_z += z[abnormal].tolist()
+        p_abnormal += p.tolist()
         drawn = masks.any(axis=(1, 2))
         if drawn.any():
             native = _resize_masks(masks[drawn], height, width)
             canonical[:, :, z[abnormal][drawn]] = _radiological_to_canonical(native)
+    if margin_mm is not None and canonical.any():
+        canonical &= _near_kidney(kidney, volume.spacing, margin_mm)
     mask = to_native_mask(canonical, image.affine).astype(np.uint8)
     if mask.shape != tuple(image.shape):  # cannot happen for a 3D file; guard the geometry anyway
         raise RuntimeError(f"mask shape {mask.shape} differs from {volume.path} shape {tuple(image.shape)}")
     voxels = int(np.count_nonzero(mask))
+    order = sorted(range(len(classified)), key=lambda i: volume.original_slice_index(classified[i]))
     return mask, {
         "slices": int(n_axial),
+        "classified_slices": len(classified),
         "abnormal_slices": len(abnormal_z),
         "lesion_slices": int(np.count_nonzero(canonical.any(axis=(0, 1)))),
         "lesion_voxels": voxels,
         "lesion_ml": round(voxels * voxel_volume_ml(image.affine), 4),
         "abnormal_slice_indices": sorted(volume.original_slice_index(k) for k in abnormal_z),
+        "classified_slice_indices": [volume.original_slice_index(classified[i]) for i in order],
+        "p_abnormal": [round(p_abnormal[i], 5) for i in order],
     }
 
 
@@ -458,32 +484,41 @@ def _write_mask(path: Path, mask: np.ndarray, image: nib.Nifti1Image) -> None:
         nib.save(out, tmp)
 
 
+def output_paths(scan: Scan, out_dir: Path) -> tuple[Path, Path]:
+    """(mask, sidecar) of ``scan``: ``out_dir / <scan.name>`` + :data:`MASK_SUFFIX` /
+    :data:`SIDECAR_SUFFIX` (the name mirrors the input's sub-folders)."""
+    return out_dir / f"{scan.name}{MASK_SUFFIX}", out_dir / f"{scan.name}{SIDECAR_SUFFIX}"
+
+
 def _status(mask_path: Path, sidecar_path: Path, settings: dict[str, Any], force: bool) -> str:
     """'todo' or 'done' for one scan; raises when finishing it would overwrite without ``force``."""
     if force:
         return "todo"
-    if sidecar_path.is_file() and mask_path.is_file():
-        saved = read_json(sidecar_path).get("settings")
-        if saved == settings:
-            return "done"
-        changed = "; ".join(config_differences(saved, settings)[:4])
-        raise ValueError(f"{mask_path} was labelled with other settings ({changed}); "
-                         "pass --force to relabel, or choose another --out")
+    if sidecar_path.is_file():
+        saved = read_json(sidecar_path)
+        if saved.get("status") == "unreadable":
+            return "todo"  # our record of a failure: try again
+        if mask_path.is_file():
+            if saved.get("settings") == settings:
+                return "done"
+            changed = "; ".join(config_differences(saved.get("settings"), settings)[:4])
+            raise ValueError(f"{mask_path} was labelled with other settings ({changed}); "
+                             "pass --force to relabel, or choose another --out")
     if mask_path.exists():
         raise ValueError(f"{mask_path} exists without its sidecar {sidecar_path.name} (an interrupted "
                          "run, or not written by coin label); pass --force to overwrite it")
     return "todo"
 
 
-def _prefetched(paths: Sequence[Path], read) -> Iterator[tuple[Path, Future]]:
-    """``(path, future of read(path))`` in order, reading the next file while one is labelled
-    (NIfTI decompression releases the GIL)."""
+def _prefetched(items: Sequence[T], read) -> Iterator[tuple[T, Future]]:
+    """``(item, future of read(item))`` in order, reading the next scan while one is labelled
+    (NIfTI decompression and DICOM decoding release the GIL)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(read, paths[0])] if paths else []
-        for i, path in enumerate(paths):
-            if i + 1 < len(paths):
-                pending.append(pool.submit(read, paths[i + 1]))
-            yield path, pending.pop(0)
+        pending = [pool.submit(read, items[0])] if items else []
+        for i, item in enumerate(items):
+            if i + 1 < len(items):
+                pending.append(pool.submit(read, items[i + 1]))
+            yield item, pending.pop(0)
 
 
 @contextlib.contextmanager
@@ -504,26 +539,26 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_label_csv(volumes: Sequence[Path], source_root: Path, out_dir: Path) -> tuple[Path, int]:
-    """Rebuild ``out_dir/labels.csv`` from the sidecars of ``volumes``; returns (path, rows).
+def write_label_csv(scans: Sequence[Scan], out_dir: Path) -> tuple[Path, int]:
+    """Rebuild ``out_dir/labels.csv`` from the sidecars of ``scans``; returns (path, rows).
 
-    Scans without a sidecar yet are left out. Reading the sidecars and replacing the CSV
-    happen under one file lock (``labels.csv.lock``), so when several ranks finish at once the
-    last one to take the lock, which sees every sidecar written before, leaves the complete
-    CSV; the replacement itself is atomic.
+    Scans without a sidecar yet are left out; unreadable ones have a row with ``status``
+    ``unreadable`` and the ``error``. Reading the sidecars and replacing the CSV happen under
+    one file lock (``labels.csv.lock``), so when several ranks finish at once the last one
+    to take the lock, which sees every sidecar written before, leaves the complete CSV; the
+    replacement itself is atomic.
     """
     path = out_dir / CSV_NAME
     with _exclusive(path.with_name(CSV_NAME + ".lock")):
         rows = []
-        for volume in sorted(volumes):
-            _, sidecar = output_paths(volume, source_root, out_dir)
+        for scan in sorted(scans):
+            _, sidecar = output_paths(scan, out_dir)
             if sidecar.is_file():
                 record = read_json(sidecar)
-                rows.append({
-                    **record,
-                    "shape": "x".join(str(s) for s in record["shape"]),
-                    "spacing_mm": "x".join(f"{s:g}" for s in record["spacing_mm"]),
-                })
+                if "shape" in record:
+                    record["shape"] = "x".join(str(s) for s in record["shape"])
+                    record["spacing_mm"] = "x".join(f"{s:g}" for s in record["spacing_mm"])
+                rows.append(record)
         write_csv(path, rows, CSV_COLUMNS)
     return path, len(rows)
 
@@ -533,12 +568,42 @@ class LabelRun:
     """What one :func:`label_folder` call did (on this rank)."""
 
     csv: Path
-    labelled: list[Path]
-    skipped: list[Path]
+    labelled: list[Scan]
+    skipped: list[Scan]
+    failed: list[tuple[Scan, str]]  # unreadable scans and why (in the CSV too)
     rank: int
     world_size: int
-    total: int  # volumes found, all ranks together
+    total: int  # scans found, all ranks together
     csv_rows: int  # scans in the CSV when this rank wrote it (== total once every rank is done)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    image: nib.Nifti1Image
+    volume: CanonicalVolume
+    kidney: np.ndarray | None  # canonical, bool
+    selection: str  # what decided which slices were classified (the CSV's slice_selection)
+
+
+def _read_inputs(scan: Scan, organ_masks: Path | None, single: bool, min_pixels: int) -> _Inputs:
+    """The scan and (with ``organ_masks``) its kidney mask; raises :class:`UnreadableScan`."""
+    image, volume = read_scan(scan)
+    if organ_masks is None:
+        return _Inputs(image, volume, None, EVERY_SLICE)
+    location = find_organ_masks(organ_masks, scan, single)
+    native, what = read_kidney_mask(location, image, scan)
+    kidney = _canonical(native, image.affine, location).data
+    return _Inputs(image, volume, kidney, f"slices with >= {min_pixels} kidney pixels ({what})")
+
+
+def _check_options(organ_masks: Path | None, margin_mm: float | None) -> None:
+    if organ_masks is not None and not organ_masks.exists():
+        raise FileNotFoundError(f"--organ-masks {organ_masks} not found")
+    if margin_mm is not None:
+        if organ_masks is None:
+            raise ValueError("--mask-margin-mm needs --organ-masks (the kidneys the margin is measured from)")
+        if not (math.isfinite(margin_mm) and margin_mm >= 0):
+            raise ValueError(f"--mask-margin-mm must be a finite number >= 0, got {margin_mm}")
 
 
 def label_folder(
@@ -552,56 +617,73 @@ def label_folder(
     device: torch.device | str | None = None,
     force: bool = False,
     threshold: float | None = None,
+    organ_masks: str | os.PathLike | None = None,
+    mask_margin_mm: float | None = None,
     progress: bool = True,
 ) -> LabelRun:
-    """Weak masks for every CT volume under ``source`` (module doc; paper Sec. 3.1, 5).
+    """Weak masks for every CT scan under ``source`` (module doc; paper Sec. 3.1, 5).
 
     Writes a mask and a sidecar per scan and ``labels.csv`` under ``out_dir``; skips scans
-    already done with the same settings; labels this rank's :func:`shard` only. Every input
-    header is checked before anything is written, so a non-3D or unreadable file stops the run
-    at once with an error naming it; a file whose data turn out corrupt stops it when reached
-    (finished scans stay done).
+    already done with the same settings; labels this rank's :func:`shard` only.
+    ``organ_masks``: TotalSegmentator's output for the scans (restricts the classified
+    slices, Sec. 4.3); ``mask_margin_mm``: cut the weak mask to that margin around the
+    kidneys. An unreadable scan is recorded (sidecar, CSV, ``failed``) and the run goes on.
     """
     source, out_dir = Path(source), Path(out_dir)
-    volumes = find_volumes(source, exclude=out_dir)
-    source_root = source.parent if source.is_file() else source
+    organ_masks = Path(organ_masks) if organ_masks is not None else None
+    _check_options(organ_masks, mask_margin_mm)
+    scans = find_scans(source, exclude=out_dir)
     rank, world_size = distributed_rank()
     if device is None and world_size > 1 and torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
         device = f"cuda:{local_rank % torch.cuda.device_count()}"
     model = load_label_model(run_dir, track, variant, device, threshold)
-    mine = shard(volumes, rank, world_size)
-    for path in mine:
-        _open_nifti(path)  # header check: fail before labelling anything
+    settings = {**model.settings, "organ_masks": str(organ_masks.resolve()) if organ_masks else None,
+                "mask_margin_mm": mask_margin_mm}
+    mine = shard(scans, rank, world_size)
     todo, skipped = [], []
-    for path in mine:
-        mask_path, sidecar_path = output_paths(path, source_root, out_dir)
-        status = _status(mask_path, sidecar_path, model.settings, force)
-        (todo if status == "todo" else skipped).append(path)
+    for scan in mine:
+        status = _status(*output_paths(scan, out_dir), settings, force)
+        (todo if status == "todo" else skipped).append(scan)
 
-    labelled = []
+    labelled, failed = [], []
+    single = len(scans) == 1
+
+    def read(scan: Scan) -> _Inputs:
+        return _read_inputs(scan, organ_masks, single, model.min_kidney_pixels)
+
     bar = tqdm(total=len(todo), desc="coin label", unit="scan", disable=not progress)
-    for path, pending in _prefetched(todo, _read_volume):
-        image, volume = pending.result()
-        mask, numbers = label_volume(image, volume, model, batch_size)
-        mask_path, sidecar_path = output_paths(path, source_root, out_dir)
-        _write_mask(mask_path, mask, image)
+    for scan, pending in _prefetched(todo, read):
+        mask_path, sidecar_path = output_paths(scan, out_dir)
+        record = {"file": scan.display, "format": scan.kind, "series_uid": scan.series_uid}
+        try:
+            inputs = pending.result()
+        except UnreadableScan as err:
+            failed.append((scan, str(err)))
+            write_json(sidecar_path, {**record, "status": "unreadable", "error": str(err), "settings": settings})
+            bar.update(1)
+            continue
+        mask, numbers = label_volume(inputs.image, inputs.volume, model, batch_size, inputs.kidney, mask_margin_mm)
+        _write_mask(mask_path, mask, inputs.image)
         write_json(sidecar_path, {
-            "file": path.relative_to(source_root).as_posix(),
+            **record,
+            "status": "labelled",
             "mask": mask_path.relative_to(out_dir).as_posix(),
-            "shape": [int(s) for s in image.shape],
-            "spacing_mm": _spacing_mm(image.affine),
-            "axial_axis": volume.axial_axis,
+            "shape": [int(s) for s in inputs.image.shape],
+            "spacing_mm": _spacing_mm(inputs.image.affine),
+            "axial_axis": inputs.volume.axial_axis,
+            "slice_selection": inputs.selection,
+            "mask_margin_mm": mask_margin_mm,
             **numbers,
             "classifier_threshold": model.classifier_threshold,
             "mask_threshold": model.mask_threshold,
             "threshold_source": model.threshold_source,
-            "settings": model.settings,
+            "settings": settings,
         })
-        labelled.append(path)
+        labelled.append(scan)
         bar.update(1)
         bar.set_postfix(abnormal=numbers["abnormal_slices"], ml=numbers["lesion_ml"])
     bar.close()
-    csv_path, rows = write_label_csv(volumes, source_root, out_dir)
-    return LabelRun(csv=csv_path, labelled=labelled, skipped=skipped, rank=rank,
-                    world_size=world_size, total=len(volumes), csv_rows=rows)
+    csv_path, rows = write_label_csv(scans, out_dir)
+    return LabelRun(csv=csv_path, labelled=labelled, skipped=skipped, failed=failed, rank=rank,
+                    world_size=world_size, total=len(scans), csv_rows=rows)

@@ -26,11 +26,11 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from coinlib.classifier import build_classifier
 from coinlib.cli import main
-from coinlib.config import ClassifierConfig, get_profile, to_dict
+from coinlib.config import ClassifierConfig, DataConfig, get_profile, to_dict
 from coinlib.gan import build_gan
 from coinlib.label import (
     CSV_COLUMNS,
-    find_volumes,
+    _prepared_settings,
     label_folder,
     lesion_volume_ml,
     load_label_model,
@@ -43,10 +43,12 @@ from coinlib.masks import difference_map
 from coinlib.prepare import load_canonical, normalise_hu, resize_slices
 from coinlib.pipeline import RunPaths
 from coinlib.runtime import save_checkpoint
+from coinlib.volumes import find_scans, read_dicom_series
 
 AFFINE = np.array([[0.8, 0, 0, -16.0], [0, 0.9, 0, -20.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
 KITS_CODES = ("I", "P", "L")  # axial axis first, every axis flipped
 LPS_CODES = ("L", "P", "S")
+SAMPLE_SERIES = Path(__file__).resolve().parent.parent / "samples" / "real_ct" / "dicom_series"
 
 
 def ct_volume(shape=(40, 48, 10), seed=0) -> np.ndarray:
@@ -79,6 +81,16 @@ def scans(tmp_path_factory):
     nib.save(reoriented(image, KITS_CODES), root / "case_00000" / "imaging.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((10, 48, 40), np.uint8), np.eye(4)), root / "case_00000" / "segmentation.nii.gz")
     return root
+
+
+@pytest.fixture(scope="module")
+def dicom_copy(tmp_path_factory):
+    """The bundled DICOM series under file names that sort against the slice order."""
+    folder = tmp_path_factory.mktemp("dicom_in") / "series"
+    folder.mkdir()
+    for k, path in enumerate(sorted(SAMPLE_SERIES.glob("*.dcm"))):
+        shutil.copy(path, folder / f"slice_{(7 * k) % 20:02d}")  # no suffix: found by the DICM marker
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +136,17 @@ def labelled(run_dir, scans, tmp_path_factory):
     return out, done
 
 
+def paths(scans_found):
+    return [scan.path for scan in scans_found]
+
+
 def test_finds_flat_and_kits_files_but_not_label_files_or_outputs(scans, tmp_path):
-    found = [p.relative_to(scans).as_posix() for p in find_volumes(scans)]
-    assert found == ["case_00000/imaging.nii.gz", "lps.nii.gz", "ras.nii.gz"]
-    assert find_volumes(scans, exclude=scans / "case_00000") == [scans / "lps.nii.gz", scans / "ras.nii.gz"]
-    assert output_paths(scans / "case_00000" / "imaging.nii.gz", scans, tmp_path)[0] == \
-        tmp_path / "case_00000" / "imaging_coin_mask.nii.gz"
+    found = find_scans(scans)
+    assert [s.display for s in found] == ["case_00000/imaging.nii.gz", "lps.nii.gz", "ras.nii.gz"]
+    assert paths(find_scans(scans, exclude=scans / "case_00000")) == [scans / "lps.nii.gz", scans / "ras.nii.gz"]
+    assert output_paths(found[0], tmp_path)[0] == tmp_path / "case_00000" / "imaging_coin_mask.nii.gz"
     with pytest.raises(ValueError, match=str(tmp_path)):
-        find_volumes(tmp_path)
+        find_scans(tmp_path)
 
 
 def test_masks_follow_the_input_orientation(scans, labelled):
@@ -205,10 +220,10 @@ def test_second_run_skips_and_force_redoes(run_dir, scans, tmp_path):
     mask = tmp_path / "ras_coin_mask.nii.gz"
     stamp = mask.stat().st_mtime_ns
     again = label_folder(run_dir, scans / "ras.nii.gz", tmp_path, device="cpu", progress=False)
-    assert len(first.labelled) == 1 and not again.labelled and again.skipped == [scans / "ras.nii.gz"]
+    assert len(first.labelled) == 1 and not again.labelled and paths(again.skipped) == [scans / "ras.nii.gz"]
     assert mask.stat().st_mtime_ns == stamp
     forced = label_folder(run_dir, scans / "ras.nii.gz", tmp_path, device="cpu", force=True, progress=False)
-    assert forced.labelled == [scans / "ras.nii.gz"]
+    assert paths(forced.labelled) == [scans / "ras.nii.gz"]
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
 
 
@@ -232,31 +247,151 @@ def test_output_folder_may_be_the_input_folder(run_dir, scans, tmp_path):
     shutil.copy(scans / "ras.nii.gz", tmp_path / "ras.nii.gz")
     first = label_folder(run_dir, tmp_path, tmp_path, device="cpu", progress=False)
     again = label_folder(run_dir, tmp_path, tmp_path, device="cpu", progress=False)
-    assert first.labelled == again.skipped == [tmp_path / "ras.nii.gz"] and again.total == 1
+    assert paths(first.labelled) == paths(again.skipped) == [tmp_path / "ras.nii.gz"] and again.total == 1
 
 
-def test_bad_inputs_fail_naming_the_file(run_dir, scans, tmp_path):
-    bad = tmp_path / "in"
-    bad.mkdir()
-    (bad / "junk.nii.gz").write_bytes(b"this is not a NIfTI file")
-    with pytest.raises(ValueError, match="junk.nii.gz"):
-        label_folder(run_dir, bad, tmp_path / "out", device="cpu", progress=False)
-    assert not (tmp_path / "out" / "labels.csv").exists()
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), flat / "slice.nii.gz")
-    with pytest.raises(ValueError, match=r"slice.nii.gz is not a 3D volume"):
-        label_folder(run_dir, flat, tmp_path / "out", device="cpu", progress=False)
 
-    truncated = tmp_path / "truncated"
-    truncated.mkdir()
+@pytest.fixture(scope="module")
+def bad_and_good(scans, tmp_path_factory):
+    """Two good scans among a truncated file, junk, a 2-D file and a volume with a NaN voxel."""
+    source = tmp_path_factory.mktemp("bad_and_good")
+    shutil.copy(scans / "ras.nii.gz", source / "a_good.nii.gz")
     whole = (scans / "ras.nii.gz").read_bytes()
     assert gzip.decompress(whole)  # a valid file, cut short below: the header reads, the data do not
-    (truncated / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(ValueError, match="cut.nii.gz"):
-        label_folder(run_dir, truncated, tmp_path / "out", device="cpu", progress=False)
-    assert not (tmp_path / "out" / "cut_coin_mask.nii.gz").exists()
+    (source / "b_cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    (source / "c_junk.nii.gz").write_bytes(b"this is not a NIfTI file")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), source / "d_slice.nii.gz")
+    with_nan = ct_volume().astype(np.float32)
+    with_nan[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(with_nan, AFFINE), source / "e_nan.nii.gz")
+    shutil.copy(scans / "lps.nii.gz", source / "f_good.nii.gz")
+    return source
+
+
+def test_unreadable_scans_are_listed_and_the_good_ones_labelled(run_dir, bad_and_good, tmp_path):
+    # issue 16 item 7: a corrupt volume among good ones stops only itself
+    out = tmp_path / "out"
+    done = label_folder(run_dir, bad_and_good, out, device="cpu", progress=False)
+    assert paths(done.labelled) == [bad_and_good / "a_good.nii.gz", bad_and_good / "f_good.nii.gz"]
+    reasons = {scan.name: why for scan, why in done.failed}
+    assert sorted(reasons) == ["b_cut", "c_junk", "d_slice", "e_nan"]
+    for name, says in {"b_cut": "truncated or corrupt", "c_junk": "cannot read NIfTI", "d_slice": "not a 3D volume",
+                       "e_nan": "1 non-finite voxels"}.items():
+        assert f"{name}.nii.gz" in reasons[name] and says in reasons[name], reasons[name]
+    rows = {r["file"]: r for r in read_csv(done.csv)}
+    assert len(rows) == 6 == done.csv_rows == done.total
+    assert rows["a_good.nii.gz"]["status"] == "labelled" and rows["a_good.nii.gz"]["error"] == ""
+    assert rows["b_cut.nii.gz"]["status"] == "unreadable" and "b_cut.nii.gz" in rows["b_cut.nii.gz"]["error"]
+    assert not (out / "b_cut_coin_mask.nii.gz").exists() and (out / "f_good_coin_mask.nii.gz").is_file()
+    again = label_folder(run_dir, bad_and_good, out, device="cpu", progress=False)  # failures are retried
+    assert len(again.skipped) == 2 and len(again.failed) == 4 and not again.labelled
+
+
+def test_cli_lists_unreadable_scans_on_stderr_and_exits_non_zero(run_dir, bad_and_good, tmp_path, capsys):
+    assert main(["label", "--model", str(run_dir), "--in", str(bad_and_good), "--out", str(tmp_path),
+                 "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "labelled 2" in captured.out and "4 unreadable" in captured.out
+    for name in ("b_cut", "c_junk", "d_slice", "e_nan"):
+        assert f"{name}.nii.gz" in captured.err
+    assert (tmp_path / "a_good_coin_mask.nii.gz").is_file()
+
+
+def kidney_mask_on(image: nib.Nifti1Image, canonical_slices: dict[int, int]) -> np.ndarray:
+    """A hand-made kidney mask on ``image``'s grid (RAS here): ``{z: pixels}`` per axial slice,
+    a run of pixels along x at y = 20."""
+    kidney = np.zeros(image.shape, np.uint8)
+    for z, pixels in canonical_slices.items():
+        kidney[: pixels, 20, z] = 1
+    return kidney
+
+
+def test_organ_masks_restrict_the_classified_slices_and_the_mask(run_dir, scans, tmp_path):
+    everything = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "all", device="cpu", progress=False)
+    record = json.loads((tmp_path / "all" / "ras_coin_mask.json").read_text())
+    row = read_csv(everything.csv)[0]
+    assert row["classified_slices"] == row["slices"] == "10" and row["slice_selection"].startswith("every axial")
+    assert len(record["p_abnormal"]) == 10 and record["classified_slice_indices"] == list(range(10))
+
+    abnormal = record["abnormal_slice_indices"]
+    assert len(abnormal) == 5
+    chosen = abnormal[:2] + [k for k in range(10) if k not in abnormal][:2]  # two abnormal, two normal slices
+    image = nib.load(scans / "ras.nii.gz")
+    per_slice = {z: 32 for z in chosen} | {next(k for k in range(10) if k not in chosen): 31}  # 31 < 32: left out
+    masks = tmp_path / "ts"
+    masks.mkdir()
+    kidney = kidney_mask_on(image, per_slice)
+    left = kidney.copy()
+    left[:16] = 0  # the two files together make the kidney
+    nib.save(nib.Nifti1Image(left, AFFINE), masks / "kidney_left.nii.gz")
+    # the right kidney's file in LPS axis order: the same grid, stored otherwise; reoriented on reading
+    nib.save(reoriented(nib.Nifti1Image(kidney - left, AFFINE), LPS_CODES), masks / "kidney_right.nii.gz")
+
+    done = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "kidney", device="cpu", organ_masks=masks,
+                        progress=False)
+    row = read_csv(done.csv)[0]
+    record = json.loads((tmp_path / "kidney" / "ras_coin_mask.json").read_text())
+    assert row["classified_slices"] == "4" and row["slices"] == "10"
+    assert "32 kidney pixels" in row["slice_selection"] and "kidney_left.nii.gz" in row["slice_selection"]
+    assert record["classified_slice_indices"] == sorted(chosen)
+    assert record["abnormal_slice_indices"] == sorted(abnormal[:2])  # the same calls on the slices classified
+    unrestricted = read(tmp_path / "all" / "ras_coin_mask.nii.gz")
+    restricted = read(tmp_path / "kidney" / "ras_coin_mask.nii.gz")
+    assert np.array_equal(restricted[:, :, abnormal[:2]], unrestricted[:, :, abnormal[:2]])
+    assert not restricted[:, :, [k for k in range(10) if k not in chosen]].any()
+
+    margin = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "margin", device="cpu", organ_masks=masks,
+                          mask_margin_mm=2.0, progress=False)
+    near = read(tmp_path / "margin" / "ras_coin_mask.nii.gz")
+    assert margin.labelled and 0 < near.sum() < restricted.sum() and not (near & ~restricted).any()
+    # within 2 mm of the kidney run (y spacing 0.9 mm): rows 18..22 only
+    assert set(np.flatnonzero(near.any(axis=(0, 2)))) <= {18, 19, 20, 21, 22}
+    assert read_csv(margin.csv)[0]["mask_margin_mm"] == "2.0"
+
+
+def test_organ_masks_on_another_grid_or_missing_name_the_file(run_dir, scans, tmp_path):
+    masks = tmp_path / "ts"
+    masks.mkdir()
+    image = nib.load(scans / "ras.nii.gz")
+    kidney = kidney_mask_on(image, {4: 40})
+    nib.save(nib.Nifti1Image(kidney, AFFINE), masks / "kidney_left.nii.gz")
+    shifted = AFFINE.copy()
+    shifted[2, 3] += 7.5  # three slices further up: another scan's grid
+    nib.save(nib.Nifti1Image(kidney, shifted), masks / "kidney_right.nii.gz")
+    done = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "out", device="cpu", organ_masks=masks,
+                        progress=False)
+    ((_, why),) = done.failed
+    assert "kidney_right.nii.gz" in why and "not on the voxel grid" in why and not done.labelled
+    (masks / "kidney_right.nii.gz").unlink()
+    done = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "out", device="cpu", organ_masks=masks,
+                        progress=False)
+    assert "no kidney masks for ras.nii.gz" in done.failed[0][1]
+    with pytest.raises(ValueError, match="--mask-margin-mm needs --organ-masks"):
+        label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "out", device="cpu", mask_margin_mm=5.0)
+    with pytest.raises(FileNotFoundError, match="--organ-masks"):
+        label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "out", device="cpu", organ_masks=tmp_path / "none")
+
+
+def test_min_kidney_pixels_is_the_prepared_datasets(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"image_size": 48, "min_kidney_pixels": 200}))
+    assert _prepared_settings(tmp_path) == (48, 200)
+    (tmp_path / "manifest.json").write_text(json.dumps({"image_size": 48}))
+    assert _prepared_settings(tmp_path) == (48, DataConfig().min_kidney_pixels)
+
+
+def test_a_dicom_series_is_labelled_on_its_own_grid(run_dir, dicom_copy, tmp_path):
+    done = label_folder(run_dir, dicom_copy.parent, tmp_path, device="cpu", progress=False)
+    assert [s.display for s in done.labelled] == [f"{dicom_copy.name}/"] and not done.failed
+    volume = read_dicom_series(dicom_copy, "")
+    mask = nib.load(tmp_path / f"{dicom_copy.name}_coin_mask.nii.gz")
+    assert mask.shape == volume.shape == (512, 512, 20)
+    assert np.allclose(mask.affine, volume.affine) and mask.get_data_dtype() == np.uint8
+    row = read_csv(done.csv)[0]
+    assert row["format"] == "dicom" and row["shape"] == "512x512x20" and row["spacing_mm"] == "0.9766x0.9766x2"
 
 
 def test_missing_model_pieces_name_the_command(run_dir, scans, tmp_path):
@@ -287,12 +422,12 @@ def test_ranks_from_the_environment_label_their_shard(run_dir, scans, tmp_path, 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     done = label_folder(run_dir, scans, tmp_path, device="cpu", progress=False)
-    assert done.labelled == [scans / "lps.nii.gz"]  # sorted: imaging, lps, ras -> rank 1 takes lps
+    assert paths(done.labelled) == [scans / "lps.nii.gz"]  # sorted: imaging, lps, ras -> rank 1 takes lps
     assert done.csv_rows == 1 and done.total == 3
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     rest = label_folder(run_dir, scans, tmp_path, device="cpu", progress=False)
-    assert rest.skipped == [scans / "lps.nii.gz"] and len(rest.labelled) == 2
+    assert paths(rest.skipped) == [scans / "lps.nii.gz"] and len(rest.labelled) == 2
     assert rest.csv_rows == 3 == rest.total
 
 
@@ -312,8 +447,8 @@ def test_two_processes_share_the_work_and_the_last_leaves_the_whole_csv(run_dir,
         if rank1.poll() is None:
             rank1.kill()
     assert rank1.returncode == 0, err[-3000:]
-    assert rank0.labelled == [scans / "case_00000" / "imaging.nii.gz", scans / "ras.nii.gz"]
-    assert "labelled 1, skipped 0 already done (rank 1 of 2)" in out
+    assert paths(rank0.labelled) == [scans / "case_00000" / "imaging.nii.gz", scans / "ras.nii.gz"]
+    assert "labelled 1, skipped 0 already done, 0 unreadable (rank 1 of 2)" in out
     with open(tmp_path / "labels.csv", newline="") as handle:
         assert [r["file"] for r in csv.DictReader(handle)] == \
             ["case_00000/imaging.nii.gz", "lps.nii.gz", "ras.nii.gz"]

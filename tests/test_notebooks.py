@@ -1,6 +1,6 @@
 """Every numbered notebook on the smoke profile, through the same runner as `make reproduce`.
 
-The run folder is shared by the tests of this module (one papermill pass of 00-09), and a
+The run folder is shared by the tests of this module (one papermill pass of all notebooks), and a
 second, fresh folder checks that a later notebook runs on its own from a fresh kernel.
 """
 
@@ -127,3 +127,21 @@ def test_10_draws_figures_2_and_4_to_6(smoke_run):
         assert (smoke_run / "figures" / f"{figure}.pdf").is_file(), figure
     summary = (smoke_run / "results" / "summary.md").read_text()
     assert "**Table 1.**" in summary and "**Table 3.**" in summary
+
+
+def test_11_labels_the_bundled_real_scans_and_measures_the_gap(smoke_run):
+    assert (smoke_run / "notebooks" / "11_your_own_scans.ipynb").is_file()
+    with (smoke_run / "real_ct" / "every_slice" / "labels.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert row["file"] == "abdomen_pelvis_3mm.nii.gz" and row["status"] == "labelled"
+    assert row["classified_slices"] == row["slices"] == "112"
+    with (smoke_run / "real_ct" / "subject_kidney_slices" / "labels.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert row["classified_slices"] == "21" and "kidney" in row["slice_selection"]
+    assert (smoke_run / "real_ct" / "dicom" / "dicom_series_coin_mask.nii.gz").is_file()
+    gap = json.loads((smoke_run / "results" / "real_ct_synthetic.json").read_text())
+    assert gap["real"]["kidney_slices"] == 21 and gap["real"]["anomaly_slices"] > 0
+    assert 0.0 <= gap["real"]["auc"] <= 1.0 and 0.0 <= gap["real"]["iou"]["iou"] <= 1.0
+    assert {"auc", "iou", "false_positive_rate"} <= set(gap["phantom"])
+    for figure in ("real_ct_p_abnormal", "real_ct_synthetic_anomalies"):
+        assert (smoke_run / "figures" / f"{figure}.png").stat().st_size > 10_000, figure

@@ -1,0 +1,457 @@
+"""The scans ``coin label`` reads: NIfTI files, DICOM series, and TotalSegmentator kidney masks.
+
+Finding scans (:func:`find_scans`): under an input folder, every ``*.nii.gz`` (less label
+files: ``segmentation.nii.gz``, anything below ``segmentations/`` or ``instances/``, and
+the masks ``coin label`` writes) and every DICOM series. A folder holds DICOM when it has
+files ending ``.dcm``/``.ima``/``.dicom`` or carrying the DICOM Part 10 marker (``DICM`` at
+byte 128); GDCM's series discovery (SimpleITK's ``ImageSeriesReader.GetGDCMSeriesIDs``)
+then splits its files by SeriesInstanceUID. One series in a folder is named after the folder;
+several are named ``<folder>/<SeriesInstanceUID>`` (``<folder>/no_series_uid`` for one whose
+files leave it empty). Outputs are named after :attr:`Scan.name`.
+
+Reading a DICOM series (:func:`read_dicom_series`): GDCM orders the files by position along
+the slice normal and SimpleITK's ``ImageSeriesReader`` builds the volume, applying each
+file's RescaleSlope/RescaleIntercept (HU out). Geometry comes from the DICOM
+(ImagePositionPatient, ImageOrientationPatient, PixelSpacing): the volume becomes a NIfTI
+image with the same voxel grid, ITK's LPS+ coordinates flipped to NIfTI's RAS+, so a mask
+written with its affine lies on the series' grid in any viewer. Checked before labelling,
+each with an error naming the file or folder: a DICOM-looking file GDCM cannot parse
+(corrupt, truncated), slices of different orientations, two slices at one position (two
+series in one folder with nothing to tell them apart), uneven slice spacing (a missing
+slice), a modality other than CT, a series of one file.
+
+Every read volume must be 3D and finite (NaN or infinite voxels are an error naming the
+file, never labelled). Reading errors are raised as :class:`UnreadableScan`, so a caller
+can list the scan and go on with the others.
+
+Kidney masks (:func:`find_organ_masks`, :func:`read_kidney_mask`): TotalSegmentator's output
+for the scan, either a folder with ``kidney_left.nii.gz`` and ``kidney_right.nii.gz`` (its
+default output, and the TotalSegmentator dataset's ``segmentations/``) or its multilabel
+file (``--ml``), whose label table (a NIfTI header extension) names the kidney labels; a
+multilabel file without a table is read with TotalSegmentator's ``total`` class map (2
+kidney_right, 3 kidney_left, the same in v1 and v2). A mask must lie on the scan's voxel
+grid: the same voxels in the same place, possibly stored in another axis order (it is
+reoriented); anything else is an error naming the mask file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from xml.etree import ElementTree
+
+import nibabel as nib
+import numpy as np
+
+from .prepare import (
+    CanonicalVolume,
+    _canonical,
+    _check_same_grid,
+    _open_nifti,
+    _read_data,
+)
+
+__all__ = [
+    "NIFTI_SUFFIX",
+    "MASK_SUFFIX",
+    "DICOM_SUFFIXES",
+    "KIDNEY_FILES",
+    "TOTAL_KIDNEY_LABELS",
+    "UnreadableScan",
+    "Scan",
+    "find_scans",
+    "looks_like_dicom",
+    "read_scan",
+    "read_dicom_series",
+    "sitk_to_nifti",
+    "find_organ_masks",
+    "read_kidney_mask",
+]
+
+NIFTI_SUFFIX = ".nii.gz"
+MASK_SUFFIX = "_coin_mask.nii.gz"  # what coin label writes: never an input
+DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+DICOM_IGNORED = frozenset({"DICOMDIR"})  # a media directory, not an image
+LABEL_FILE_NAMES = frozenset({"segmentation.nii.gz"})  # KiTS23 labels
+LABEL_FOLDERS = frozenset({"segmentations", "instances"})  # TotalSegmentator, KiTS23 annotations
+KIDNEY_FILES = ("kidney_left.nii.gz", "kidney_right.nii.gz")
+TOTAL_KIDNEY_LABELS = {2: "kidney_right", 3: "kidney_left"}  # TotalSegmentator "total" task, v1 and v2
+SLICE_SPACING_TOLERANCE = 0.01  # relative: gaps may differ by 1 % (rounded positions), not more
+_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "modality": "0008|0060"}
+
+
+class UnreadableScan(ValueError):
+    """A scan (or its organ masks) cannot be read; the message names the file."""
+
+
+@dataclass(frozen=True, order=True)
+class Scan:
+    """One volume to label.
+
+    ``name``: its path relative to the input root without extension (POSIX), e.g.
+    ``case_00000/imaging`` or ``dicom/series_a``; outputs are ``<name>_coin_mask.nii.gz``.
+    ``path``: the ``.nii.gz`` file, or the DICOM folder. ``series_uid``: the DICOM series
+    (``""`` where the files leave SeriesInstanceUID empty; ``None`` for NIfTI, and for a
+    DICOM folder in which GDCM found no readable series).
+    """
+
+    name: str
+    path: Path
+    kind: Literal["nifti", "dicom"]
+    series_uid: str | None = None
+
+    @property
+    def display(self) -> str:
+        """How the CSV names the input: the NIfTI file, or the DICOM folder (``/`` at the end)."""
+        return f"{self.name}{NIFTI_SUFFIX}" if self.kind == "nifti" else f"{self.name}/"
+
+
+# --------------------------------------------------------------------------- finding scans
+
+
+def _simpleitk():
+    try:
+        import SimpleITK
+    except ImportError as err:  # a dependency (pyproject.toml); say so instead of a traceback
+        raise ImportError("reading DICOM needs SimpleITK: pip install SimpleITK") from err
+    return SimpleITK
+
+
+@contextlib.contextmanager
+def _quiet_itk() -> Iterator[Any]:
+    """SimpleITK with ITK's warnings (printed to stderr) off: the checks here report instead."""
+    sitk = _simpleitk()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield sitk
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A DICOM suffix, or the Part 10 marker ``DICM`` at byte 128 (files without a suffix)."""
+    if path.name in DICOM_IGNORED or not path.is_file():
+        return False
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if looks_like_dicom(p))
+
+
+def _series_ids(folder: Path) -> tuple[str, ...]:
+    with _quiet_itk() as sitk:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def _series_files(folder: Path, series_uid: str) -> list[Path]:
+    """The files of one series, in GDCM's order (by position along the slice normal)."""
+    with _quiet_itk() as sitk:
+        return [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)]
+
+
+def _dicom_scans(folder: Path, name: str) -> list[Scan]:
+    ids = _series_ids(folder)
+    if len(ids) <= 1:  # none readable: reading says which files fail
+        return [Scan(name, folder, "dicom", ids[0] if ids else None)]
+    return [Scan(f"{name}/{uid or 'no_series_uid'}", folder, "dicom", uid) for uid in ids]
+
+
+def find_scans(source: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Scan]:
+    """The scans to label under ``source``, sorted by name (module doc).
+
+    ``source``: a ``.nii.gz`` file, a DICOM folder, or a folder searched recursively.
+    Files below ``exclude`` (the output folder) are left out when it lies inside ``source``.
+    Raises ``FileNotFoundError``/``ValueError`` naming ``source`` when it is missing, holds no
+    scan, or two scans would get one name.
+    """
+    source = Path(source)
+    if source.is_file():
+        if not source.name.endswith(NIFTI_SUFFIX):
+            raise ValueError(f"{source} is not a {NIFTI_SUFFIX} file; give a NIfTI file, a DICOM "
+                             "folder, or a folder holding either")
+        return [Scan(source.name[: -len(NIFTI_SUFFIX)], source, "nifti")]
+    if not source.is_dir():
+        raise FileNotFoundError(f"input not found: {source}")
+    root = source.resolve()
+    skip = Path(exclude).resolve() if exclude is not None else None
+    skip_below = skip is not None and skip != root and skip.is_relative_to(root)  # out inside in
+    found: list[Scan] = []
+    for folder, subfolders, files in os.walk(source):
+        folder = Path(folder)
+        relative = folder.relative_to(source)
+        if skip_below and folder.resolve().is_relative_to(skip):
+            subfolders[:] = []
+            continue
+        subfolders[:] = sorted(s for s in subfolders if s not in LABEL_FOLDERS)
+        for file in sorted(files):
+            is_label = file in LABEL_FILE_NAMES or file.endswith(MASK_SUFFIX)
+            if file.endswith(NIFTI_SUFFIX) and not is_label and (folder / file).is_file():
+                found.append(Scan((relative / file[: -len(NIFTI_SUFFIX)]).as_posix(), folder / file, "nifti"))
+        if any(looks_like_dicom(folder / f) for f in files):
+            found += _dicom_scans(folder, source.name if relative == Path(".") else relative.as_posix())
+    if not found:
+        raise ValueError(f"no CT scans (*{NIFTI_SUFFIX} files or DICOM series; label files excluded) "
+                         f"found under {source}")
+    names: dict[str, Scan] = {}
+    for scan in found:
+        if scan.name in names:
+            raise ValueError(f"two scans would share the output name {scan.name!r}: {names[scan.name].path} "
+                             f"and {scan.path}; move one of them")
+        names[scan.name] = scan
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- reading volumes
+
+
+def _finite(data: np.ndarray, where: Path | str) -> np.ndarray:
+    if data.dtype.kind in "fc":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise UnreadableScan(f"{where} holds {bad} non-finite voxels (NaN or infinite) of {data.size}; "
+                                 "fix or fill them before labelling")
+    return data
+
+
+def read_scan(scan: Scan) -> tuple[nib.Nifti1Image, CanonicalVolume]:
+    """``(image, volume)``: the scan as a NIfTI image (its own voxel grid; for DICOM the
+    series' grid, data in HU) and its RAS+ canonical data (``coinlib.prepare``'s reader).
+    Raises :class:`UnreadableScan` naming the file for anything that stops labelling."""
+    try:
+        if scan.kind == "dicom":
+            image = read_dicom_series(scan.path, scan.series_uid)
+            data = _finite(np.asanyarray(image.dataobj), scan.path)  # float when a RescaleSlope is fractional
+        else:
+            image = _open_nifti(scan.path)
+            data = _finite(_read_data(image, scan.path), scan.path)
+        return image, _canonical(data, image.affine, scan.path)
+    except UnreadableScan:
+        raise
+    except (ValueError, OSError, RuntimeError, nib.orientations.OrientationError) as err:
+        raise UnreadableScan(str(err) if str(scan.path) in str(err) else f"{scan.path}: {err}") from err
+
+
+def sitk_to_nifti(image: Any) -> nib.Nifti1Image:
+    """A 3D SimpleITK image as a NIfTI image on the same voxel grid.
+
+    Array axes (i, j, k) = ITK's (x, y, z) index order; affine = diag(-1, -1, 1) (LPS+ to
+    RAS+) @ [direction @ diag(spacing) | origin]. qform and sform codes 1 (scanner).
+    """
+    sitk = _simpleitk()
+    if image.GetDimension() != 3:
+        raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
+    data = np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)))
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)
+    lps[:3, 3] = image.GetOrigin()
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    nifti = nib.Nifti1Image(data, affine)
+    nifti.set_qform(affine, code=1)
+    nifti.set_sform(affine, code=1)
+    return nifti
+
+
+def _floats(text: str, count: int, tag: str, path: Path) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in text.split("\\")], dtype=np.float64)
+    except ValueError:
+        values = np.zeros(0)
+    if values.size != count:
+        raise UnreadableScan(f"{path}: DICOM tag {tag} is {text!r}, expected {count} numbers")
+    return values
+
+
+def _check_slices(files: list[Path], reader: Any, folder: Path, series_uid: str) -> None:
+    """The series is one stack of parallel, evenly spaced, distinct slices of CT (module doc)."""
+    if len(files) < 2:
+        raise UnreadableScan(f"{folder}: the series has {len(files)} file (one slice, or a multi-frame "
+                             "file); coin label needs a series of at least 2 single-frame slices")
+
+    def tag(k: int, key: str) -> str:
+        return reader.GetMetaData(k, key) if reader.HasMetaDataKey(k, key) else ""
+
+    modality = tag(0, _TAGS["modality"]).strip()
+    if modality and modality != "CT":
+        raise UnreadableScan(f"{folder}: modality {modality} ({files[0].name}); coin label's models read CT")
+    missing = [f.name for k, f in enumerate(files) if not tag(k, _TAGS["position"]) or not tag(k, _TAGS["orientation"])]
+    if missing:
+        raise UnreadableScan(f"{folder / missing[0]}: no ImagePositionPatient/ImageOrientationPatient; "
+                             "the slices cannot be placed")
+    orientation = [_floats(tag(k, _TAGS["orientation"]), 6, "ImageOrientationPatient", f) for k, f in enumerate(files)]
+    for k in range(1, len(files)):
+        if not np.allclose(orientation[k], orientation[0], atol=1e-4):
+            raise UnreadableScan(f"{folder}: slices of different orientations ({files[0].name} vs "
+                                 f"{files[k].name}): two series mixed in one folder?")
+    normal = np.cross(orientation[0][:3], orientation[0][3:])
+    along = np.array([_floats(tag(k, _TAGS["position"]), 3, "ImagePositionPatient", f) @ normal
+                      for k, f in enumerate(files)])
+    positions, counts = np.unique(np.round(along, 3), return_counts=True)
+    if len(positions) < len(files):  # GDCM cannot order such a folder either: say why
+        shared = positions[counts > 1][0]
+        a, b = [files[k].name for k in np.flatnonzero(np.round(along, 3) == shared)[:2]]
+        raise UnreadableScan(
+            f"{folder}: {len(files) - len(positions)} files lie at the slice position of another (e.g. {a} and "
+            f"{b}): two series mixed in one folder with nothing to tell them apart (SeriesInstanceUID "
+            f"{series_uid!r} for all); put each series in a folder of its own")
+    gaps = np.diff(along)
+    spread = np.abs(gaps - np.median(gaps))
+    if spread.max() > SLICE_SPACING_TOLERANCE * abs(np.median(gaps)):
+        k = int(spread.argmax())
+        raise UnreadableScan(
+            f"{folder}: slices unevenly spaced ({abs(gaps[k]):.3g} mm between {files[k].name} and "
+            f"{files[k + 1].name}, {abs(np.median(gaps)):.3g} mm elsewhere): a slice missing?")
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None) -> nib.Nifti1Image:
+    """One DICOM series as a NIfTI image on the series' voxel grid, HU (module doc).
+
+    ``series_uid``: a SeriesInstanceUID as GDCM reports it (``""`` when empty in the files);
+    ``None`` means GDCM found no series in ``folder`` (an error naming its files).
+    """
+    folder = Path(folder)
+    candidates = _dicom_files(folder)
+    if series_uid is None:
+        raise UnreadableScan(f"no readable DICOM series in {folder}: GDCM cannot parse "
+                             f"{candidates[0] if candidates else 'any file'}"
+                             f"{f' nor {len(candidates) - 1} other file(s)' if len(candidates) > 1 else ''}")
+    in_a_series = {f.resolve() for uid in _series_ids(folder) for f in _series_files(folder, uid)}
+    unreadable = [f for f in candidates if f.resolve() not in in_a_series]
+    if unreadable:
+        raise UnreadableScan(f"{unreadable[0]} is not a readable DICOM image (corrupt or truncated?); "
+                             f"it lies among the series in {folder}" +
+                             (f" ({len(unreadable) - 1} more such file(s))" if len(unreadable) > 1 else ""))
+    files = _series_files(folder, series_uid)
+    with _quiet_itk() as sitk:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(f) for f in files])
+        reader.MetaDataDictionaryArrayUpdateOn()
+        try:
+            image = reader.Execute()
+        except RuntimeError as err:
+            raise UnreadableScan(f"{_first_unreadable(files) or folder}: cannot read the DICOM series: "
+                                 f"{str(err).strip().splitlines()[-1]}") from err
+        _check_slices(files, reader, folder, series_uid)
+        return sitk_to_nifti(image)
+
+
+def _first_unreadable(files: list[Path]) -> Path | None:
+    """The first file SimpleITK cannot read on its own (to name it in an error)."""
+    with _quiet_itk() as sitk:
+        for path in files:
+            try:
+                sitk.ReadImage(str(path))
+            except RuntimeError:
+                return path
+    return None
+
+
+# --------------------------------------------------------------------------- organ masks
+
+
+def _has_kidney_files(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in KIDNEY_FILES)
+
+
+def find_organ_masks(organ_dir: str | os.PathLike, scan: Scan, single: bool) -> Path:
+    """Where TotalSegmentator's kidney masks for ``scan`` are: a folder holding
+    ``kidney_left/right.nii.gz``, or a multilabel ``.nii.gz`` file.
+
+    Looked for, in order: ``organ_dir`` itself when one scan is labelled (``single``);
+    ``organ_dir/<name>/`` (one TotalSegmentator output folder per scan, mirroring the input);
+    ``organ_dir/<folder>/segmentations/`` for a scan ``<folder>/ct.nii.gz`` (the
+    TotalSegmentator dataset layout), or the ``segmentations/`` beside that scan when it lies
+    inside ``organ_dir``; ``organ_dir/<name>.nii.gz`` (a multilabel file; never the scan itself). Raises :class:`UnreadableScan` listing the places looked in.
+    """
+    organ_dir = Path(organ_dir)
+    name = Path(scan.name)
+    folders = [organ_dir] if single else []
+    folders.append(organ_dir / name)
+    if scan.kind == "nifti" and name.name == "ct":
+        folders.append(organ_dir / name.parent / "segmentations")
+        beside = scan.path.parent / "segmentations"  # the dataset itself, or a folder holding it, given as DIR
+        if beside.resolve().is_relative_to(organ_dir.resolve()) and beside not in folders:
+            folders.append(beside)
+    for folder in folders:
+        if folder.is_dir() and _has_kidney_files(folder):
+            return folder
+    files = [organ_dir] if single else []
+    files.append(organ_dir / f"{name}{NIFTI_SUFFIX}")
+    files = [f for f in files if f.resolve() != scan.path.resolve()]  # the scan is not its own mask
+    for file in files:
+        if file.is_file() and file.name.endswith(NIFTI_SUFFIX):
+            return file
+    looked = [str(f) for f in folders] + [str(f) for f in files]
+    multilabel = f" and for a multilabel file {', '.join(looked[len(folders):])}" if files else ""
+    raise UnreadableScan(f"no kidney masks for {scan.display} under {organ_dir}: looked for "
+                         f"{' + '.join(KIDNEY_FILES)} in {', '.join(looked[:len(folders)])}{multilabel}")
+
+
+def _label_table(image: nib.Nifti1Image) -> dict[int, str]:
+    """TotalSegmentator's label table (``<Label Key="2">...kidney_right...</Label>`` in a
+    header extension), or {} when the file has none."""
+    for extension in image.header.extensions:
+        content = extension.get_content()
+        if isinstance(content, bytes) and b"<Label" in content:
+            try:
+                root = ElementTree.fromstring(content.decode("utf-8", "replace").strip())
+            except ElementTree.ParseError:
+                continue
+            return {int(label.get("Key")): (label.text or "").strip() for label in root.iter("Label")
+                    if label.get("Key", "").lstrip("-").isdigit()}
+    return {}
+
+
+def _mask_on_grid(path: Path, image: nib.Nifti1Image, scan: Scan) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The mask file's header and data, reoriented to ``image``'s axis order; raises naming
+    ``path`` when it is not on the scan's voxel grid."""
+    mask = _open_nifti(path)
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(mask.affine),
+                                                nib.orientations.io_orientation(image.affine))
+    mask = mask.as_reoriented(transform)  # the same image when the axis orders already agree
+    try:
+        _check_same_grid(image, scan.path, mask, path)
+    except ValueError as err:
+        raise UnreadableScan(f"organ mask {path} is not on the voxel grid of the scan {scan.path} "
+                             f"(TotalSegmentator's output for another scan, or resampled?): {err}") from err
+    return mask, _read_data(mask, path)
+
+
+def read_kidney_mask(location: str | os.PathLike, image: nib.Nifti1Image, scan: Scan) -> tuple[np.ndarray, str]:
+    """``(kidney, what)``: the kidney mask (bool, ``image``'s voxel grid and axis order) from a
+    :func:`find_organ_masks` location, and a line saying what was read. Raises
+    :class:`UnreadableScan` naming the file."""
+    location = Path(location)
+    try:
+        if location.is_dir():
+            kidney = np.zeros(image.shape, dtype=bool)
+            for name in KIDNEY_FILES:
+                _, data = _mask_on_grid(location / name, image, scan)
+                kidney |= _finite(data, location / name) > 0
+            return kidney, f"{' + '.join(KIDNEY_FILES)} in {location}"
+        mask, data = _mask_on_grid(location, image, scan)
+        table = _label_table(mask)
+        labels = [k for k, v in table.items() if v in TOTAL_KIDNEY_LABELS.values()] if table else list(TOTAL_KIDNEY_LABELS)
+        if not labels:
+            raise UnreadableScan(f"{location}: its label table names no kidney_left/kidney_right "
+                                 f"(labels {sorted(table)[:8]}...)")
+        source = "its label table" if table else "TotalSegmentator's total class map (no label table in the file)"
+        values = np.rint(_finite(data, location)).astype(np.int64) if data.dtype.kind == "f" else data
+        return np.isin(values, labels), f"labels {sorted(labels)} of {location} ({source})"
+    except UnreadableScan:
+        raise
+    except (ValueError, OSError, nib.orientations.OrientationError) as err:
+        raise UnreadableScan(str(err)) from err
