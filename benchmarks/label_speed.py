@@ -77,6 +77,7 @@ def measure(profile_name: str, *, batch_size: int, saliency_batch: int, rise_mas
         classifier=classifier, generator=generator, image_size=size, p_low=-1000.0, p_high=1000.0,
         classifier_threshold=0.0, mask_threshold=eval_config.threshold, threshold_source="benchmark",
         closing_radius=eval_config.closing_radius, opening_radius=eval_config.opening_radius,
+        morphology=eval_config.morphology,
         device=device, settings={},
     )
 

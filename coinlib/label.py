@@ -156,6 +156,7 @@ class LabelModel:
     device: torch.device
     settings: dict[str, Any] = field(repr=False)
     min_kidney_pixels: int = DataConfig.min_kidney_pixels  # Sec. 4.3: the training data's slice rule
+    morphology: str = "paper"  # EvalConfig.morphology: the post-processing order of the evaluation
 
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -180,7 +181,8 @@ class LabelModel:
         with autocast(self.device):
             x_cf = self.generator(x, inpaint).float()
         diff_map = difference_map(x.float(), x_cf)[:, 0].cpu().numpy()
-        return weak_mask(diff_map, self.mask_threshold, True, self.closing_radius, self.opening_radius)
+        return weak_mask(diff_map, self.mask_threshold, True, self.closing_radius, self.opening_radius,
+                         self.morphology)
 
     def label_slices(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Weak masks of a batch of slices.
@@ -241,7 +243,7 @@ def _mask_threshold(run_dir: Path, track: str, variant: str, override: float | N
     if results.is_file():
         scored = read_json(results)
         radii = {k: v for k, v in scored.get("config", {}).get("eval", {}).items()
-                 if k in ("closing_radius", "opening_radius")}
+                 if k in ("closing_radius", "opening_radius", "morphology")}
         eval_config = replace(eval_config, **radii)  # the post-processing the threshold was chosen with
         if scored.get("metrics", {}).get("threshold_from_val") is not None:
             chosen = float(scored["metrics"]["threshold_from_val"])
@@ -316,6 +318,7 @@ def load_label_model(
         "threshold_source": source,
         "closing_radius": eval_config.closing_radius,
         "opening_radius": eval_config.opening_radius,
+        "morphology": eval_config.morphology,
         "min_kidney_pixels": min_kidney_pixels,
         "resample": "bilinear of the 0/1 mask, >= 0.5",
     }
@@ -324,6 +327,7 @@ def load_label_model(
         p_low=settings["p_low"], p_high=settings["p_high"],
         classifier_threshold=classifier_threshold, mask_threshold=mask_threshold, threshold_source=source,
         closing_radius=eval_config.closing_radius, opening_radius=eval_config.opening_radius,
+        morphology=eval_config.morphology,
         device=device, settings=settings, min_kidney_pixels=min_kidney_pixels,
     )
 
