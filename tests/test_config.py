@@ -59,3 +59,11 @@ def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         GANConfig().skips = 3  # type: ignore[misc]
     assert AnomalyConfig().scale_range == (0.75, 1.0)
+
+
+def test_lesson_profile_is_quick_on_the_synthetic_track_with_fewer_scans():
+    lesson, quick = PROFILES["lesson"], PROFILES["quick"]
+    assert lesson.phantom.subjects < quick.phantom.subjects
+    assert lesson.data == quick.data and lesson.gan == quick.gan and lesson.anomaly == quick.anomaly
+    assert lesson.train.steps <= quick.train.steps and lesson.classifier == quick.classifier
+    assert (lesson.train.lambda_f, lesson.train.lambda_tv) == (quick.train.lambda_f, quick.train.lambda_tv)
