@@ -5,6 +5,10 @@
 # pyproject.toml changes). PROFILE=smoke|quick|paper picks the profile (quick: CPU default);
 # DATA / TUMOUR_DATA point the two tracks at real TotalSegmentator / KiTS23 folders, and
 # NOTEBOOKS=05,06 runs only those notebooks (each reuses what the run folder already holds).
+# For a class (README, "Teaching with it"):
+#   make lesson      # before class: synthetic-track data, classifier f and COIN (lesson profile),
+#                    # then the from-scratch notebook once, in runs/lesson
+#   make lab         # register the project's kernel ("coin") and open JupyterLab in notebooks/
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +19,10 @@ TUMOUR_DATA ?= phantom
 NOTEBOOKS ?=
 STAMP := $(VENV)/.coin-installed
 
-.PHONY: setup reproduce test clean-runs
+LAB_ARGS ?=
+KERNEL ?= coin
+
+.PHONY: setup reproduce test lesson lab clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +37,17 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
+
+lesson: $(STAMP)
+	$(VENV)/bin/coin train --profile lesson --run-dir runs/lesson --data $(DATA)
+	$(VENV)/bin/coin evaluate --profile lesson --run-dir runs/lesson --data $(DATA)
+	$(VENV)/bin/coin reproduce --profile lesson --run-dir runs/lesson --data $(DATA) --notebooks 02_coin_from_scratch
+
+# --user: the kernel spec goes to ~/.local/share/jupyter/kernels/$(KERNEL) (no root needed), so
+# VS Code or another JupyterLab finds it too; it starts this checkout's .venv/bin/python.
+lab: $(STAMP)
+	$(VENV)/bin/python -m ipykernel install --user --name $(KERNEL) --display-name "COIN companion (.venv)"
+	cd notebooks && $(abspath $(VENV))/bin/jupyter lab $(LAB_ARGS)
 
 clean-runs:
 	rm -rf runs

@@ -6,7 +6,7 @@
     coin train --profile quick --run-dir runs/quick [--variant coin] [--set train.batch_size=8]
     coin evaluate --profile quick --run-dir runs/quick [--variant coin]
     coin reproduce --profile quick --run-dir runs/quick
-    coin report --run-dir runs/quick          # README results section + figures/
+    coin report --run-dir runs/quick          # README results, figures/, tables/, docs/notebooks/
     coin label --model runs/quick --in scans/ --out masks/ [--organ-masks seg/]   # weak masks for CT (NIfTI, DICOM)
 """
 
@@ -21,7 +21,7 @@ __all__ = ["main", "build_parser", "parse_overrides"]
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -> None:
-    parser.add_argument("--profile", default="quick", help="smoke | quick | paper (default: quick)")
+    parser.add_argument("--profile", default="quick", help="smoke | quick | lesson | paper (default: quick)")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<profile>)")
     parser.add_argument("--track", default="synthetic", choices=["synthetic", "tumour"],
                         help="synthetic anomalies (TotalSegmentator layout) or real tumours (KiTS23 layout)")
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--readme", type=Path, default=Path("README.md"))
     report.add_argument("--figures", type=Path, default=Path("figures"), help="where to copy the run's figures")
     report.add_argument("--tables", type=Path, default=Path("tables"), help="where to copy the run's tables")
+    report.add_argument("--docs", type=Path, default=Path("docs") / "notebooks",
+                        help="where to write the run's executed notebooks as Markdown with their images")
 
     label = commands.add_parser("label", help="weak lesion masks (NIfTI + CSV) for CT scans with a trained run")
     label.add_argument("--model", type=Path, required=True, metavar="RUN_DIR",
@@ -147,11 +149,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(prepare_dataset(layout, args.src, args.out, config, force=args.force))
         return 0
     if args.command == "report":
-        from .report import publish_figures, publish_tables, update_readme
+        from .report import export_notebooks, publish_figures, publish_tables, update_readme
 
         print(update_readme(args.run_dir, args.readme))
         print(f"copied {len(publish_figures(args.run_dir, args.figures))} figure files to {args.figures}")
         print(f"copied {len(publish_tables(args.run_dir, args.tables))} table files to {args.tables}")
+        pages = export_notebooks(args.run_dir, args.docs)
+        if pages:
+            size = sum(p.stat().st_size for p in pages) / 1e6
+            count = sum(p.suffix == ".md" for p in pages) - 1
+            print(f"wrote {count} executed notebooks to {args.docs} ({len(pages)} files, {size:.1f} MB)")
+        else:
+            print(f"no executed notebooks in {args.run_dir / 'notebooks'} (coin reproduce writes them); "
+                  f"{args.docs} left as it was")
         return 0
     if args.command == "label":
         from .label import label_folder

@@ -1,11 +1,12 @@
 """Configurations: frozen dataclasses with named profiles.
 
-A *profile* bundles every setting a run needs. Three are named:
+A *profile* bundles every setting a run needs. Four are named:
 
 - ``smoke``: seconds per stage; used by the tests to exercise every code path.
 - ``quick``: the CPU default (2 cores, minutes); trades image size, widths and
   steps against the paper (see README, "What the quick profile trades away").
 - ``paper``: the paper's scale (256x256, full widths, paper hyper-parameters) for a GPU.
+- ``lesson``: ``quick`` on the synthetic track with fewer scans, for a 10-minute class.
 
 Every field has the paper's (or the authors' implementation's) value as its default
 unless a profile says otherwise; ``FACTS.md`` in ``shared/reference`` lists the sources.
@@ -393,6 +394,18 @@ def with_seed(profile: Profile, seed: int) -> Profile:
         train=replace(profile.train, seed=seed),
         saliency=replace(profile.saliency, seed=seed),
     )
+# A class of 10 minutes on 2 CPU cores (README, "Teaching with it"): `quick` on the synthetic
+# track only (data, classifier f, COIN; `make lesson`) with fewer scans. The tumour track and
+# the ablation and saliency budgets shrink too, though the lesson does not use them.
+PROFILES["lesson"] = replace(
+    PROFILES["quick"],
+    name="lesson",
+    seeds=(0,),  # a lesson trains one replicate
+    phantom=PhantomConfig(subjects=24, kits_cases=8, kits_inplane_mm=1.25),
+    tumour_classifier=replace(PROFILES["quick"].tumour_classifier, max_epochs=2, steps_per_epoch=10),
+    saliency=SaliencyConfig(rise_masks=100, max_images=2),
+    ablation=AblationConfig(steps=60),
+)
 
 
 def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:

@@ -2,7 +2,9 @@
 
 Every notebook takes the same papermill parameters (``profile``, ``run_dir``, ``data``,
 ``tumour_data``); executed copies go to ``<run_dir>/notebooks/``, written atomically, so
-a failed notebook never leaves a copy that looks finished. Each notebook reuses what the
+a failed notebook never leaves a copy that looks finished. The kernels run with text
+progress bars and static widgets (``COIN_TEXT_PROGRESS=1``, ``COIN_STATIC_WIDGETS=1``: see
+:mod:`coinlib.progress` and :mod:`coinlib.widgets`). Each notebook reuses what the
 earlier ones left in the run folder, so a re-run after an interruption is cheap.
 """
 
@@ -51,6 +53,8 @@ def run_notebooks(
     parameters = {"profile": profile, "run_dir": str(run_dir), "data": str(data), "tumour_data": str(tumour_data)}
     timings = []
     os.environ["COIN_TEXT_PROGRESS"] = "1"  # kernels inherit it: text bars show in the log
+    # and static widgets: an executed copy keeps a figure a repository viewer can show
+    os.environ["COIN_STATIC_WIDGETS"] = "1"
     for notebook in list_notebooks(selected, notebook_dir):
         print(f"==> {notebook.name} (profile {profile})", flush=True)
         start = time.perf_counter()

@@ -41,6 +41,8 @@ from .config import AnomalyConfig, ClassifierConfig, Profile, track_profile
 __all__ = [
     "Track",
     "RunPaths",
+    "default_run_dir",
+    "repository_root",
     "prepare_track",
     "track_settings",
     "ensure_classifier",
@@ -116,6 +118,30 @@ class RunPaths:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+
+def repository_root() -> Path:
+    """The checkout that holds this ``coinlib`` (the folder with ``pyproject.toml`` and ``notebooks/``).
+
+    Found from this file's location, so it does not depend on where a kernel or shell starts.
+    Raises ``FileNotFoundError`` when ``coinlib`` is not inside a checkout (a wheel install).
+    """
+    root = Path(__file__).resolve().parent.parent
+    if not ((root / "pyproject.toml").is_file() and (root / "notebooks").is_dir()):
+        raise FileNotFoundError(f"coinlib at {root / 'coinlib'} is not inside a checkout of the repository "
+                                "(no pyproject.toml and notebooks/ beside it); pass run_dir explicitly")
+    return root
+
+
+def default_run_dir(profile: str | Profile) -> Path:
+    """``<repository>/runs/<profile>``: the folder ``make reproduce`` writes, wherever a kernel starts.
+
+    The notebooks' ``run_dir`` parameter defaults to this (``run_dir = None``), so a notebook
+    opened from JupyterLab in ``notebooks/``, from the repository root or from elsewhere finds
+    the same run folder. ``profile``: a profile name or a :class:`Profile`.
+    """
+    name = profile.name if isinstance(profile, Profile) else str(profile)
+    return repository_root() / "runs" / name
 
 
 def _budget(profile: Profile, ablation: bool) -> tuple[Profile, bool]:

@@ -1,8 +1,10 @@
 """Plots the notebooks show: slice grids with mask overlays, outcome colours, curves.
 
-Colours follow the paper's Fig. 2: true positive green, false positive red, false
-negative yellow, ground truth white. Every function returns the matplotlib Figure and
-never writes files; :func:`save_figure` writes PNG and PDF atomically.
+Outcome colours keep the paper's Fig. 2 roles (true positive green, false positive red,
+false negative yellow, ground truth white) in the colour-blind-safe Okabe-Ito palette:
+:data:`OUTCOME_COLOURS` is the one place they are defined (``coinlib.widgets`` uses it too)
+and :data:`OUTCOME_CAPTION` names them for captions. Every function returns the matplotlib
+Figure and never writes files; :func:`save_figure` writes PNG and PDF atomically.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import numpy as np
 from .files import atomic_path
 
 __all__ = [
+    "OUTCOME_CAPTION",
     "OUTCOME_COLOURS",
+    "outcome_masks",
     "outcome_rgba",
     "mask_rgba",
     "show_grid",
@@ -31,7 +35,17 @@ __all__ = [
     "scan_scores",
 ]
 
-OUTCOME_COLOURS = {"tp": (0.1, 0.85, 0.1), "fp": (0.95, 0.1, 0.1), "fn": (1.0, 0.9, 0.0), "truth": (1, 1, 1)}
+# Okabe & Ito's colour-blind-safe palette: bluish green #009E73, vermillion #D55E00, yellow
+# #F0E442. Of its 3-colour sets this one stays farthest apart (CIELAB) for protan, deutan and
+# tritan viewers alike (tests/test_plots.py checks it with Machado et al.'s 2009 simulation).
+OUTCOME_COLOURS = {
+    "tp": (0.0, 158 / 255, 115 / 255),
+    "fp": (213 / 255, 94 / 255, 0.0),
+    "fn": (240 / 255, 228 / 255, 66 / 255),
+    "truth": (1.0, 1.0, 1.0),
+}
+OUTCOME_CAPTION = ("TP bluish green, FP vermillion, FN yellow, ground truth white "
+                   "(Okabe-Ito colours, readable with colour blindness)")
 
 
 def mask_rgba(mask: np.ndarray, colour: Sequence[float], alpha: float = 0.45) -> np.ndarray:
@@ -41,11 +55,19 @@ def mask_rgba(mask: np.ndarray, colour: Sequence[float], alpha: float = 0.45) ->
     return rgba
 
 
+def outcome_masks(mask_pred: np.ndarray, mask_true: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"tp", "fp", "fn"}``: bool masks (same shape) of predicted-and-true, predicted-only, true-only."""
+    pred, true = np.asarray(mask_pred).astype(bool), np.asarray(mask_true).astype(bool)
+    if pred.shape != true.shape:
+        raise ValueError(f"mask_pred {pred.shape} and mask_true {true.shape} differ in shape")
+    return {"tp": pred & true, "fp": pred & ~true, "fn": ~pred & true}
+
+
 def outcome_rgba(mask_pred: np.ndarray, mask_true: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """(H, W) RGBA of TP (green), FP (red) and FN (yellow) pixels (paper Fig. 2)."""
-    pred, true = mask_pred.astype(bool), mask_true.astype(bool)
-    rgba = np.zeros((*pred.shape, 4), dtype=np.float32)
-    for key, where in (("tp", pred & true), ("fp", pred & ~true), ("fn", ~pred & true)):
+    """(H, W) RGBA of TP, FP and FN pixels in :data:`OUTCOME_COLOURS` (paper Fig. 2); others transparent."""
+    outcomes = outcome_masks(mask_pred, mask_true)
+    rgba = np.zeros((*outcomes["tp"].shape, 4), dtype=np.float32)
+    for key, where in outcomes.items():
         rgba[where] = (*OUTCOME_COLOURS[key], alpha)
     return rgba
 
@@ -104,7 +126,7 @@ def counterfactual_panel(
     arrays: dict[str, np.ndarray], picks: Sequence[int], threshold: float,
     closing_radius: int = 2, opening_radius: int = 2, morphology: str = "paper",
 ) -> plt.Figure:
-    """Rows of x, x_cf, |x - x_cf|, weak mask (TP green, FP red, FN yellow) and the truth.
+    """Rows of x, x_cf, |x - x_cf|, weak mask (TP, FP, FN in :data:`OUTCOME_COLOURS`) and the truth.
 
     ``arrays`` as returned by :func:`coinlib.counterfactual.generate_counterfactuals`;
     ``picks`` index into them. The weak mask is ``diff_map > threshold`` post-processed as
@@ -162,7 +184,7 @@ def method_grid(
 
     ``examples[i]`` holds ``image`` (H, W) in [-1, 1], ``truth`` (H, W) bool and, per method
     name, ``maps[name]`` (H, W) in [0, 1] and ``masks[name]`` (H, W) bool. Masks are drawn
-    TP green, FP red, FN yellow; the last column is the ground truth in white.
+    in :data:`OUTCOME_COLOURS` (:data:`OUTCOME_CAPTION`); the last column is the ground truth.
     """
     rows, overlays, titles = [], [], []
     for i, ex in enumerate(examples):

@@ -75,3 +75,9 @@ def test_track_profile_applies_the_tumour_protocol_only_to_the_tumour_track():
     assert track_profile(tumour, "tumour") == tumour
     with pytest.raises(ValueError, match="track"):
         track_profile(quick, "liver")
+def test_lesson_profile_is_quick_on_the_synthetic_track_with_fewer_scans():
+    lesson, quick = PROFILES["lesson"], PROFILES["quick"]
+    assert lesson.phantom.subjects < quick.phantom.subjects
+    assert lesson.data == quick.data and lesson.gan == quick.gan and lesson.anomaly == quick.anomaly
+    assert lesson.train.steps <= quick.train.steps and lesson.classifier == quick.classifier
+    assert (lesson.train.lambda_f, lesson.train.lambda_tv) == (quick.train.lambda_f, quick.train.lambda_tv)

@@ -1,6 +1,6 @@
 """Every numbered notebook on the smoke profile, through the same runner as `make reproduce`.
 
-The run folder is shared by the tests of this module (one papermill pass of all notebooks), and a
+The run folder is shared by the tests of this module (one papermill pass of them all), and a
 second, fresh folder checks that a later notebook runs on its own from a fresh kernel.
 """
 
@@ -48,6 +48,22 @@ def test_executed_copies_are_written_without_errors(smoke_run):
         assert path.is_file() and not _errors(path), notebook.name
     timings = json.loads((smoke_run / "notebooks" / "timings.json").read_text())
     assert [t["notebook"] for t in timings["notebooks"]] == [p.name for p in list_notebooks()]
+
+
+def test_02_coin_from_scratch_checks_its_hand_computed_losses_and_step(smoke_run):
+    """Its assert cells ran: every loss term by hand equals coinlib's, and one step by hand
+    leaves coinlib's weights (tests/test_from_scratch.py checks the same as unit tests)."""
+    path = smoke_run / "notebooks" / "02_coin_from_scratch.ipynb"
+    assert path.is_file() and not _errors(path)
+    notebook = nbformat.read(path, as_version=4)
+    printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    for line in ("every hand-computed term equals coinlib's", "Singla*'s hand-computed terms equal coinlib's",
+                 "one training step by hand leaves exactly the weights of coinlib"):
+        assert line in printed, line
+    figures = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(figures) >= 4  # untrained generator, live training, loss curves, the threshold view (static)
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for c in notebook.cells
+                   if c.cell_type == "code" for o in c.outputs)
 
 
 def test_00_prepares_both_tracks_and_draws_its_figures(smoke_run):

@@ -47,3 +47,15 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and "reproduce" in result.stdout
     script = Path(sys.executable).parent / "coin"
     assert script.exists(), "pip install -e . should provide the `coin` command"
+
+
+def test_make_lab_registers_the_kernel_and_make_lesson_runs_the_lesson_profile():
+    plan = subprocess.run(["make", "-n", "lab", "lesson", f"VENV={Path(sys.executable).parent.parent}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    assert "-m ipykernel install --user --name coin" in plan.stdout
+    assert "cd notebooks && " in plan.stdout and "/bin/jupyter lab" in plan.stdout
+    assert "coin train --profile lesson --run-dir runs/lesson" in plan.stdout
+    assert "--notebooks 02_coin_from_scratch" in plan.stdout
+    readme = (ROOT / "README.md").read_text()
+    assert "## Teaching with it" in readme and "make lab" in readme and "make lesson" in readme

@@ -19,3 +19,15 @@ def test_rows_with_their_own_budget_skip_the_in_training_validation(tiny_prepare
     row = history(paths.counterfactual("synthetic", "coin_no_tv", ablation=True))
     assert [h["step"] for h in main if "val_iou" in h] == [3, 6]
     assert row and not any("val_iou" in h for h in row)
+
+
+def test_default_run_dir_is_at_the_repository_root_wherever_the_kernel_starts(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from coinlib.pipeline import default_run_dir, repository_root
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)  # a kernel started elsewhere, e.g. in notebooks/
+    assert repository_root() == root
+    assert default_run_dir("lesson") == root / "runs" / "lesson"
+    assert default_run_dir(get_profile("smoke")) == root / "runs" / "smoke"

@@ -126,3 +126,55 @@ def test_table_writer(tmp_path):
     _, csv = write_table(tmp_path / "u", rows, ["method"], csv_columns=["method", "IoU"])
     assert csv.read_text().splitlines()[0] == "method,IoU"
     assert format_value(float("nan")) == "-" and format_value(True) == "yes"
+
+
+def test_executed_notebooks_export_to_markdown_with_their_images_once(tmp_path):
+    """A tiny notebook executed by papermill as `coin reproduce` does, then exported for readers."""
+    import nbformat
+    import papermill
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    from coinlib.report import export_notebooks
+
+    repo, run = tmp_path / "repo", tmp_path / "repo" / "runs" / "smoke"
+    (run / "notebooks").mkdir(parents=True)
+    source = new_notebook(cells=[
+        new_markdown_cell("# 00 · Tiny\n\nA figure, a progress bar and a long output."),
+        new_code_cell('run_dir = "runs/x"', metadata={"tags": ["parameters"]}),
+        new_code_cell("import matplotlib.pyplot as plt\nfrom tqdm.std import tqdm\n"
+                      "for _ in tqdm(range(50), mininterval=0, desc='work'):\n    pass\n"
+                      "print(f'results in {run_dir}/results')\nplt.plot([0, 1], [1, 0])\nplt.show()"),
+        new_code_cell("for i in range(200):\n    print('line', i)"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(source, tmp_path / "tiny.ipynb")
+    papermill.execute_notebook(str(tmp_path / "tiny.ipynb"), str(run / "notebooks" / "00_tiny.ipynb"),
+                               parameters={"run_dir": str(run)}, kernel_name="python3", progress_bar=False)
+    docs = repo / "docs" / "notebooks"
+    (docs / "07_gone_files").mkdir(parents=True)  # a page of a notebook the run no longer has
+    (docs / "07_gone.md").write_text("stale")
+
+    written = export_notebooks(run, docs, repository=repo)
+    page = (docs / "00_tiny.md").read_text()
+    images = sorted((docs / "00_tiny_files").glob("*.png"))
+    assert len(images) == 1 and images[0].read_bytes().startswith(b"\x89PNG")
+    assert f"](00_tiny_files/{images[0].name})" in page  # the page links its image, stored once
+    assert "results in runs/smoke/results" in page and str(tmp_path) not in page  # portable paths
+    assert page.count("work: 100%") == 1 and "it/s]" in page and "work:  50%" not in page  # final bar only
+    assert "line 0" in page and "line 199" in page and "line 100" not in page and "lines left out" in page
+    assert "papermill" not in page and '"execution"' not in page
+    assert not (docs / "07_gone.md").exists() and not (docs / "07_gone_files").exists()
+    index = (docs / "README.md").read_text()
+    assert "[00_tiny](00_tiny.md): 00 · Tiny" in index and "coin report --run-dir runs/smoke" in index
+    assert set(written) == {docs / "00_tiny.md", images[0], docs / "README.md"}
+    assert export_notebooks(tmp_path / "empty_run", tmp_path / "docs2") == []
+
+
+def test_coin_report_says_when_the_run_has_no_executed_notebooks(tmp_path, capsys):
+    from coinlib.cli import main
+
+    run = _fake_run(tmp_path / "run")
+    (tmp_path / "README.md").write_text(f"# T\n{START}\n{END}\n")
+    args = ["report", "--run-dir", str(run), "--readme", str(tmp_path / "README.md"), "--figures",
+            str(tmp_path / "figures"), "--tables", str(tmp_path / "tables"), "--docs", str(tmp_path / "docs")]
+    assert main(args) == 0
+    assert "no executed notebooks in" in capsys.readouterr().out and not (tmp_path / "docs").exists()

@@ -1,0 +1,46 @@
+"""coinlib.plots: the outcome overlay by hand, and a palette colour-blind viewers can tell apart."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from skimage.color import rgb2lab
+
+from coinlib.plots import OUTCOME_CAPTION, OUTCOME_COLOURS, outcome_masks, outcome_rgba
+
+# Machado, Oliveira & Fernandes (2009), severity 1.0, on linear RGB
+DICHROMACY = {
+    "protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+    "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+    "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]],
+    "typical": np.eye(3),
+}
+
+
+def test_outcome_overlay_by_hand():
+    pred = np.array([[1, 1], [0, 0]], bool)
+    true = np.array([[1, 0], [1, 0]], bool)
+    outcomes = outcome_masks(pred, true)
+    assert outcomes["tp"].tolist() == [[True, False], [False, False]]
+    assert outcomes["fp"].tolist() == [[False, True], [False, False]]
+    assert outcomes["fn"].tolist() == [[False, False], [True, False]]
+    rgba = outcome_rgba(pred, true, alpha=0.5)
+    assert np.allclose(rgba[0, 0], (*OUTCOME_COLOURS["tp"], 0.5)) and np.allclose(rgba[0, 1], (*OUTCOME_COLOURS["fp"], 0.5))
+    assert np.allclose(rgba[1, 0], (*OUTCOME_COLOURS["fn"], 0.5)) and np.all(rgba[1, 1] == 0)  # TN: transparent
+
+
+def _lab(rgb, matrix):
+    rgb = np.asarray(rgb, float)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    seen = np.clip(np.asarray(matrix) @ linear, 0, 1)
+    srgb = np.where(seen <= 0.0031308, 12.92 * seen, 1.055 * seen ** (1 / 2.4) - 0.055)
+    return rgb2lab(srgb[None, None])[0, 0]
+
+
+def test_tp_fp_fn_stay_distinct_for_colour_blind_viewers():
+    for vision, matrix in DICHROMACY.items():
+        for a, b in itertools.combinations(("tp", "fp", "fn"), 2):
+            delta_e = np.linalg.norm(_lab(OUTCOME_COLOURS[a], matrix) - _lab(OUTCOME_COLOURS[b], matrix))
+            assert delta_e > 30, (vision, a, b, delta_e)  # CIELAB distance; ~2.3 is just noticeable
+    assert "Okabe-Ito" in OUTCOME_CAPTION and all(word in OUTCOME_CAPTION for word in ("TP", "FP", "FN"))
