@@ -117,7 +117,8 @@ class SliceDataset(torch.utils.data.Dataset):
             prepared = open_prepared(prepared)
         self.prepared = prepared
         if min_lesion_area_mm2 is None:
-            min_lesion_area_mm2 = float(prepared.manifest.get("min_lesion_area_mm2", 0.0))
+            rule = prepared.manifest.get("settings", {}).get("data", {}).get("min_lesion_area_mm2")
+            min_lesion_area_mm2 = float(rule or 0.0)
         self.min_lesion_area_mm2 = float(min_lesion_area_mm2)
         self.split = split
         self.rows = self.prepared.split_indices(split)

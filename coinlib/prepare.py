@@ -18,12 +18,16 @@ Steps (paper Sec. 4.1, 4.3; FACTS "Data"):
    written in radiological view: row 0 anterior, column 0 the patient's right
    (``a[:, :, k].T[::-1, ::-1]``).
 2. Keep axial slices whose kidney mask has >= ``min_kidney_pixels`` (32) pixels on the
-   native slice, before resizing (Sec. 4.3).
+   native slice, before resizing (Sec. 4.3), or, when ``min_kidney_area_mm2`` is set (the
+   authors' tumour track: more than 100 KiTS pixels, :class:`coinlib.config.TumourProtocol`),
+   more than that native area. ``min_lesion_area_mm2`` is recorded in the manifest's settings
+   and read by :class:`coinlib.data.SliceDataset` (the slice label rule).
 3. Split by scan (Sec. 4.1): TotalSegmentator at random (or ``meta.csv``); KiTS stratified
    by total tumour volume so control and tumour scans of every size reach every split.
 4. Intensity fingerprint on the training scans only: [0.5, 99.5] percentiles of the HU of
-   foreground voxels (inside any label mask read), nnU-Net style; HU are clipped to it and
-   rescaled linearly to [-1, 1].
+   foreground voxels (inside any label mask read; with ``fingerprint_foreground="lesion"``,
+   the authors' tumour track, inside the tumour label only), nnU-Net style; HU are clipped to
+   it and rescaled linearly to [-1, 1].
 5. Resize to ``image_size`` squared: images bilinear (``align_corners=False``, no
    anti-aliasing: plain bilinear as the paper states), masks nearest (pixel-centre aligned,
    ``nearest-exact``). Non-square native slices are resized straight to the square (the
@@ -199,16 +203,24 @@ def load_canonical(path: str | os.PathLike) -> CanonicalVolume:
 # --------------------------------------------------------------------------- slices
 
 
-def kidney_slice_indices(kidney: np.ndarray, min_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+def kidney_slice_indices(kidney: np.ndarray, min_pixels: int, min_area_mm2: float | None = None,
+                         pixel_area_mm2: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Axial slices to keep (paper Sec. 4.3: kidney area >= 32 pixels per image).
 
     ``kidney``: (X, Y, Z) RAS+ mask (nonzero = kidney). Counts are taken on the native
-    slice, before any resizing. Returns (indices, counts): canonical z indices (int64,
-    ascending) and their kidney pixel counts.
+    slice, before any resizing. With ``min_area_mm2`` a slice is kept when its kidney covers
+    more than that area (``pixel_area_mm2`` per pixel) instead: the authors' "> 100 pixels"
+    at KiTS resolution, as an area that means the same at any voxel size. Returns (indices,
+    counts): canonical z indices (int64, ascending) and their kidney pixel counts.
     """
     counts = np.count_nonzero(kidney, axis=(0, 1))
-    keep = np.flatnonzero(counts >= min_pixels)
+    keep = np.flatnonzero(counts >= min_pixels if min_area_mm2 is None else counts * pixel_area_mm2 > min_area_mm2)
     return keep.astype(np.int64), counts[keep].astype(np.int64)
+
+
+def _kidney_rule(config: DataConfig) -> str:
+    return (f">= {config.min_kidney_pixels} kidney pixels" if config.min_kidney_area_mm2 is None
+            else f"> {config.min_kidney_area_mm2:g} mm^2 of kidney")
 
 
 def resize_slices(slices: np.ndarray, size: int, kind: Literal["image", "mask"]) -> np.ndarray:
@@ -511,9 +523,10 @@ def _scan_masks(layout: str, scan: ScanFiles, config: DataConfig) -> tuple[_Scan
     kidney_c = _canonical(kidney, affine, scan.labels[0])
     if not kidney.any():
         return None, f"no kidney voxels in {', '.join(str(p) for p in scan.labels)}"
-    z, kidney_pixels = kidney_slice_indices(kidney_c.data, config.min_kidney_pixels)
+    z, kidney_pixels = kidney_slice_indices(kidney_c.data, config.min_kidney_pixels, config.min_kidney_area_mm2,
+                                            float(kidney_c.spacing[0] * kidney_c.spacing[1]))
     if z.size == 0:
-        return None, f"no axial slice with >= {config.min_kidney_pixels} kidney pixels"
+        return None, f"no axial slice with {_kidney_rule(config)}"
     lesion_c = _canonical(lesion, affine, scan.labels[0])
     cyst_c = _canonical(cyst, affine, scan.labels[0])
     voxel_ml = float(np.prod(kidney_c.spacing)) / 1000.0
@@ -538,14 +551,17 @@ def _scan_masks(layout: str, scan: ScanFiles, config: DataConfig) -> tuple[_Scan
     )
 
 
-def _scan_foreground_sample(layout: str, scan: ScanFiles, cap: int, seed: int) -> np.ndarray:
-    """Pass 2: sampled HU of the scan's foreground (union of the label files read)."""
+def _scan_foreground_sample(layout: str, scan: ScanFiles, cap: int, seed: int,
+                            lesion_only: bool = False) -> np.ndarray:
+    """Pass 2: sampled HU of the scan's foreground (union of the label files read; with
+    ``lesion_only`` the KiTS tumour label alone, the authors' tumour-track fingerprint)."""
     image = _open_nifti(scan.image)
     foreground = np.zeros(image.shape, dtype=bool)
     for path in scan.foreground:
         label_image = _open_nifti(path)
         _check_same_grid(image, scan.image, label_image, path)
-        foreground |= _read_data(label_image, path) > 0
+        data = _read_data(label_image, path)
+        foreground |= (np.rint(data) == KITS_LABELS["tumour"]) if lesion_only else data > 0
     hu = _read_data(image, scan.image)
     rng = np.random.default_rng([seed, zlib.crc32(scan.scan_id.encode())])
     return sample_foreground(hu, foreground, cap, rng)
@@ -700,7 +716,7 @@ def _build(
             kept.append(masks)
     if not kept:
         raise ValueError(
-            f"no axial slice with >= {config.min_kidney_pixels} kidney pixels in any scan under {src}"
+            f"no axial slice with {_kidney_rule(config)} in any scan under {src}"
         )
     ids = [m.scan_id for m in kept]
     if len(kept) < 3:
@@ -722,10 +738,15 @@ def _build(
     # pass 2: fingerprint on the training scans
     by_id = {s.scan_id: s for s in scans}
     train_ids = [s for s in ids if split[s] == "train"]
+    lesion_only = config.fingerprint_foreground == "lesion"
+    if lesion_only and layout != "kits23":
+        raise ValueError(f"fingerprint_foreground='lesion' needs lesion labels: the {layout} layout has none")
     samples = [
-        _scan_foreground_sample(layout, by_id[s], FINGERPRINT_VOXELS_PER_SCAN, config.split_seed)
+        _scan_foreground_sample(layout, by_id[s], FINGERPRINT_VOXELS_PER_SCAN, config.split_seed, lesion_only)
         for s in tqdm(train_ids, desc="fingerprint", disable=not progress)
     ]
+    if lesion_only:
+        samples = [sample for sample in samples if sample.size]  # control scans hold no tumour
     try:
         stats = compute_fingerprint(samples, config.percentiles)
     except ValueError as err:

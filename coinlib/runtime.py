@@ -68,6 +68,7 @@ __all__ = [
     "local_module",
     "pick_device",
     "precision",
+    "precision_set_to",
     "save_checkpoint",
     "seed_everything",
     "set_precision",
@@ -197,6 +198,17 @@ def set_precision(choice: str) -> None:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {choice!r}")
     _precision_choice = choice
     os.environ["COIN_PRECISION"] = choice
+
+
+@contextlib.contextmanager
+def precision_set_to(choice: str) -> Iterator[None]:
+    """Run a block with :func:`set_precision` ``choice``, then restore the previous choice."""
+    previous = _precision_choice
+    set_precision(choice)
+    try:
+        yield
+    finally:
+        set_precision(previous)
 
 
 def precision(device: torch.device) -> str:

@@ -489,3 +489,40 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
     with pytest.raises(ValueError, match="refusing to replace"):
         prepare_dataset("totalsegmentator", src, out, CONFIG, progress=False)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_kidney_area_rule_counts_mm2_not_pixels():
+    mask = np.zeros((10, 10, 3), bool)
+    mask.reshape(-1, 3)[:40, 0] = True  # 40 px x 1.5 mm^2 = 60 mm^2: not more than 61
+    mask.reshape(-1, 3)[:41, 1] = True  # 61.5 mm^2: kept
+    mask.reshape(-1, 3)[:20, 2] = True
+    idx, counts = kidney_slice_indices(mask, 32, min_area_mm2=61.0, pixel_area_mm2=1.5)
+    assert idx.tolist() == [1] and counts.tolist() == [41]
+
+
+def test_the_authors_tumour_protocol_prepares_kits(kits, ts, tmp_path):
+    """TumourProtocol on KiTS: kidney slices by native area, fingerprint over tumour voxels only,
+    and the label rule recorded for the datasets (coinlib.data)."""
+    import dataclasses
+
+    from coinlib.data import SliceDataset
+
+    root, truth = kits
+    config = dataclasses.replace(CONFIG, min_kidney_area_mm2=31.0, min_lesion_area_mm2=10.0,
+                                 fingerprint_foreground="lesion")  # 48 px x 0.64 mm^2 = 30.7 mm^2 < 31
+    with pytest.warns(UserWarning, match="mm\\^2 of kidney"), pytest.raises(ValueError, match="kidney slices"):
+        prepare_dataset("kits23", root / "src", tmp_path / "none", config, progress=False)
+    config = dataclasses.replace(config, min_kidney_area_mm2=19.5)  # the 48-px slices, not the 30-px ones
+    data = open_prepared(prepare_dataset("kits23", root / "src", tmp_path / "out", config, progress=False))
+    assert sorted({row["slice_index"] for row in data.index}) == list(range(3, 12))
+    train = sorted({r["scan_id"] for r in data.index if r["split"] == "train"})
+    pooled = np.concatenate([truth[c]["img"][truth[c]["seg"] == 2].astype(np.float64) for c in train])
+    np.testing.assert_allclose([data.fingerprint["p_low"], data.fingerprint["p_high"]],
+                               np.percentile(pooled, [0.5, 99.5]), rtol=1e-6)
+    dataset = SliceDataset(data, "train", None, fresh_anomalies=False)
+    assert dataset.min_lesion_area_mm2 == 10.0
+    labels = dataset.labels()
+    areas = np.array([int(data.index[r]["lesion_pixels"]) * 0.64 for r in dataset.rows])
+    assert labels.tolist() == (areas > 10.0).astype(int).tolist() and 0 < labels.sum() < (areas > 0).sum()
+    with pytest.warns(UserWarning, match="s0099"), pytest.raises(ValueError, match="lesion labels"):
+        prepare_dataset("totalsegmentator", ts[0] / "src", tmp_path / "ts", config, progress=False)
