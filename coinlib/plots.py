@@ -30,6 +30,7 @@ __all__ = [
     "training_curves",
     "sweep_curves",
     "method_grid",
+    "lesion_crop",
     "variant_grid",
     "roc_curves",
     "scan_scores",
@@ -177,50 +178,123 @@ def sweep_curves(
     return fig
 
 
+def lesion_crop(truth: np.ndarray, factor: float = 3.0, minimum: int = 24) -> tuple[slice, slice]:
+    """A square window around a lesion: ``factor`` x its larger side (at least ``minimum`` px),
+    centred on it and kept inside the image. ``truth`` (H, W) bool; the whole image when empty."""
+    h, w = truth.shape
+    ys, xs = np.nonzero(truth)
+    if not len(ys):
+        return slice(0, h), slice(0, w)
+    side = int(min(max(h, w), max(minimum, factor * max(np.ptp(ys) + 1, np.ptp(xs) + 1))))
+    cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+    y0 = int(np.clip(cy - side // 2, 0, max(0, h - side)))
+    x0 = int(np.clip(cx - side // 2, 0, max(0, w - side)))
+    return slice(y0, min(h, y0 + side)), slice(x0, min(w, x0 + side))
+
+
+def _outline(ax: plt.Axes, truth: np.ndarray) -> None:
+    if np.any(truth):
+        ax.contour(np.asarray(truth, float), levels=[0.5], colors=[OUTCOME_COLOURS["truth"]], linewidths=0.9)
+
+
 def method_grid(
-    examples: Sequence[dict], methods: Sequence[str], example_titles: Sequence[str] | None = None
+    examples: Sequence[dict], methods: Sequence[str], example_titles: Sequence[str] | None = None,
+    counterfactual: Sequence[str] = ("COIN", "Singla et al.*"), diff_vmax: float = 0.5, zoom: bool = True,
 ) -> plt.Figure:
     """The paper's Fig. 2: per example slice, a row of maps and a row of thresholded masks.
 
     ``examples[i]`` holds ``image`` (H, W) in [-1, 1], ``truth`` (H, W) bool and, per method
-    name, ``maps[name]`` (H, W) in [0, 1] and ``masks[name]`` (H, W) bool. Masks are drawn
-    in :data:`OUTCOME_COLOURS` (:data:`OUTCOME_CAPTION`); the last column is the ground truth.
+    name, ``maps[name]`` (H, W) in [0, 1] and ``masks[name]`` (H, W) bool. The first column is
+    the whole slice with the zoomed window marked (``zoom``: every other panel shows that window,
+    as the paper's figure does); the last, the ground truth. Methods named in
+    ``counterfactual`` show |x - x_cf| on one absolute scale [0, ``diff_vmax``], the others their
+    min-max normalised [0, 1] maps, each with its colour bar, so the two kinds are not read as
+    one scale. Masks in :data:`OUTCOME_COLOURS` (:data:`OUTCOME_CAPTION`), ground truth outlined
+    on every mask panel.
     """
-    rows, overlays, titles = [], [], []
+    from matplotlib.patches import Rectangle
+
+    cols = len(methods) + 2
+    fig, axes = plt.subplots(2 * len(examples), cols, figsize=(1.75 * cols + 0.8, 3.5 * len(examples) + 0.5),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     for i, ex in enumerate(examples):
         label = example_titles[i] if example_titles else f"slice {i}"
-        rows.append([ex["image"], *[ex["maps"][m] * 2 - 1 for m in methods], None])
-        overlays.append([None] * (len(methods) + 2))
-        rows.append([ex["image"], *[ex["image"] for _ in methods], np.where(ex["truth"], 1.0, -1.0)])
-        overlays.append([None, *[outcome_rgba(ex["masks"][m], ex["truth"]) for m in methods], None])
-        titles += [f"{label}: map", f"{label}: mask"]
-    return show_grid(rows, row_titles=titles, col_titles=["x", *methods, "ground truth"], overlays=overlays)
+        top, bottom = axes[2 * i], axes[2 * i + 1]
+        window = lesion_crop(ex["truth"]) if zoom else (slice(None), slice(None))
+        top[0].imshow(ex["image"], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        if zoom:
+            ys, xs = window
+            top[0].add_patch(Rectangle((xs.start - 0.5, ys.start - 0.5), xs.stop - xs.start, ys.stop - ys.start,
+                                       fill=False, edgecolor="cyan", lw=1))
+        top[0].set_ylabel(f"{label}: map", fontsize=8)
+        bottom[0].imshow(ex["image"][window], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        _outline(bottom[0], ex["truth"][window])
+        bottom[0].set_ylabel(f"{label}: mask", fontsize=8)
+        for k, method in enumerate(methods, start=1):
+            vmax = diff_vmax if method in counterfactual else 1.0
+            im = top[k].imshow(ex["maps"][method][window], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+            bar = fig.colorbar(im, ax=top[k], fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
+            bottom[k].imshow(ex["image"][window], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+            bottom[k].imshow(outcome_rgba(ex["masks"][method][window], ex["truth"][window]), interpolation="nearest")
+            _outline(bottom[k], ex["truth"][window])
+        truth = np.where(ex["truth"][window], 1.0, -1.0)
+        top[-1].imshow(truth, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        bottom[-1].axis("off")
+        if i == 0:
+            titles = ["x (window in cyan)" if zoom else "x",
+                      *[f"{m}\n|x - x_cf|" if m in counterfactual else f"{m}\nnormalised map" for m in methods],
+                      "ground truth"]
+            for ax, title in zip(top, titles):
+                ax.set_title(title, fontsize=8)
+    fig.supxlabel(OUTCOME_CAPTION, fontsize=7)
+    return fig
 
 
 def variant_grid(
-    x: np.ndarray, counterfactuals: dict[str, np.ndarray], truth: np.ndarray | None = None
+    x: np.ndarray, counterfactuals: dict[str, np.ndarray], truth: np.ndarray | None = None,
+    diff_vmax: float = 0.5, show_counterfactuals: bool = True,
 ) -> plt.Figure:
     """Counterfactuals of several variants for the same slices (Appendix A, Figs. 4-6).
 
-    ``x`` (N, H, W) in [-1, 1]; ``counterfactuals[name]`` (N, H, W) the variant's x_cf.
-    Per slice: x, then for each variant its x_cf and |x - x_cf| (the weak map), and the
-    true mask when given.
+    ``x`` (N, H, W) in [-1, 1]; ``counterfactuals[name]`` (N, H, W) the variant's x_cf, the
+    name saying what the column is (e.g. "0 skips"). Per slice: x (the true mask outlined),
+    then for each variant its x_cf (unless not ``show_counterfactuals``: narrower, for many
+    variants) and |x - x_cf| on one absolute scale [0, ``diff_vmax``] with a colour bar (the weak
+    map), so the columns compare directly.
     """
     from .masks import difference_map
 
-    rows, titles = [], ["x"]
-    for name in counterfactuals:
-        titles += [f"{name}: x_cf", f"{name}: |x - x_cf|"]
-    if truth is not None:
-        titles.append("true mask")
+    names = list(counterfactuals)
+    per = 2 if show_counterfactuals else 1
+    cols = 1 + per * len(names)
+    fig, axes = plt.subplots(len(x), cols, figsize=(1.6 * cols + 0.6, 1.75 * len(x) + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     for i in range(len(x)):
-        row = [x[i]]
-        for x_cf in counterfactuals.values():
-            row += [x_cf[i], difference_map(x[i], x_cf[i]) * 2 - 1]
+        axes[i, 0].imshow(x[i], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         if truth is not None:
-            row.append(np.where(truth[i], 1.0, -1.0))
-        rows.append(row)
-    return show_grid(rows, col_titles=titles)
+            _outline(axes[i, 0], truth[i])
+        for k, name in enumerate(names):
+            x_cf = counterfactuals[name][i]
+            column = 1 + per * k
+            if show_counterfactuals:
+                axes[i, column].imshow(x_cf, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+                if i == 0:
+                    axes[0, column].set_title(f"{name}\nx_cf", fontsize=8)
+            im = axes[i, column + per - 1].imshow(difference_map(x[i], x_cf), cmap="magma", vmin=0,
+                                                  vmax=diff_vmax, interpolation="nearest")
+            if i == 0:
+                axes[0, column + per - 1].set_title(f"{name}\n|x - x_cf|", fontsize=8)
+    axes[0, 0].set_title("x (true mask outlined)" if truth is not None else "x", fontsize=8)
+    bar = fig.colorbar(im, ax=axes[:, -1], fraction=0.05, pad=0.02, label="|x - x_cf| on [0, 1]")
+    bar.ax.tick_params(labelsize=6)
+    return fig
 
 
 def training_curves(log: Sequence[dict], title: str = "") -> plt.Figure:

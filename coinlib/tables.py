@@ -214,6 +214,9 @@ def metric_columns(scored: Scored, paper: dict[str, float | None]) -> dict[str, 
         "CV": scored.cv.mean_sd() if scored.cv else None, CV_CI: scored.cv.interval() if scored.cv else None,
         "paper CV": paper["cv"], "paper FID": paper["fid"], "seeds": len(scored.results),
     }
+    if scored.cv is not None and all(r["metrics"].get("cv_slices") == 0 for r in scored.results.values()):
+        # CV (Sec. 4.2) is undefined without a slice f is confident about: say so, not just "-"
+        row["CV"] = f"- (no test slice with f(x) > {_cv_tau(scored)})"
     per_seed: dict[str, Any] = {}
     for column, key in SEED_MEAN_METRICS.items():
         values = scored.seed_values(key)
@@ -223,6 +226,10 @@ def metric_columns(scored: Scored, paper: dict[str, float | None]) -> dict[str, 
     if scored.cv:
         row.update(_spread_columns("CV", scored.cv))
     return {**row, **per_seed}
+
+
+def _cv_tau(scored: Scored) -> float:
+    return next(iter(scored.results.values())).get("config", {}).get("eval", {}).get("cv_tau", 0.8)
 
 
 def _budget(scored: Scored) -> str:
