@@ -22,6 +22,7 @@ import concurrent.futures as futures
 import concurrent.futures.process
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,9 @@ def job_workers(device: torch.device | str | None, jobs: int) -> int:
 
 def _start_worker() -> None:
     torch.set_num_threads(job_threads())
+    # Ctrl-C (or a Jupyter kernel's interrupt and shutdown) reaches the whole process group:
+    # the parent cancels and stops the pool; workers must not die mid-write on their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 _pools: dict[int, futures.ProcessPoolExecutor] = {}
