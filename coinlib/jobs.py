@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .progress import tqdm
-from .runtime import job_threads
+from .runtime import job_threads, positive_int_from_env
 
 __all__ = ["Job", "JobFailed", "job_workers", "run_jobs"]
 
@@ -57,17 +57,10 @@ def job_workers(device: torch.device | str | None, jobs: int) -> int:
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1 or jobs <= 1:
         return 1
-    text = os.environ.get("COIN_JOBS", "auto")
-    if text == "auto":
+    wanted = positive_int_from_env("COIN_JOBS", "auto")
+    if wanted is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         wanted = max(1, cores // job_threads())
-    else:
-        try:
-            wanted = int(text)
-        except ValueError:
-            raise ValueError(f"COIN_JOBS must be 'auto' or a whole number, got {text!r}") from None
-        if wanted < 1:
-            raise ValueError(f"COIN_JOBS must be at least 1, got {wanted}")
     return min(wanted, jobs)
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "load_weights",
     "local_module",
     "pick_device",
+    "positive_int_from_env",
     "precision",
     "precision_set_to",
     "save_checkpoint",
@@ -233,16 +234,24 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def positive_int_from_env(name: str, default: str) -> int | None:
+    """The whole number >= 1 in environment variable ``name`` (``default`` when unset); None for
+    "auto". Anything else raises an error naming the variable."""
+    text = os.environ.get(name, default)
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number (or 'auto'), got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def job_threads() -> int:
     """Threads one CPU job uses: ``COIN_THREADS`` (default 1), at most the cores there are."""
-    text = os.environ.get("COIN_THREADS", "1")
-    try:
-        threads = int(text)
-    except ValueError:
-        raise ValueError(f"COIN_THREADS must be a whole number of threads, got {text!r}") from None
-    if threads < 1:
-        raise ValueError(f"COIN_THREADS must be at least 1, got {threads}")
-    return min(threads, os.cpu_count() or 1)
+    return min(positive_int_from_env("COIN_THREADS", "1") or 1, os.cpu_count() or 1)
 
 
 def use_job_threads(device: torch.device) -> None:

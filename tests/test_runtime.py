@@ -118,5 +118,5 @@ def test_job_threads_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("COIN_THREADS", "1")
     assert runtime.job_threads() == 1
     monkeypatch.setenv("COIN_THREADS", "lots")
-    with pytest.raises(ValueError, match="COIN_THREADS"):
+    with pytest.raises(ValueError, match="COIN_THREADS must be a whole number"):
         runtime.job_threads()
