@@ -4,6 +4,8 @@
     python benchmarks/train_step.py --profile paper              # batches 16, 32, 64 (on a GPU)
     python benchmarks/train_step.py --profile paper --fast       # the same with torch.compile
     python benchmarks/train_step.py --profile paper --schedule   # also GFLOP per kind of step
+    python benchmarks/train_step.py --precision both --batch-sizes 4 16   # CPU: fp32 against bf16 autocast
+    python benchmarks/train_step.py --precision both --batch-sizes 4 --jobs 2   # two one-thread jobs side by side
 
 Random inputs at the profile's image size, the profile's GAN and classifier, the real
 training step (:func:`coinlib.counterfactual.counterfactual_step`) with the generator
@@ -13,13 +15,20 @@ is the schedule's average. ``--fast`` is the trainer's fast path
 its compilation happens in the warm-up, whose time is printed. Prints images/s, achieved
 TFLOP/s (torch's FLOP counter on one D-only and one D+G step of the plain step), peak
 memory on CUDA, and a comparison with the authors' implementation and the bf16 arithmetic
-limit (FACTS.md, "Speed"). A benchmark, not a test: numbers depend on the machine.
+limit (FACTS.md, "Speed"). ``--precision`` measures fp32 and/or bf16 autocast
+(:func:`coinlib.runtime.precision`; on the CPU bf16 pays only with AVX512-BF16 or AMX-BF16);
+``--jobs N`` runs N one-thread measurements at once in worker processes and reports their
+sum, the throughput the quick profile's parallel jobs (:mod:`coinlib.jobs`) get. On the CPU the
+threads are ``COIN_THREADS`` (default 1, as every job of the pipeline). A benchmark, not a test:
+numbers depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import time
 
 import torch
@@ -34,7 +43,7 @@ from coinlib.counterfactual import (
     counterfactual_step,
     step_losses,
 )
-from coinlib.runtime import hardware_summary, pick_device
+from coinlib.runtime import hardware_summary, pick_device, precision_set_to, use_job_threads
 
 # FACTS.md "Speed": the public implementation on one H200, paper configuration, batch 16
 AUTHORS_IMG_PER_S = {"fp32": 173.0, "bf16": 195.0, "fp32, batch 64": 206.0}
@@ -63,7 +72,14 @@ def step_flops(step) -> float:
 
 
 def measure(profile_name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-            fast: bool) -> dict:
+            fast: bool, precision: str = "auto") -> dict:
+    with precision_set_to(precision):
+        return _measure(profile_name, batch_size, steps, warmup, device, fast) | {"precision": precision}
+
+
+def _measure(profile_name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+             fast: bool) -> dict:
+    use_job_threads(device)
     profile = get_profile(profile_name)
     train = dataclasses.replace(profile.train, compile=fast)
     torch._dynamo.reset()  # each batch size compiles afresh, so warm-up times compare
@@ -119,6 +135,30 @@ def measure(profile_name: str, batch_size: int, steps: int, warmup: int, device:
     return result
 
 
+def measure_jobs(jobs: int, *args) -> dict:
+    """:func:`measure` in ``jobs`` worker processes at once: img/s and TFLOP/s summed."""
+    if jobs <= 1:
+        return measure(*args)
+    from coinlib.jobs import Job, run_jobs
+
+    with _env("COIN_JOBS", str(jobs)):
+        done = run_jobs([Job(f"measurement {i}", measure, args) for i in range(jobs)], args[4], progress=False)
+    return {**done[0], "img_per_s": sum(r["img_per_s"] for r in done), "tflops": sum(r["tflops"] for r in done)}
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = old
+
+
 def print_comparison(results: list[dict], device: torch.device) -> None:
     """The authors' img/s (FACTS) and the share of the bf16 arithmetic limit, per result."""
     peak = bf16_peak(device)
@@ -161,6 +201,9 @@ def main() -> None:
     parser.add_argument("--compile-backend", default=counterfactual.COMPILE_BACKEND,
                         help="torch.compile backend of the fast path (aot_eager: capture only, quick to build)")
     parser.add_argument("--schedule", action="store_true", help="print the schedule and GFLOP per kind of step")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "both"],
+                        help="autocast precision (both: fp32, then bf16)")
+    parser.add_argument("--jobs", type=int, default=1, help="measurements at once, one worker process each")
     args = parser.parse_args()
     device = pick_device(args.device)
     profile = args.profile or ("paper" if device.type == "cuda" else "quick")
@@ -168,17 +211,20 @@ def main() -> None:
     steps = args.steps or (50 if device.type == "cuda" else 10)
     modes = [False, True] if args.both else [args.fast]
     counterfactual.COMPILE_BACKEND = args.compile_backend
-    print(f"hardware: {hardware_summary(device)}")
-    print(f"{'profile':>8} {'mode':>6} {'size':>5} {'batch':>5} {'img/s':>9} {'TFLOP/s':>8} {'GFLOP/img':>10} "
-          f"{'peak GiB':>9} {'warm-up s':>10}")
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    use_job_threads(device)
+    print(f"hardware: {hardware_summary(device)}; {args.jobs} job(s) at once")
+    print(f"{'profile':>8} {'mode':>6} {'prec.':>5} {'size':>5} {'batch':>5} {'img/s':>9} {'TFLOP/s':>8} "
+          f"{'GFLOP/img':>10} {'peak GiB':>9} {'warm-up s':>10}")
     results = []
     for fast in modes:
-        for batch_size in batch_sizes:
-            r = measure(profile, batch_size, steps, args.warmup, device, fast)
-            results.append(r)
-            print(f"{r['profile']:>8} {r['mode']:>6} {r['image_size']:>5} {r['batch']:>5} {r['img_per_s']:>9.1f} "
-                  f"{r['tflops']:>8.3f} {r['gflop_per_image']:>10.1f} {r.get('peak_memory_gib', float('nan')):>9.2f} "
-                  f"{r['warmup_s']:>10.1f}", flush=True)
+        for precision in precisions:
+            for batch_size in batch_sizes:
+                r = measure_jobs(args.jobs, profile, batch_size, steps, args.warmup, device, fast, precision)
+                results.append(r)
+                print(f"{r['profile']:>8} {r['mode']:>6} {r['precision']:>5} {r['image_size']:>5} {r['batch']:>5} "
+                      f"{r['img_per_s']:>9.1f} {r['tflops']:>8.3f} {r['gflop_per_image']:>10.1f} "
+                      f"{r.get('peak_memory_gib', float('nan')):>9.2f} {r['warmup_s']:>10.1f}", flush=True)
     print_comparison(results, device)
     if args.schedule:
         print_schedule(results)
