@@ -251,12 +251,12 @@ def phase_hu_figure(measured: dict[str, dict[str, float]], ranges: dict[str, dic
 def phantom_vs_real_figure(real_slice: np.ndarray, phantom_slice: np.ndarray, phase_slices: dict[str, np.ndarray],
                            real_stats: dict[str, dict], phantom_stats: dict[str, dict], noise: dict[str, dict],
                            window: tuple[float, float] = (-160.0, 240.0), titles: Sequence[str] = ("real", "phantom"),
-                           ) -> plt.Figure:
+                           noise_organ: str = "a uniform organ") -> plt.Figure:
     """The phantom held against a real scan.
 
     Top: ``real_slice`` and ``phantom_slice`` ((H, W) HU, radiological view) in ``window``, and
     the noise power spectra of ``noise`` (label -> :func:`coinlib.image_quality.noise_texture`
-    result, std and correlation length in the legend). Middle: the phantom slice in each phase
+    result, std and correlation length in the legend) measured in ``noise_organ``. Middle: the phantom slice in each phase
     of ``phase_slices``. Bottom: HU per structure, median and 5th-95th percentile, real
     (``real_stats``) beside phantom (``phantom_stats``; :func:`coinlib.image_quality.hu_stats`).
     """
@@ -276,8 +276,12 @@ def phantom_vs_real_figure(real_slice: np.ndarray, phantom_slice: np.ndarray, ph
             ax.semilogy(t["nps_frequency"][1:], t["nps"][1:], label=f"{label}: std {t['std']:.1f} HU, "
                         f"ACF 0.5 at {t['correlation_mm']:.1f} mm, mean f {t['nps_mean_frequency']:.2f}/mm")
     ax.set(xlabel="spatial frequency [cycles/mm]", ylabel="NPS [HU$^2$ mm$^2$]",
-           title="noise power spectrum in a uniform organ (axial patches)")
-    ax.legend(fontsize=7)
+           title=f"noise power spectrum in the {noise_organ.replace('_', ' ')} (axial patches)")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, f"no 24 mm patch fits inside the {noise_organ.replace('_', ' ')}", ha="center",
+                transform=ax.transAxes, fontsize=8)
     ax.grid(alpha=0.3)
     for col, (phase, image) in enumerate(phase_slices.items()):
         ax = fig.add_subplot(grid[1, col])

@@ -4,7 +4,7 @@
   the literature ranges it draws from (``coinlib.phantom.structure_hu_range``).
 - :func:`compare_with_real`: a real scan in the TotalSegmentator layout (``ct.nii.gz`` and
   ``segmentations/<name>.nii.gz``) beside a phantom subject in the same phase: HU per
-  structure, noise texture in a uniform organ (:func:`coinlib.image_quality.noise_texture`)
+  structure, noise texture in an organ, uniform where the scan has its mask (:func:`coinlib.image_quality.noise_texture`)
   and an axial slice at the same level (largest kidney cross-section) in radiological view.
 
 ``coinlib.plots.phase_hu_figure`` and ``phantom_vs_real_figure`` draw the results.
@@ -23,7 +23,7 @@ from .image_quality import hu_stats, noise_texture
 from .phantom import PHASES, STRUCTURE_TISSUES, axial_view, render_totalsegmentator_subject, structure_hu_range
 from .prepare import load_canonical
 
-__all__ = ["REAL_CT_SAMPLE", "STRUCTURES_COMPARED", "PHASE_STRUCTURES", "phase_hu", "load_subject", "compare_with_real"]
+__all__ = ["REAL_CT_SAMPLE", "STRUCTURES_COMPARED", "PHASE_STRUCTURES", "NOISE_ORGANS", "phase_hu", "load_subject", "compare_with_real"]
 
 STRUCTURES_COMPARED = tuple(STRUCTURE_TISSUES)
 PHASE_STRUCTURES = ("liver", "spleen", "kidney_left", "aorta", "inferior_vena_cava", "pancreas", "iliopsoas_left")
@@ -92,8 +92,12 @@ def _crop_to_body(image: np.ndarray, margin: int = 4) -> np.ndarray:
     return image[r0:rows.max() + margin + 1, c0:cols.max() + margin + 1]
 
 
+# Where to measure the noise: the first of these the real scan has a mask of (uniform organs first).
+NOISE_ORGANS = ("liver", "spleen", "autochthon_left", "iliopsoas_left", "kidney_left", "kidney_right")
+
+
 def compare_with_real(real_dir: str | os.PathLike, phase: str = "native", seed: int = 0, index: int = 0,
-                      fine_mm: float = 1.5, noise_organ: str = "liver") -> dict[str, Any]:
+                      fine_mm: float = 1.5, noise_organ: str | None = None) -> dict[str, Any]:
     """Measure a real TotalSegmentator-layout scan and a phantom subject the same way.
 
     The phantom subject (``seed``, ``index``) is rendered in ``phase`` (the real sample here
@@ -102,11 +106,13 @@ def compare_with_real(real_dir: str | os.PathLike, phase: str = "native", seed: 
     largest kidney cross-section, cropped to the body), ``phase_slices`` (the phantom slice
     in every phase), ``real_stats`` / ``phantom_stats`` (:func:`coinlib.image_quality.hu_stats`
     per structure, masks eroded by one voxel), ``noise`` (label -> noise texture in
-    ``noise_organ``) and ``spacing`` (the real scan's voxel size).
+    ``noise_organ``; None: the first of ``NOISE_ORGANS`` the real scan has a mask of, which
+    ``noise_organ`` in the result names) and ``spacing`` (the real scan's voxel size).
     """
     hu, masks, spacing = load_subject(real_dir)
+    noise_organ = noise_organ or next((n for n in NOISE_ORGANS if n in masks), None)
     if noise_organ not in masks:
-        raise ValueError(f"{real_dir} has no {noise_organ} mask to measure the noise in")
+        raise ValueError(f"{real_dir} has no mask of {noise_organ or list(NOISE_ORGANS)} to measure the noise in")
     voxel = float(spacing[0])
     phantom = render_totalsegmentator_subject(seed, index, voxel, phases=phase)
     pmasks = {name: phantom.mask(name).astype(bool) for name in masks}
@@ -128,6 +134,7 @@ def compare_with_real(real_dir: str | os.PathLike, phase: str = "native", seed: 
         "real_stats": {n: s for n in masks if (s := hu_stats(hu, masks[n], erode=1)) is not None},
         "phantom_stats": {n: s for n in masks if (s := hu_stats(phantom.hu, pmasks[n], erode=1)) is not None},
         "noise": noise,
+        "noise_organ": noise_organ,
         "spacing": spacing,
         "phase": phase,
     }

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
     real = realism.compare_with_real(args.real, args.phase, args.seed, args.subject)
     fig = phantom_vs_real_figure(real["real_slice"], real["phantom_slice"], real["phase_slices"], real["real_stats"],
-                                 real["phantom_stats"], real["noise"],
+                                 real["phantom_stats"], real["noise"], noise_organ=real["noise_organ"],
                                  titles=(f"real, {args.phase}, {real['spacing'][0]:g} mm", f"phantom, {args.phase}"))
     print(*save_figure(fig, args.out / "phantom_vs_real"), sep="\n")
     plt.close(fig)

@@ -48,3 +48,13 @@ def test_compare_with_real_on_a_layout_folder(tmp_path):
 def test_missing_sample_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no real CT sample"):
         realism.load_subject(tmp_path / "absent")
+
+
+def test_compare_with_only_kidney_masks(tmp_path):
+    """The repository's sample ships only its kidney masks: the noise is then measured there."""
+    folder = P.generate_totalsegmentator(tmp_path, 1, 5, spacing_mm=3.0, z_extent_mm=90.0, phases="native")
+    for path in (folder / "s0000" / "segmentations").glob("*.nii.gz"):
+        if not path.name.startswith("kidney_"):
+            path.unlink()
+    result = realism.compare_with_real(folder / "s0000", seed=0, index=1, fine_mm=2.5)
+    assert result["noise_organ"] == "kidney_left" and set(result["real_stats"]) == {"kidney_left", "kidney_right"}
