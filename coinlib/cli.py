@@ -1,6 +1,6 @@
 """The ``coin`` command: each sub-command is a thin wrapper over a ``coinlib`` function.
 
-    coin phantom --out DIR --subjects N --seed S [--layout kits23]
+    coin phantom --out DIR --subjects N --seed S [--layout kits23] [--phases SPEC]
     coin prepare --layout totalsegmentator|kits23 --src DIR --out DIR [--image-size 256]
     coin train-classifier --profile quick --run-dir runs/quick [--track synthetic|tumour]
     coin train --profile quick --run-dir runs/quick [--variant coin] [--set train.batch_size=8]
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--subjects", type=int, default=40, help="number of scans (default 40)")
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--layout", default="totalsegmentator", choices=["totalsegmentator", "kits23"])
+    phantom.add_argument("--phases", default=None,
+                         help="contrast phases drawn per scan, 'phase:weight,...' or one phase of native, "
+                              "arterial, portal_venous, nephrographic, delayed (default: the layout's "
+                              "mix, e.g. TotalSegmentator native:0.30,arterial:0.15,portal_venous:0.45,"
+                              "delayed:0.10; KiTS23 arterial:0.80,nephrographic:0.20)")
 
     prepare = commands.add_parser("prepare", help="turn a dataset in a real layout into prepared slices")
     prepare.add_argument("--layout", required=True, choices=["totalsegmentator", "kits23", "auto"])
@@ -136,10 +141,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .config import DataConfig, get_profile, with_seed
 
     if args.command == "phantom":
-        from .phantom import generate_kits23, generate_totalsegmentator
+        from .phantom import KITS23_PHASES, TOTALSEGMENTATOR_PHASES, generate_kits23, generate_totalsegmentator
 
-        make = generate_totalsegmentator if args.layout == "totalsegmentator" else generate_kits23
-        print(make(args.out, args.subjects, args.seed))
+        if args.layout == "totalsegmentator":
+            make, phases = generate_totalsegmentator, TOTALSEGMENTATOR_PHASES
+        else:
+            make, phases = generate_kits23, KITS23_PHASES
+        print(make(args.out, args.subjects, args.seed, phases=args.phases or phases))
         return 0
     if args.command == "prepare":
         from .prepare import detect_layout, prepare_dataset

@@ -52,6 +52,12 @@ class PhantomConfig:
     seed: int = 0
     spacing_mm: float = 1.5  # isotropic voxel size of the TotalSegmentator track
     kits_inplane_mm: float | None = None  # None: 0.7-0.98 mm per case, as in KiTS23
+    kits_slice_mm: float | None = None  # None: 2.5 or 3 mm per case
+    # Contrast phases drawn per subject, "phase:weight,..." (coinlib.phantom.parse_phases; the
+    # defaults are phantom.TOTALSEGMENTATOR_PHASES and KITS23_PHASES, reasons given there).
+    # Noise follows the voxel size (phantom.noise_std), so a coarser rendering stays consistent.
+    ts_phases: str = "native:0.30,arterial:0.15,portal_venous:0.45,delayed:0.10"
+    kits_phases: str = "arterial:0.80,nephrographic:0.20"
 
 
 @dataclass(frozen=True)

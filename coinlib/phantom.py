@@ -12,14 +12,25 @@ unchanged on the real data.
 - :func:`generate_kits23`: ``case_XXXXX/imaging.nii.gz`` (float32 HU) and
   ``segmentation.nii.gz`` (uint8: 0 background, 1 kidney, 2 tumour, 3 cyst), array
   axis 0 axial ``(slices, rows, columns)``; 60 % tumour cases, 10 % cyst-only,
-  30 % controls. Stands in for the private TUH set.
+  30 % controls, mostly late arterial. Stands in for the private TUH set.
 
 A subject is made in two steps, as torchio does for random transforms: every
 parameter is drawn from an RNG seeded by ``(seed, track, index)``, then a
 deterministic rendering paints tissue classes into a label volume in anatomical
-order (later paint wins), maps them to HU for a per-subject contrast phase, adds organ
-texture, blurs for partial volume and adds spatially correlated CT noise. Same seed,
-byte-identical files.
+order (later paint wins), maps them to HU, adds organ texture, blurs for partial volume
+and adds spatially correlated CT noise. Same seed, byte-identical files.
+
+Contrast: each subject is scanned in one phase drawn from the track's mix (native, late
+arterial / corticomedullary, portal venous, nephrographic, delayed; ``PHASES``), with
+per-tissue HU ranges per phase from the literature cited at ``_ENHANCEMENT``; within a
+phase a subject's bolus timing moves its organs together, each with its own jitter.
+Noise is specified at a reference voxel and scales with voxel volume (:func:`noise_std`),
+so a coarse rendering carries the noise a fine one shows after averaging.
+
+KiTS masses: renal cell carcinomas of three subtypes (clear cell, papillary, chromophobe)
+in KiTS23's proportions and size distribution, each its subtype's enhancement in the
+case's phase, with necrosis, cystic change and calcification; expansile (the kidney is
+pushed aside, not overpainted) and often exophytic; simple cysts at water density.
 
 World coordinates are RAS+ in mm: +x towards the patient's right, +y anterior,
 +z superior. The anatomy lives in a patient frame centred on the body and turned by a
@@ -40,15 +51,18 @@ import numpy as np
 from scipy import ndimage
 
 from .files import atomic_path, read_json, write_csv, write_json
+from .image_quality import hu_stats
 from .progress import tqdm
 
 __all__ = [
-    "STRUCTURES", "KITS_LABELS", "PhantomVolume", "render_totalsegmentator_subject",
-    "render_kits23_case", "generate_totalsegmentator", "generate_kits23", "organ_hu_stats",
-    "axial_view",
+    "STRUCTURES", "KITS_LABELS", "PHASES", "TOTALSEGMENTATOR_PHASES", "KITS23_PHASES", "RCC_SUBTYPES",
+    "NOISE_REFERENCE_MM", "STRUCTURE_TISSUES", "PhantomVolume", "parse_phases", "draw_phase",
+    "phase_hu_ranges", "structure_hu_range", "noise_std",
+    "render_totalsegmentator_subject", "render_kits23_case", "generate_totalsegmentator",
+    "generate_kits23", "organ_hu_stats", "axial_view",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: contrast phases, renal-mass subtypes and sizes, noise per voxel size
 VERTEBRAE = ("T11", "T12", "L1", "L2", "L3", "L4")
 # TotalSegmentator v2 class names; a structure's owner id in the rendering is index + 1.
 STRUCTURES = (
@@ -60,25 +74,89 @@ _ID = {name: i + 1 for i, name in enumerate(STRUCTURES)}
 _TUMOUR, _CYST = 100, 101
 KITS_LABELS = {"background": 0, "kidney": 1, "tumour": 2, "cyst": 3}
 
-# Tissue classes: (low, high) HU of the per-subject draw (portal venous phase) and the
-# texture amplitude (HU). One "enhancement" draw places every enhancing tissue inside
-# its range, so organs brighten together as in a real contrast phase.
+# ------------------------------------------------------------ tissues, HU and contrast phases
+#
+# Contrast phases (renal multiphase CT; Yuh & Cohan, AJR 1999;173:747-755; Birnbaum et al.,
+# Radiology 1996;200:753-758; bolus timing: Bae, Radiology 2010;256:32-61):
+#   native         no IV contrast
+#   arterial       late arterial / corticomedullary, ~35-45 s: aorta at its peak, the renal
+#                  cortex bright and the medulla still dark; KiTS19/21/23 images are this phase
+#   portal_venous  ~70 s: liver and portal veins at their peak, corticomedullary difference fading
+#   nephrographic  ~100 s: homogeneous nephrogram, cortex = medulla; the best phase for detecting
+#                  renal masses (Cohan et al., Radiology 1995;196:445-451; Szolar et al.,
+#                  Radiology 1997;202:211-217)
+#   delayed        excretory, 5-10 min: parenchyma washing out, contrast in the collecting system
+PHASES = ("native", "arterial", "portal_venous", "nephrographic", "delayed")
+# Phase mixes drawn per subject (PhantomConfig.ts_phases / kits_phases; parse_phases).
+# TotalSegmentator: routine clinical CT sampled at random (Wasserthal et al., Radiol AI
+# 2023;5:e230024), which the paper says mixes native, arterial, portal venous and late phases
+# without publishing counts; this mix is our choice: portal venous is the routine abdominal
+# protocol, native is common (stone, trauma, follow-up and chest-abdomen scans), arterial and
+# delayed are protocol-specific. KiTS23: "late arterial" pre-operative CT (Heller et al., KiTS19
+# data paper, arXiv:1904.00445; KiTS21 title: "... in corticomedullary-phase CT"), a minority
+# nephrographic.
+TOTALSEGMENTATOR_PHASES = "native:0.30,arterial:0.15,portal_venous:0.45,delayed:0.10"
+KITS23_PHASES = "arterial:0.80,nephrographic:0.20"
+
+# Tissue classes: (low, high) HU of the per-subject draw and the texture amplitude (HU) for the
+# tissues whose HU does not depend on the contrast phase.
 _TISSUES: dict[str, tuple[float, float, float]] = {
     "air": (-1000, -1000, 0), "lung": (-880, -830, 35), "fat": (-115, -85, 7),
-    "skin": (20, 50, 5), "muscle": (42, 60, 6), "liver": (100, 130, 5),
-    "liver_vessel": (150, 185, 6), "spleen": (108, 135, 4), "cortex": (150, 200, 6),
-    "medulla": (100, 130, 6), "urine": (5, 25, 3), "sinus_fat": (-95, -70, 8),
-    "artery": (160, 250, 5), "vein": (130, 180, 5), "bowel_wall": (75, 110, 8),
+    "skin": (20, 50, 5), "muscle": (40, 55, 6), "liver": (50, 65, 5),
+    "liver_vessel": (35, 50, 6), "spleen": (40, 52, 4), "cortex": (28, 40, 6),
+    "medulla": (25, 38, 6), "urine": (0, 15, 3), "sinus_fat": (-95, -70, 8),
+    "artery": (35, 50, 5), "vein": (35, 50, 5), "ivc": (35, 50, 5), "bowel_wall": (30, 45, 8),
     "bowel_fluid": (0, 30, 6), "gas": (-1000, -960, 15), "contrast": (200, 320, 30),
-    "stool": (-90, 10, 60), "bile": (0, 20, 3), "pancreas": (85, 115, 14),
+    "stool": (-90, 10, 60), "bile": (0, 20, 3), "pancreas": (35, 50, 14),
     "bone": (650, 950, 70), "marrow": (180, 290, 45), "disc": (70, 100, 6),
     "csf": (5, 20, 3), "cartilage": (110, 190, 15), "table": (120, 260, 10), "calcium": (450, 800, 50),
-    "tumour": (75, 125, 24), "tumour_rim": (120, 165, 14), "necrosis": (15, 40, 10),
-    "cyst": (0, 18, 2),
+    # renal masses (solid part by subtype; see _ENHANCEMENT for the contrast phases)
+    "rcc_clear": (28, 42, 18), "rcc_clear_avid": (30, 45, 15),  # clear cell: solid, hypervascular parts
+    "rcc_papillary": (28, 42, 7), "rcc_chromophobe": (28, 42, 10),
+    "necrosis": (12, 35, 8),  # non-enhancing necrotic tumour
+    "tumour_fluid": (5, 25, 4),  # cystic change inside a tumour
+    "cyst": (0, 18, 2),  # simple (Bosniak I) cyst: -9 to 20 HU, no enhancement (Silverman et al.,
+    # Radiology 2019;292:475-488)
 }
 _T = {name: i for i, name in enumerate(_TISSUES)}
-_ENHANCING = {"liver", "liver_vessel", "spleen", "cortex", "medulla", "artery", "vein",
-              "bowel_wall", "pancreas", "tumour", "tumour_rim"}
+# HU ranges per contrast phase of the tissues that enhance; "native" is _TISSUES above.
+# Rounded from: renal cortex / medulla per phase: Yuh & Cohan 1999 and Birnbaum et al. 1996
+# (corticomedullary cortex 150-230, medulla 60-110; nephrographic both 150-200; excretory
+# medulla >= cortex, collecting system opacified); aorta, portal vein, liver, spleen, pancreas:
+# Bae 2010 (time-enhancement curves at a standard 1.5-2 ml/kg dose) and Boll & Merkle,
+# Radiographics 2009;29:1591-1614 (unenhanced liver 50-65 HU, spleen ~8-10 HU lower);
+# renal cell carcinoma by subtype: Kim et al., AJR 2002;178:1499-1506, Young et al., Radiology
+# 2013;267:444-453 and Prasad et al., Radiographics 2006;26:1795-1806 (clear cell avid and
+# heterogeneous but below the cortex in the corticomedullary phase, washing out later;
+# papillary hypo-enhancing, homogeneous, enhancing slowly; chromophobe intermediate).
+_ENHANCEMENT: dict[str, dict[str, tuple[float, float]]] = {
+    #                arterial      portal_venous  nephrographic   delayed
+    "liver":        dict(arterial=(65, 85), portal_venous=(100, 125), nephrographic=(95, 118), delayed=(78, 98)),
+    "liver_vessel": dict(arterial=(80, 130), portal_venous=(150, 190), nephrographic=(135, 165), delayed=(95, 120)),
+    "spleen":       dict(arterial=(95, 140), portal_venous=(110, 130), nephrographic=(105, 125), delayed=(85, 105)),
+    "cortex":       dict(arterial=(150, 230), portal_venous=(160, 210), nephrographic=(150, 200), delayed=(110, 150)),
+    "medulla":      dict(arterial=(65, 110), portal_venous=(110, 160), nephrographic=(150, 200), delayed=(120, 170)),
+    "urine":        dict(arterial=(0, 15), portal_venous=(0, 20), nephrographic=(5, 35), delayed=(400, 1200)),
+    "artery":       dict(arterial=(250, 380), portal_venous=(150, 200), nephrographic=(130, 170), delayed=(100, 130)),
+    "vein":         dict(arterial=(120, 180), portal_venous=(160, 210), nephrographic=(140, 175), delayed=(100, 130)),
+    "ivc":          dict(arterial=(70, 120), portal_venous=(125, 170), nephrographic=(130, 160), delayed=(100, 130)),
+    "pancreas":     dict(arterial=(100, 140), portal_venous=(85, 110), nephrographic=(80, 100), delayed=(65, 85)),
+    "bowel_wall":   dict(arterial=(70, 100), portal_venous=(80, 110), nephrographic=(75, 100), delayed=(60, 85)),
+    "muscle":       dict(arterial=(45, 60), portal_venous=(50, 65), nephrographic=(50, 65), delayed=(50, 62)),
+    "rcc_clear":    dict(arterial=(110, 170), portal_venous=(110, 150), nephrographic=(90, 130), delayed=(65, 95)),
+    "rcc_clear_avid": dict(arterial=(150, 215), portal_venous=(135, 175), nephrographic=(105, 145), delayed=(70, 105)),
+    "rcc_papillary": dict(arterial=(50, 80), portal_venous=(60, 90), nephrographic=(65, 100), delayed=(60, 90)),
+    "rcc_chromophobe": dict(arterial=(75, 110), portal_venous=(85, 115), nephrographic=(85, 120), delayed=(70, 100)),
+}
+# The arterial spleen is heterogeneous (arciform enhancement): a larger texture amplitude.
+_TEXTURE_BY_PHASE = {("spleen", "arterial"): 22.0}
+RCC_SUBTYPES = {"clear_cell": "rcc_clear", "papillary": "rcc_papillary", "chromophobe": "rcc_chromophobe"}
+# Subtype mix of the KiTS23 cases (dataset/kits23.json, 489 cases: clear cell 310, papillary 45,
+# chromophobe 38; oncocytoma 26 and the rarer rest are drawn as the nearest of the three).
+_RCC_MIX = {"clear_cell": 0.78, "papillary": 0.12, "chromophobe": 0.10}
+# Noise: CT noise variance scales as 1 / (voxel volume) at a fixed dose, so the drawn noise std
+# holds at this reference voxel (mm) and every rendering scales it (``_to_hu``).
+NOISE_REFERENCE_MM = (1.5, 1.5, 1.5)
 
 
 # ---------------------------------------------------------------- grid and primitives
@@ -241,7 +319,7 @@ def _u(rng, lo, hi) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def _draw_anatomy(rng: np.random.Generator, z_extent_mm: float | None) -> dict:
+def _draw_anatomy(rng: np.random.Generator, z_extent_mm: float | None, phase: str) -> dict:
     """Every random number of one subject (mm, patient frame); rendering draws only noise."""
     male = rng.random() < 0.55
     age = int(rng.integers(25, 86))
@@ -337,12 +415,67 @@ def _draw_anatomy(rng: np.random.Generator, z_extent_mm: float | None) -> dict:
                       drop=_u(rng, 0.85, 1.15) * drop, cartilage=k <= 10, z0=sp["disc0"] + (13.5 - k) * sp["level_h"])
                  for side in (1, -1) for k, span, drop in ((12, 55, 45), (11, 85, 80), (10, 125, 170),
                                                            (9, 140, 145), (8, 150, 140), (7, 155, 140))]
-    enh = _u(rng, 0.0, 1.0)
-    A["hu"] = {name: lo + (hi - lo) * (float(np.clip(enh + _u(rng, -0.25, 0.25), 0, 1))
-                                       if name in _ENHANCING else _u(rng, 0, 1))
-               for name, (lo, hi, _) in _TISSUES.items()}
-    A["noise_hu"] = float(np.clip(_u(rng, 10, 16) * (a / 160) ** 1.5, 10, 20))  # larger patients, noisier
+    A["phase"] = phase
+    A["hu"], A["texture_hu"] = _draw_contrast(rng, phase, age)
+    # noise std at NOISE_REFERENCE_MM; larger patients are noisier (fewer photons reach the detector)
+    A["noise_hu"] = float(np.clip(_u(rng, 10, 16) * (a / 160) ** 1.5, 10, 20))
     return A
+
+
+def _draw_contrast(rng: np.random.Generator, phase: str, age: int = 40) -> tuple[dict[str, float], dict[str, float]]:
+    """HU and texture amplitude of every tissue class for one subject in ``phase``.
+
+    Within a phase, a subject draws where its bolus timing and dose put it (``timing`` in
+    [0, 1]); each enhancing tissue sits at ``timing`` +- 0.3 of its range, so organs brighten
+    together but not in lockstep, as in real scans. Tissues that do not enhance draw
+    independently. Fat infiltration with ``age`` lowers muscle (0.4 HU per year after 30;
+    Wasserthal et al. 2023 found the back muscles' attenuation falling with age) and
+    pancreas (0.5 HU per year after 40) in every phase. The number of random draws does not
+    depend on the phase, so the anatomy and lesions drawn after this are the same in every phase.
+    """
+    if phase not in PHASES:
+        raise ValueError(f"unknown contrast phase {phase!r}; choose one of {list(PHASES)}")
+    timing = _u(rng, 0.0, 1.0)
+    hu, texture = {}, {}
+    for name, (lo, hi, amp) in _TISSUES.items():
+        jitter, free = _u(rng, -0.3, 0.3), _u(rng, 0, 1)
+        if phase != "native" and name in _ENHANCEMENT:
+            lo, hi = _ENHANCEMENT[name][phase]
+            hu[name] = lo + (hi - lo) * float(np.clip(timing + jitter, 0, 1))
+        else:
+            hu[name] = lo + (hi - lo) * free
+        texture[name] = _TEXTURE_BY_PHASE.get((name, phase), amp)
+    if phase != "native":  # clear-cell RCC is avid but stays below the cortex (Young et al. 2013)
+        hu["rcc_clear"] = min(hu["rcc_clear"], hu["cortex"] - 15.0)
+        hu["rcc_clear_avid"] = min(hu["rcc_clear_avid"], hu["cortex"] - 5.0)
+    hu["muscle"] -= 0.4 * max(age - 30, 0)
+    hu["pancreas"] -= 0.5 * max(age - 40, 0)
+    return hu, texture
+
+
+def phase_hu_ranges(phase: str) -> dict[str, tuple[float, float]]:
+    """The (low, high) HU each tissue class is drawn from in ``phase`` (the cited ranges above)."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown contrast phase {phase!r}; choose one of {list(PHASES)}")
+    return {name: (_ENHANCEMENT[name][phase] if phase != "native" and name in _ENHANCEMENT else (lo, hi))
+            for name, (lo, hi, _) in _TISSUES.items()}
+
+
+# The tissue classes a structure's mask mostly holds (kidney: cortex and medulla).
+STRUCTURE_TISSUES = {
+    "liver": ("liver",), "spleen": ("spleen",), "kidney_left": ("cortex", "medulla"),
+    "kidney_right": ("cortex", "medulla"), "aorta": ("artery",), "inferior_vena_cava": ("ivc",),
+    "pancreas": ("pancreas",), "iliopsoas_left": ("muscle",), "iliopsoas_right": ("muscle",),
+    "autochthon_left": ("muscle",), "autochthon_right": ("muscle",),
+}
+
+
+def structure_hu_range(structure: str, phase: str) -> tuple[float, float]:
+    """The literature HU range (low, high) of a structure in ``STRUCTURE_TISSUES`` in ``phase``:
+    the span of its tissues' ranges (a kidney spans cortex and medulla)."""
+    ranges = phase_hu_ranges(phase)
+    spans = [ranges[t] for t in STRUCTURE_TISSUES[structure]]
+    return min(lo for lo, _ in spans), max(hi for _, hi in spans)
 
 
 def _tree(rng, root, direction, length, radius, levels) -> list[tuple]:
@@ -360,34 +493,60 @@ def _tree(rng, root, direction, length, radius, levels) -> list[tuple]:
 def _draw_lesions(rng: np.random.Generator, A: dict, kind: str) -> list[dict]:
     """KiTS masses of one case: ``kind`` is "tumour" (maybe with a cyst), "cyst" or "control".
 
-    Tumours: 1-7 cm, lobulated (1-4 lobes plus surface waves), centre from deep in the
-    parenchyma to just outside the contour (exophytic); larger ones have necrosis.
-    Cysts: 1-5 cm, smooth, often exophytic.
+    Tumours: largest diameter log-normal like KiTS23's (``radiographic_size`` of 482 cases
+    in its dataset/kits23.json: median 4.0 cm, interquartile range 2.5-6.1 cm, log-sd 0.62),
+    clipped to 1-10 cm (the rendered field is centred on the kidneys); subtype from
+    ``_RCC_MIX``; lobulated, centred in the parenchyma from deep to near the contour, so
+    larger ones are exophytic; expansile: part of the mass pushes the parenchyma aside
+    (``push``: radius of the volume displaced, the rest replaces parenchyma). Necrosis becomes likelier with size
+    (overall about a quarter of the tumours, as KiTS23's 23 % with necrosis at pathology),
+    cystic change and calcification by subtype (Prasad et al. 2006: papillary tumours calcify
+    most often, clear-cell ones are the most heterogeneous). Cysts: 1-5 cm, smooth, often
+    exophytic.
     """
     kinds = {"tumour": ["tumour"] + (["cyst"] if rng.random() < 0.25 else []),
              "cyst": ["cyst"] * int(rng.integers(1, 3)), "control": []}[kind]
     out = []
     for k in kinds:
-        kd = A["kidney"][int(rng.choice([1, -1]))]
+        side = int(rng.choice([1, -1]))
+        kd = A["kidney"][side]
         tumour = k == "tumour"
-        d = float(np.clip(rng.lognormal(np.log(35 if tumour else 22), 0.45), 10, 70 if tumour else 50))
+        subtype = str(rng.choice(list(_RCC_MIX), p=list(_RCC_MIX.values()))) if tumour else "cyst"
+        if tumour:
+            d = float(np.clip(rng.lognormal(np.log(40.0), 0.62), 10, 100))
+        else:
+            d = float(np.clip(rng.lognormal(np.log(22.0), 0.45), 10, 50))
         r = d / 2
         while True:  # direction in the kidney frame, away from the hilum (+h)
             u = rng.normal(size=3)
             u /= np.linalg.norm(u)
             if u[0] < 0.3:
                 break
-        depth = _u(rng, 0.55, 1.05) if tumour else _u(rng, 0.75, 1.1)
+        depth = _u(rng, 0.45, 0.95) if tumour else _u(rng, 0.7, 0.98)  # centre in the kidney: it grows from it
         local = u * depth / np.sqrt(np.sum((u / kd["radii"]) ** 2))
         lobes = [(np.zeros(3), r * rng.uniform(0.85, 1.0, 3))]
         if tumour:
-            lobes += [(rng.normal(0, 0.4 * r, 3), r * rng.uniform(0.5, 0.8, 3))
+            lobes += [(rng.normal(0, 0.3 * r, 3), r * rng.uniform(0.45, 0.75, 3))
                       for _ in range(int(rng.integers(0, 4)))]
         waves = [(_u(rng, 0.02, 0.06) if tumour else 0.01, rng.normal(0, 1, 3) * _u(rng, 2, 4),
                   _u(rng, 0, 2 * np.pi)) for _ in range(3)]
-        out.append(dict(kind=k, centre=kd["centre"] + kd["frame"].T @ local, radius=r, lobes=lobes,
-                        waves=waves, rim_mm=_u(rng, 1.5, 3.5),
-                        necrosis=_u(rng, 0.35, 0.7) if tumour and d > 25 else 0.0))
+        # internal structure: probabilities per subtype (clear cell, papillary, chromophobe)
+        scale = {"clear_cell": 1.0, "papillary": 0.5, "chromophobe": 0.3, "cyst": 0.0}[subtype]
+        p_fluid = {"clear_cell": 0.25, "papillary": 0.1, "chromophobe": 0.05, "cyst": 0.0}[subtype]
+        p_calc = {"clear_cell": 0.1, "papillary": 0.25, "chromophobe": 0.15, "cyst": 0.0}[subtype]
+        necrotic = rng.random() < scale * np.clip(0.1 * (d / 10 - 1.5), 0, 0.8)
+        cystic = rng.random() < p_fluid
+        calcified = rng.random() < p_calc
+        islands = [(rng.normal(0, 1, 3) / np.float32(_u(rng, 0.2, 0.35) * r), _u(rng, 0, 2 * np.pi)) for _ in range(8)]
+        patches = [(rng.normal(0, 1, 3) / np.float32(_u(rng, 0.15, 0.3) * r), _u(rng, 0, 2 * np.pi)) for _ in range(8)]
+        calcs = [(rng.normal(0, 0.35 * r, 3), _u(rng, 1.0, 2.5)) for _ in range(int(rng.integers(1, 5)))]
+        out.append(dict(
+            kind=k, subtype=subtype, side=side, centre=kd["centre"] + kd["frame"].T @ local, radius=r,
+            lobes=lobes, waves=waves, push=r * _u(rng, 0.3, 0.85) ** (1 / 3),
+            necrosis=_u(rng, 0.35, 0.7) if necrotic else 0.0,
+            fluid=_u(rng, 0.05, 0.25) if cystic else 0.0, islands=islands,
+            avid=_u(rng, 0.2, 0.45) if subtype == "clear_cell" else 0.0, patches=patches,
+            calcs=calcs if calcified else []))
     return out
 
 
@@ -547,18 +706,24 @@ def _organs(cv: _Canvas, A: dict) -> None:
             cv.fill(_tube(g, np.add(p0, back), np.add(p1, back), 4.0), "vein")
 
 
-def _kidneys(cv: _Canvas, A: dict) -> None:
-    """Perirenal fat, cortex, medullary pyramids, sinus fat and pelvis (both sides)."""
+def _kidneys(cv: _Canvas, A: dict, lesions: list[dict]) -> None:
+    """Perirenal fat, cortex, medullary pyramids, sinus fat and pelvis (both sides).
+
+    Expansile masses of ``lesions`` push the kidney and its fat aside (:func:`_pushed`), so
+    the parenchyma is stretched around a mass (the "claw sign") instead of being cut.
+    """
     g = cv.g
     for side, kd in A["kidney"].items():
         owner = _ID["kidney_right" if side > 0 else "kidney_left"]
         c, (rh, rv, rw) = kd["centre"], kd["radii"]
+        masses = [(les["centre"] - c, les["push"]) for les in lesions if les["side"] == side]
         pad = 1 + kd["pad"] / rv
         half = _extent(kd["radii"] * pad + (kd["bend"] * rh, 0, 0), kd["frame"])
+        half = half + max((m[1] for m in masses), default=0.0)
         sl = g.box(c - half, c + half)
         if sl is None:
             continue
-        lh, lv, lw = _rotate(kd["frame"], *g.offsets(sl, c))
+        lh, lv, lw = _rotate(kd["frame"], *_pushed(*g.offsets(sl, c), masses))
         lh = lh + np.float32(kd["bend"] * rh) * np.clip(1 - (lw / rw) ** 2, 0, 1)  # bean: concave medially
         q = np.sqrt((lh / rh) ** 2 + (lv / rv) ** 2 + (lw / rw) ** 2)
         cv.paint(sl, q < pad, "fat", 0)
@@ -589,8 +754,40 @@ def _kidneys(cv: _Canvas, A: dict) -> None:
                     "muscle", over="fat")
 
 
+def _pushed(px, py, pz, masses):
+    """Where the tissue now at offsets (px, py, pz) was before expansile masses grew.
+
+    Each mass ``(centre, push)`` moves tissue radially outward, keeping its volume: what lies
+    at distance D from the centre came from (D^3 - push^3)^(1/3). Shapes broadcast.
+    """
+    for centre, push in masses:
+        cx, cy, cz = (np.float32(c) for c in centre)
+        ex, ey, ez = px - cx, py - cy, pz - cz
+        dist = np.sqrt(ex * ex + ey * ey + ez * ez)
+        scale = np.cbrt(np.maximum(dist ** 3 - np.float32(push) ** 3, 0)) / np.maximum(dist, np.float32(1e-3))
+        px, py, pz = ex * scale + cx, ey * scale + cy, ez * scale + cz
+    return px, py, pz
+
+
+def _paint_islands(cv: _Canvas, sl, where, offsets, waves, fraction: float, tissue: str) -> None:
+    """Paint ``tissue`` on about ``fraction`` of ``where``: where a smooth random field (a sum
+    of plane waves ``(k, phase)``) exceeds its quantile, so the islands are blobs, not speckle."""
+    if not where.any():
+        return
+    px, py, pz = offsets
+    field = sum(np.cos(px * k[0] + py * k[1] + pz * k[2] + ph) for k, ph in waves)
+    field = np.broadcast_to(field, where.shape)
+    cv.paint(sl, where & (field > np.quantile(field[where], 1 - fraction)), tissue, _TUMOUR)
+
+
 def _lesions(cv: _Canvas, lesions: list[dict]) -> None:
-    """KiTS masses: lobulated heterogeneous tumours (enhancing rim, core, necrosis), water cysts."""
+    """KiTS masses: lobulated renal cell carcinomas and simple cysts.
+
+    A tumour is its subtype's solid tissue with, where drawn, irregular central necrosis,
+    islands of cystic change and punctate calcifications; where it leaves the kidney it is
+    bordered by fat. Cysts are water density. Both replace what was painted before except
+    bone, the spinal canal and the great vessels.
+    """
     g = cv.g
     kidneys = (_ID["kidney_left"], _ID["kidney_right"])
     for les in lesions:
@@ -611,13 +808,18 @@ def _lesions(cv: _Canvas, lesions: list[dict]) -> None:
             cv.paint(sl, inside, "cyst", _CYST)
             continue
         cv.paint(sl, (q < 1.12) & ~inside & ~np.isin(cv.owner[sl], kidneys), "fat", 0)
-        cv.paint(sl, inside, "tumour_rim", _TUMOUR)
-        core = inside & (q < 1 - les["rim_mm"] / r)
-        cv.paint(sl, core, "tumour", _TUMOUR)
+        cv.paint(sl, inside, RCC_SUBTYPES[les["subtype"]], _TUMOUR)
+        if les["avid"] > 0:  # clear cell: patches of hypervascular tumour between less avid parts
+            _paint_islands(cv, sl, inside, (px, py, pz), les["patches"], les["avid"], "rcc_clear_avid")
         if les["necrosis"] > 0:
             irregular = 1 + 3 * sum(amp * np.cos(1.7 * (px * k[1] - py * k[2] + pz * k[0]) / r + ph)
                                     for amp, k, ph in les["waves"])
-            cv.paint(sl, core & (q * irregular < les["necrosis"]), "necrosis", _TUMOUR)
+            cv.paint(sl, inside & (q * irregular < les["necrosis"]), "necrosis", _TUMOUR)
+        if les["fluid"] > 0:  # cystic change, away from the surface
+            _paint_islands(cv, sl, inside & (q < 0.85), (px, py, pz), les["islands"], les["fluid"], "tumour_fluid")
+        for off, rad in les["calcs"]:
+            dot = np.sqrt((px - off[0]) ** 2 + (py - off[1]) ** 2 + (pz - off[2]) ** 2) < rad
+            cv.paint(sl, inside & (q < 0.9) & dot, "calcium", _TUMOUR)
 
 
 def _vessels(cv: _Canvas, A: dict) -> None:
@@ -643,7 +845,7 @@ def _vessels(cv: _Canvas, A: dict) -> None:
             cv.paint(sl, (q > 0.78) & (q < 1.02) & near & (np.abs(pz - zc) < 4), "calcium", None)
     ivc_y = lambda z: sp["vb_y"] - sp["lordosis"] * z + ivc["dy"] + np.clip(0.5 * (z - sma["z0"] - 10), 0, 35)  # noqa: E731
     ivc_x = lambda z: ivc["x"] + np.clip(0.2 * (z - sma["z0"] - 10), 0, 12)  # noqa: E731
-    cv.fill(_column(g, zlo, zhi, ivc_x, ivc_y, ivc["rx"], ivc["ry"]), "vein", _ID["inferior_vena_cava"])
+    cv.fill(_column(g, zlo, zhi, ivc_x, ivc_y, ivc["rx"], ivc["ry"]), "ivc", _ID["inferior_vena_cava"])
     for side, kd in A["kidney"].items():  # the left renal vein crosses in front of the aorta
         hil = kd["centre"] + kd["frame"][0] * kd["radii"][0] * 0.8
         z = hil[2]
@@ -769,15 +971,43 @@ def _upsample2(c: np.ndarray, shape) -> np.ndarray:
     return c
 
 
+def _blur_sigma(spacing) -> np.ndarray:
+    """Partial-volume blur (voxels) at ``spacing`` (mm): 0.7 voxel up to 1.5 mm, ~1 mm beyond."""
+    return 0.7 * np.minimum(1.0, 1.5 / np.asarray(spacing, float))
+
+
+def _kernel_norm(sigmas) -> float:
+    """L2 norm of the separable blur kernel: blurred white noise keeps this fraction of its std."""
+    return float(np.prod([np.linalg.norm(_kernel(s, 2.0)) for s in sigmas]))
+
+
+def noise_std(noise_hu: float, spacing_mm) -> float:
+    """Std (HU) of the rendered noise at voxel ``spacing_mm`` (3 values, mm).
+
+    ``noise_hu`` is the std at ``NOISE_REFERENCE_MM``. At a fixed dose the noise has a fixed
+    power density, so the white noise behind a voxel has variance proportional to 1 / voxel
+    volume (Hanson, Med Phys 1979;6:441); the partial-volume blur then keeps the share
+    ``_kernel_norm`` of its std and correlates neighbours. The noise power at low spatial
+    frequencies is then the same at every voxel size: a volume rendered at 1.25 mm and
+    averaged down to 3 mm pixels shows about the noise of one rendered coarser
+    (tests/test_phantom.py), while a coarse voxel alone, blurred less in voxel units, keeps
+    more of its white share than 1 / sqrt(volume) alone would say.
+    """
+    ref, spacing = np.asarray(NOISE_REFERENCE_MM, float), np.asarray(spacing_mm, float)
+    white = noise_hu / _kernel_norm(_blur_sigma(ref)) * np.sqrt(np.prod(ref) / np.prod(spacing))
+    return float(white * _kernel_norm(_blur_sigma(spacing)))
+
+
 def _to_hu(cv: _Canvas, A: dict, spacing, rng: np.random.Generator) -> np.ndarray:
     """Tissue classes -> HU, (X, Y, Z) float32 in Fortran order.
 
     HU = class value + amplitude x texture (smooth, unit variance, sigma ~2.5 mm; drawn
     on a grid twice as coarse and interpolated) + white noise, then one Gaussian blur
-    (sigma 0.7 voxel) that is both the partial-volume effect and what makes the noise
+    (:func:`_blur_sigma`) that is both the partial-volume effect and what makes the noise
     spatially correlated, as CT noise is; the noise std after the blur is
-    ``A["noise_hu"]`` exactly. Works on (Z, Y, X) C-ordered views of the volumes.
+    ``noise_std(A["noise_hu"], spacing)`` exactly. Works on (Z, Y, X) C-ordered views.
     """
+    noise = noise_std(A["noise_hu"], spacing)
     spacing = np.asarray(spacing, float)[::-1]  # (z, y, x)
     tissue = cv.tissue.T
     shape = tissue.shape
@@ -787,15 +1017,14 @@ def _to_hu(cv: _Canvas, A: dict, spacing, rng: np.random.Generator) -> np.ndarra
     coarse *= np.float32(1 / np.prod([np.linalg.norm(_kernel(s, 2.5)) for s in s_tex]))
     texture = _upsample2(coarse, shape)
     lut = np.array([A["hu"][n] for n in _TISSUES], np.float32)
-    amp = np.array([t[2] for t in _TISSUES.values()], np.float32)
+    amp = np.array([A["texture_hu"][n] for n in _TISSUES], np.float32)
     hu = lut[tissue]
     hu += amp[tissue] * texture
     del texture
-    s_blur = 0.7 * np.minimum(1.0, 1.5 / spacing)
-    gain = np.sqrt(12.0) / np.prod([np.linalg.norm(_kernel(s, 2.0)) for s in s_blur])
+    s_blur = _blur_sigma(spacing)
     white = rng.random(shape, dtype=np.float32)
     white -= np.float32(0.5)
-    white *= np.float32(A["noise_hu"] * gain)
+    white *= np.float32(np.sqrt(12.0) * noise / _kernel_norm(s_blur))  # uniform, std noise / |k|
     hu += white
     del white
     hu = ndimage.gaussian_filter(hu, s_blur, truncate=2.0, output=np.empty_like(hu))
@@ -836,10 +1065,10 @@ def _render(A: dict, spacing, rng_noise: np.random.Generator, lesions: list | No
     cv.tissue[:] = layer[:, :, None]
     _bowel(cv, A)
     _organs(cv, A)
-    _kidneys(cv, A)
+    _kidneys(cv, A, lesions or [])
     _vessels(cv, A)
     _muscles_and_spine(cv, A)
-    if lesions:  # masses displace muscle and fat, not bone or the great vessels
+    if lesions:  # masses replace muscle and fat, not bone or the great vessels
         _lesions(cv, lesions)
     _ribs_and_lungs(cv, A)
     hu = _to_hu(cv, A, spacing, rng_noise)
@@ -854,15 +1083,60 @@ def _rngs(seed: int, track: int, index: int) -> tuple[np.random.Generator, np.ra
     return np.random.default_rng(anatomy), np.random.default_rng(noise)
 
 
+def parse_phases(spec: str) -> dict[str, float]:
+    """A phase mix, ``"arterial:0.8,nephrographic:0.2"`` or one phase name, as {phase: probability}.
+
+    Weights are normalised to sum to 1; unknown phases, negative weights or an empty mix raise
+    ``ValueError`` naming the spec.
+    """
+    mix: dict[str, float] = {}
+    for part in str(spec).split(","):
+        name, _, weight = part.strip().partition(":")
+        if name not in PHASES:
+            raise ValueError(f"phase mix {spec!r}: unknown phase {name!r}; choose from {list(PHASES)}")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"phase mix {spec!r}: weight {weight!r} of {name!r} is not a number") from None
+        if value < 0 or name in mix:
+            raise ValueError(f"phase mix {spec!r}: {name!r} needs one weight >= 0")
+        mix[name] = value
+    total = sum(mix.values())
+    if not total > 0:
+        raise ValueError(f"phase mix {spec!r}: weights sum to 0")
+    return {name: value / total for name, value in mix.items()}
+
+
+def draw_phase(seed: int, track: int, index: int, phases: str) -> str:
+    """Contrast phase of subject ``index`` of ``track`` (0 TotalSegmentator, 1 KiTS23).
+
+    One uniform number per subject from a stream of its own, mapped through the mix's
+    cumulative weights (in ``PHASES`` order): the anatomy does not depend on the mix, and a
+    subject changes phase only where the mix's boundaries move past its number.
+    """
+    mix = parse_phases(phases)
+    u = np.random.default_rng([seed, 4, track, index]).random()
+    cumulative = 0.0
+    for name in PHASES:
+        cumulative += mix.get(name, 0.0)
+        if u < cumulative:
+            return name
+    return [name for name in PHASES if mix.get(name, 0.0) > 0][-1]  # u past a rounded total
+
+
 def render_totalsegmentator_subject(seed: int, index: int, spacing_mm: float = 1.5,
-                                    z_extent_mm: float | None = None) -> PhantomVolume:
+                                    z_extent_mm: float | None = None,
+                                    phases: str = TOTALSEGMENTATOR_PHASES) -> PhantomVolume:
     """Subject ``index`` of the TotalSegmentator-layout track, in memory.
 
     Full axial slices of 256-333 px at 1.5 mm (field of view 384-500 mm) and a z extent
     of 140-160 mm around the kidneys unless ``z_extent_mm`` is given (tests use less).
+    ``phases``: the contrast-phase mix the subject's phase is drawn from (:func:`draw_phase`;
+    one phase name fixes it); ``params["phase"]`` says which.
     """
     rng, rng_noise = _rngs(seed, 0, index)
-    return _render(_draw_anatomy(rng, z_extent_mm), (spacing_mm,) * 3, rng_noise)
+    A = _draw_anatomy(rng, z_extent_mm, draw_phase(seed, 0, index, phases))
+    return _render(A, (spacing_mm,) * 3, rng_noise)
 
 
 def _kits_kind(seed: int, index: int) -> str:
@@ -873,17 +1147,19 @@ def _kits_kind(seed: int, index: int) -> str:
 
 
 def render_kits23_case(seed: int, index: int, inplane_mm: float | None = None,
-                       slice_mm: float | None = None, z_extent_mm: float | None = None):
+                       slice_mm: float | None = None, z_extent_mm: float | None = None,
+                       phases: str = KITS23_PHASES):
     """Case ``index`` of the KiTS23-layout track, in memory.
 
     Returns ``(imaging, segmentation, affine, info)``: imaging (S, H, W) float32 HU with
     axis 0 axial (index 0 most superior), rows anterior -> posterior, columns patient
     right -> left (so ``imaging[k]`` is already the radiological view); segmentation
-    (S, H, W) uint8 in ``KITS_LABELS``; ``info`` has the case kind and lesion sizes.
-    Spacing: 0.7-0.98 mm in-plane (at most 512 px, as KiTS) and 2.5 or 3 mm slices unless given.
+    (S, H, W) uint8 in ``KITS_LABELS``; ``info`` has the case kind, contrast phase, noise
+    and lesion kinds, subtypes and sizes. Spacing: 0.7-0.98 mm in-plane (at most 512 px, as
+    KiTS) and 2.5 or 3 mm slices unless given; the noise scales with the voxel (:func:`noise_std`).
     """
     rng, rng_noise = _rngs(seed, 1, index)
-    A = _draw_anatomy(rng, z_extent_mm)
+    A = _draw_anatomy(rng, z_extent_mm, draw_phase(seed, 1, index, phases))
     kind = _kits_kind(seed, index)
     lesions = _draw_lesions(rng, A, kind)
     inplane = max(_u(rng, 0.7, 0.9), A["fov"] / 512) if inplane_mm is None else inplane_mm  # <= 512 px
@@ -900,8 +1176,10 @@ def render_kits23_case(seed: int, index: int, inplane_mm: float | None = None,
     affine = np.zeros((4, 4))
     affine[0, 2], affine[1, 1], affine[2, 0] = -inplane, -inplane, -thick
     affine[:3, 3], affine[3, 3] = corner, 1.0
-    info = {"kind": kind, "lesions": [{"kind": les["kind"], "diameter_mm": round(2 * les["radius"], 1)}
-                                      for les in lesions]}
+    info = {"kind": kind, "phase": A["phase"],
+            "noise_hu": round(noise_std(A["noise_hu"], (inplane, inplane, thick)), 2),
+            "lesions": [{"kind": les["kind"], "subtype": les["subtype"], "diameter_mm": round(2 * les["radius"], 1)}
+                        for les in lesions]}
     return np.rint(imaging).astype(np.float32, order="F"), seg, affine, info
 
 
@@ -991,14 +1269,18 @@ def _split(seed: int, index: int) -> str:
 
 
 def generate_totalsegmentator(out_dir: str | os.PathLike, subjects: int, seed: int,
-                              spacing_mm: float = 1.5, z_extent_mm: float | None = None) -> Path:
+                              spacing_mm: float = 1.5, z_extent_mm: float | None = None,
+                              phases: str = TOTALSEGMENTATOR_PHASES) -> Path:
     """Write ``subjects`` phantom CTs in the TotalSegmentator layout; returns ``out_dir``.
 
     ``sXXXX/ct.nii.gz``: int16 HU, (X, Y, Z), RAS+ affine with ``spacing_mm`` voxels.
     ``sXXXX/segmentations/<name>.nii.gz``: uint8 {0, 1}, same shape and affine, one per
     name in ``STRUCTURES``. ``meta.csv``: ``image_id;age;gender;split``, split 80/10/10
-    (FACTS "Data"). Idempotent: a subject whose files exist with a matching stamp is kept.
+    (FACTS "Data"). ``phases``: the contrast-phase mix drawn per subject (:func:`parse_phases`);
+    each subject's phase is in its ``.phantom.json``. Idempotent: a subject whose files exist
+    with a matching stamp is kept.
     """
+    parse_phases(phases)  # a bad mix fails before anything is written
     out = Path(out_dir)
     files = ["ct.nii.gz"] + [f"segmentations/{n}.nii.gz" for n in STRUCTURES]
     rows = []
@@ -1006,50 +1288,54 @@ def generate_totalsegmentator(out_dir: str | os.PathLike, subjects: int, seed: i
         sid = f"s{i:04d}"
         folder = out / sid
         stamp = _stamp(layout="totalsegmentator", seed=seed, index=i, spacing_mm=spacing_mm,
-                       z_extent_mm=z_extent_mm)
+                       z_extent_mm=z_extent_mm, phases=phases)
         if _fresh(folder, files, stamp):
             meta = read_json(folder / ".phantom.json")
         else:
-            vol = render_totalsegmentator_subject(seed, i, spacing_mm, z_extent_mm)
+            vol = render_totalsegmentator_subject(seed, i, spacing_mm, z_extent_mm, phases)
             (folder / ".phantom.json").unlink(missing_ok=True)
             for name in STRUCTURES:
                 _save_nifti(folder / "segmentations" / f"{name}.nii.gz", vol.mask(name), vol.affine)
             ct = np.clip(np.rint(vol.hu), -1024, 3071).astype(np.int16, order="F")
             _save_nifti(folder / "ct.nii.gz", ct, vol.affine)
-            meta = {**stamp, "age": vol.params["age"], "gender": vol.params["gender"]}
+            meta = {**stamp, "age": vol.params["age"], "gender": vol.params["gender"],
+                    "phase": vol.params["phase"]}
             write_json(folder / ".phantom.json", meta)
         rows.append({"image_id": sid, "age": meta["age"], "gender": meta["gender"], "split": _split(seed, i)})
     write_csv(out / "meta.csv", rows, ["image_id", "age", "gender", "split"], delimiter=";")
     return out
 
 
-def generate_kits23(out_dir: str | os.PathLike, cases: int, seed: int, **render_kwargs) -> Path:
+def generate_kits23(out_dir: str | os.PathLike, cases: int, seed: int, phases: str = KITS23_PHASES,
+                    **render_kwargs) -> Path:
     """Write ``cases`` phantom CTs in the KiTS23 layout; returns ``out_dir``.
 
     ``case_XXXXX/imaging.nii.gz``: float32 HU, (S, H, W) with axis 0 axial;
     ``case_XXXXX/segmentation.nii.gz``: uint8, 0 background, 1 kidney, 2 tumour, 3 cyst.
     Affine: axis 0 -> inferior, axis 1 -> posterior, axis 2 -> patient left (as in the
     KiTS files, so ``nib.as_closest_canonical`` gives RAS). ``kits23.json`` lists each
-    case's kind. ``render_kwargs`` go to :func:`render_kits23_case` (tests: smaller grids).
+    case's kind, contrast phase and lesions. ``phases``: the contrast-phase mix drawn per case;
+    ``render_kwargs`` go to :func:`render_kits23_case` (tests: smaller grids).
     Idempotent like :func:`generate_totalsegmentator`.
     """
+    parse_phases(phases)  # a bad mix fails before anything is written
     out = Path(out_dir)
     files = ["imaging.nii.gz", "segmentation.nii.gz"]
     listing = []
     for i in tqdm(range(cases), desc="phantom (KiTS23 layout)", leave=False):
         cid = f"case_{i:05d}"
         folder = out / cid
-        stamp = _stamp(layout="kits23", seed=seed, index=i, **render_kwargs)
+        stamp = _stamp(layout="kits23", seed=seed, index=i, phases=phases, **render_kwargs)
         if _fresh(folder, files, stamp):
             meta = read_json(folder / ".phantom.json")
         else:
-            imaging, seg, affine, info = render_kits23_case(seed, i, **render_kwargs)
+            imaging, seg, affine, info = render_kits23_case(seed, i, phases=phases, **render_kwargs)
             (folder / ".phantom.json").unlink(missing_ok=True)
             _save_nifti(folder / "segmentation.nii.gz", seg, affine)
             _save_nifti(folder / "imaging.nii.gz", imaging, affine)
             meta = {**stamp, **info}
             write_json(folder / ".phantom.json", meta)
-        listing.append({"case_id": cid, "kind": meta["kind"], "lesions": meta["lesions"]})
+        listing.append({"case_id": cid, "kind": meta["kind"], "phase": meta["phase"], "lesions": meta["lesions"]})
     write_json(out / "kits23.json", listing)
     return out
 
@@ -1080,11 +1366,5 @@ def organ_hu_stats(subject_dir: str | os.PathLike) -> dict[str, dict[str, float]
         hu = np.asanyarray(nib.load(folder / "ct.nii.gz").dataobj)
         masks = {p.name[:-7]: np.asanyarray(nib.load(p).dataobj) > 0
                  for p in sorted((folder / "segmentations").glob("*.nii.gz"))}
-    stats = {}
-    for name, m in masks.items():
-        v = hu[m].astype(np.float64)
-        if v.size:
-            p5, med, p95 = np.percentile(v, [5, 50, 95])
-            stats[name] = {"voxels": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
-                           "p5": float(p5), "median": float(med), "p95": float(p95)}
-    return stats
+    stats = {name: hu_stats(hu, m) for name, m in masks.items()}
+    return {name: value for name, value in stats.items() if value is not None}

@@ -248,12 +248,13 @@ def prepare_track(
     layout = LAYOUT_OF_TRACK[track]
     if str(source) == "phantom":
         src = paths.phantom(layout)
+        ph = profile.phantom
         if layout == "totalsegmentator":
-            generate_totalsegmentator(src, profile.phantom.subjects, profile.phantom.seed,
-                                      spacing_mm=profile.phantom.spacing_mm)
+            generate_totalsegmentator(src, ph.subjects, ph.seed, spacing_mm=ph.spacing_mm, phases=ph.ts_phases)
         else:
-            extra = {} if profile.phantom.kits_inplane_mm is None else {"inplane_mm": profile.phantom.kits_inplane_mm}
-            generate_kits23(src, profile.phantom.kits_cases, profile.phantom.seed, **extra)
+            extra = {key: value for key, value in (("inplane_mm", ph.kits_inplane_mm), ("slice_mm", ph.kits_slice_mm))
+                     if value is not None}
+            generate_kits23(src, ph.kits_cases, ph.seed, phases=ph.kits_phases, **extra)
         name = f"phantom_{layout}"
     else:
         src = Path(source)

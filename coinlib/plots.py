@@ -34,6 +34,8 @@ __all__ = [
     "variant_grid",
     "roc_curves",
     "scan_scores",
+    "phase_hu_figure",
+    "phantom_vs_real_figure",
 ]
 
 # Okabe & Ito's colour-blind-safe palette: bluish green #009E73, vermillion #D55E00, yellow
@@ -363,4 +365,91 @@ def scan_scores(p_abnormal: np.ndarray, label: np.ndarray, scan: Sequence[str], 
            title=title)
     ax.set_xticklabels(scans, rotation=60, fontsize=7)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+PHASE_COLOURS = {"native": "#666666", "arterial": "#d62728", "portal_venous": "#1f77b4",
+                 "nephrographic": "#2ca02c", "delayed": "#9467bd"}
+
+
+def phase_hu_figure(measured: dict[str, dict[str, float]], ranges: dict[str, dict[str, tuple[float, float]]],
+                    title: str = "") -> plt.Figure:
+    """HU per structure and contrast phase: the literature range (bar) and a measured median (dot).
+
+    ``measured[phase][structure]``: median HU; ``ranges[phase][structure]``: (low, high) HU.
+    Structures in the order of the first phase's dict; one colour per phase.
+    """
+    phases = list(measured)
+    structures = list(next(iter(measured.values())))
+    fig, ax = plt.subplots(figsize=(1.2 * len(structures) + 2, 3.8))
+    width = 0.8 / max(len(phases), 1)
+    for j, phase in enumerate(phases):
+        colour = PHASE_COLOURS.get(phase, None)
+        for i, name in enumerate(structures):
+            x = i - 0.4 + (j + 0.5) * width
+            lo, hi = ranges[phase][name]
+            ax.plot([x, x], [lo, hi], color=colour, lw=5, alpha=0.35, solid_capstyle="butt")
+            ax.plot([x], [measured[phase][name]], "o", color=colour, ms=4, label=phase if i == 0 else None)
+    ax.set_xticks(range(len(structures)), [n.replace("_", " ") for n in structures], rotation=30, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("HU")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(phases), loc="upper left")
+    ax.set_title(title or "HU per structure and phase: literature range (bar), phantom median (dot)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def phantom_vs_real_figure(real_slice: np.ndarray, phantom_slice: np.ndarray, phase_slices: dict[str, np.ndarray],
+                           real_stats: dict[str, dict], phantom_stats: dict[str, dict], noise: dict[str, dict],
+                           window: tuple[float, float] = (-160.0, 240.0), titles: Sequence[str] = ("real", "phantom"),
+                           noise_organ: str = "a uniform organ") -> plt.Figure:
+    """The phantom held against a real scan.
+
+    Top: ``real_slice`` and ``phantom_slice`` ((H, W) HU, radiological view) in ``window``, and
+    the noise power spectra of ``noise`` (label -> :func:`coinlib.image_quality.noise_texture`
+    result, std and correlation length in the legend) measured in ``noise_organ``. Middle: the phantom slice in each phase
+    of ``phase_slices``. Bottom: HU per structure, median and 5th-95th percentile, real
+    (``real_stats``) beside phantom (``phantom_stats``; :func:`coinlib.image_quality.hu_stats`).
+    """
+    n = max(len(phase_slices), 3)
+    fig = plt.figure(figsize=(3.0 * n, 9.5))
+    grid = fig.add_gridspec(3, n, height_ratios=[1.2, 0.9, 0.9], hspace=0.35, wspace=0.15)
+    for col, (image, title) in enumerate(zip((real_slice, phantom_slice), titles)):
+        ax = fig.add_subplot(grid[0, col])
+        ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1])
+        ax.set_title(f"{title} (W{window[1] - window[0]:.0f}/L{(window[0] + window[1]) / 2:.0f})", fontsize=9)
+        ax.set_axis_off()
+    ax = fig.add_subplot(grid[0, 2:])
+    ax.yaxis.tick_right()
+    ax.yaxis.set_label_position("right")
+    for label, t in noise.items():
+        if t.get("nps"):
+            ax.semilogy(t["nps_frequency"][1:], t["nps"][1:], label=f"{label}: std {t['std']:.1f} HU, "
+                        f"ACF 0.5 at {t['correlation_mm']:.1f} mm, mean f {t['nps_mean_frequency']:.2f}/mm")
+    ax.set(xlabel="spatial frequency [cycles/mm]", ylabel="NPS [HU$^2$ mm$^2$]",
+           title=f"noise power spectrum in the {noise_organ.replace('_', ' ')} (axial patches)")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, f"no 24 mm patch fits inside the {noise_organ.replace('_', ' ')}", ha="center",
+                transform=ax.transAxes, fontsize=8)
+    ax.grid(alpha=0.3)
+    for col, (phase, image) in enumerate(phase_slices.items()):
+        ax = fig.add_subplot(grid[1, col])
+        ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1])
+        ax.set_title(f"phantom, {phase.replace('_', ' ')}", fontsize=9)
+        ax.set_axis_off()
+    ax = fig.add_subplot(grid[2, :])
+    names = [name for name in real_stats if name in phantom_stats]
+    for offset, stats, colour, label in ((-0.18, real_stats, "k", titles[0]), (0.18, phantom_stats, "tab:orange",
+                                                                            titles[1])):
+        for i, name in enumerate(names):
+            st = stats[name]
+            ax.plot([i + offset] * 2, [st["p5"], st["p95"]], color=colour, lw=1.5)
+            ax.plot([i + offset], [st["median"]], "o", color=colour, ms=5, label=label if i == 0 else None)
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=25, ha="right", fontsize=8)
+    ax.set(ylabel="HU", title="HU per structure: median and 5th-95th percentile")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     return fig

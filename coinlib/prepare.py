@@ -28,10 +28,10 @@ Steps (paper Sec. 4.1, 4.3; FACTS "Data"):
    foreground voxels (inside any label mask read; with ``fingerprint_foreground="lesion"``,
    the authors' tumour track, inside the tumour label only), nnU-Net style; HU are clipped to
    it and rescaled linearly to [-1, 1].
-5. Resize to ``image_size`` squared: images bilinear (``align_corners=False``, no
-   anti-aliasing: plain bilinear as the paper states), masks nearest (pixel-centre aligned,
-   ``nearest-exact``). Non-square native slices are resized straight to the square (the
-   paper resizes every slice to 256x256), so their aspect ratio changes.
+5. Resize to ``image_size`` squared (:func:`resize_slices`): images bilinear as the paper
+   states, anti-aliased so that shrinking averages noise rather than aliasing it; masks by
+   area majority under the same filter. Non-square native slices are resized straight to
+   the square (the paper resizes every slice to 256x256), so their aspect ratio changes.
 
 Scans are read one at a time, in three passes: label masks (kept slices and tumour volume,
 all scans), foreground HU (training scans, fingerprint), images (kept slices, all scans).
@@ -96,7 +96,7 @@ log = logging.getLogger(__name__)
 
 Layout = Literal["totalsegmentator", "kits23"]
 LAYOUTS: tuple[str, ...] = ("totalsegmentator", "kits23")
-PREPARE_VERSION = 1  # bump when the algorithm changes: older folders then count as stale
+PREPARE_VERSION = 2  # bump when the algorithm changes (2: anti-aliased resize): older folders then count as stale
 FINGERPRINT_VOXELS_PER_SCAN = 200_000  # foreground voxels sampled per training scan
 KITS_LABELS = {"background": 0, "kidney": 1, "tumour": 2, "cyst": 3}
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
@@ -226,11 +226,15 @@ def _kidney_rule(config: DataConfig) -> str:
 def resize_slices(slices: np.ndarray, size: int, kind: Literal["image", "mask"]) -> np.ndarray:
     """Resize (n, H, W) slices to (n, size, size), float32.
 
-    ``image``: bilinear, ``align_corners=False``, no anti-aliasing (the paper's "bilinear";
-    values stay within the input range, so [-1, 1] stays [-1, 1]). ``mask``: nearest
-    neighbour with pixel-centre alignment (``nearest-exact``), so labels stay labels and
-    a mirrored slice resizes to the mirrored result. Non-square slices go straight to
-    the square (aspect ratio not kept, as in the paper's 256x256).
+    ``image``: bilinear with anti-aliasing (``F.interpolate(..., antialias=True)``, the
+    triangle filter of PIL's and torchvision's bilinear resize): when shrinking, the filter
+    widens with the factor, so each output pixel averages the input pixels it covers and
+    noise is averaged instead of aliased (white noise: std / ~1.5 x the factor); when
+    enlarging it is plain bilinear. Weights are non-negative and sum to 1, so [-1, 1] stays
+    [-1, 1]. ``mask``: area majority: a pixel is 1 where the same filter puts at least half
+    of its weight on mask pixels, so a mask keeps its area (to about a boundary pixel) and
+    matches the image pixels it marks. Masks must be binary {0, 1}. Non-square slices go
+    straight to the square (aspect ratio not kept, as in the paper's 256x256).
     """
     if slices.ndim != 3:
         raise ValueError(f"slices must be (n, H, W), got shape {slices.shape}")
@@ -238,12 +242,13 @@ def resize_slices(slices: np.ndarray, size: int, kind: Literal["image", "mask"])
         raise ValueError(f"kind must be 'image' or 'mask', got {kind!r}")
     if len(slices) == 0:
         return np.zeros((0, size, size), dtype=np.float32)
+    if kind == "mask" and slices.size and (slices.min() < 0 or slices.max() > 1):
+        raise ValueError(f"a mask must hold 0 and 1 only, got values in [{slices.min()}, {slices.max()}]")
     x = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
-    if kind == "image":
-        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    else:
-        y = F.interpolate(x, size=(size, size), mode="nearest-exact")
-    return y[:, 0].numpy()
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+    if kind == "mask":
+        y = (y >= 0.5).to(torch.float32)
+    return y.numpy()
 
 
 # --------------------------------------------------------------------------- intensity
@@ -827,7 +832,8 @@ def _build(
             "skipped": skipped,
             "orientation": "RAS+ canonical; slices radiological: row 0 anterior, column 0 patient's right",
             "slice_index": "index along the source file's own axial voxel axis",
-            "resize": {"image": "bilinear, align_corners=False, no antialias", "mask": "nearest-exact"},
+            "resize": {"image": "bilinear, align_corners=False, antialias=True (averages when shrinking)",
+                       "mask": "area majority: the image's anti-aliased bilinear filter, >= 0.5"},
         },
     }
 

@@ -2,9 +2,10 @@
 
 Rows: axial slices of one TotalSegmentator-layout subject at three heights (upper
 abdomen, renal hilum, lower kidney poles), window W400/L40, beside the same slices
-with the structure masks overlaid; KiTS-layout slices through a tumour and a cyst with
-their labels; HU histograms per structure. Radiological view: row 0 anterior, column 0
-the patient's right.
+with the structure masks overlaid; KiTS-layout slices through a typical tumour (the one
+nearest KiTS23's median 4 cm) and a cyst with their labels; HU histograms per structure
+in the subject's contrast phase. Radiological view: row 0 anterior, column 0 the
+patient's right. The phases and the comparison with real CT: data_prep/compare_real_ct.py.
 
     python data_prep/make_phantom_figure.py                 # generates into a temp dir
     python data_prep/make_phantom_figure.py --src DIR --kits-src DIR
@@ -97,9 +98,11 @@ def make_figure(subject: Path, kits_src: Path, out: Path) -> None:
     spacing = nib.load(subject / "ct.nii.gz").header.get_zooms()
 
     listing = read_json(kits_src / "kits23.json")
-    tumour = max((c for c in listing if c["kind"] == "tumour"),
-                 key=lambda c: max(les["diameter_mm"] for les in c["lesions"] if les["kind"] == "tumour"))
-    cyst = next((c for c in listing if any(les["kind"] == "cyst" for les in c["lesions"])), None)
+    # a typical tumour: the one closest to KiTS23's median diameter (40 mm)
+    tumour = min((c for c in listing if c["kind"] == "tumour"),
+                 key=lambda c: min(abs(les["diameter_mm"] - 40) for les in c["lesions"] if les["kind"] == "tumour"))
+    cyst = next((c for c in listing if c["kind"] == "cyst"),
+                next((c for c in listing if any(les["kind"] == "cyst" for les in c["lesions"])), None))
 
     fig = plt.figure(figsize=(16, 10.5))
     grid = fig.add_gridspec(3, 4, wspace=0.04, hspace=0.2)
@@ -124,8 +127,10 @@ def make_figure(subject: Path, kits_src: Path, out: Path) -> None:
         wanted = 2 if row == 0 else 3
         k = int(np.argmax((seg == wanted).sum((1, 2))))  # KiTS axis 0 is axial; img[k] is radiological
         box = _crop(img[k])
-        sizes = ", ".join(f"{les['kind']} {les['diameter_mm']:.0f} mm" for les in case["lesions"])
-        _panel(fig.add_subplot(grid[row, 2]), img[k][box], f"KiTS-layout {case['case_id']}: {sizes}")
+        sizes = ", ".join(f"{les.get('subtype', les['kind']).replace('_', ' ')} {les['diameter_mm']:.0f} mm"
+                          for les in case["lesions"])
+        phase = case.get("phase", "").replace("_", " ")
+        _panel(fig.add_subplot(grid[row, 2]), img[k][box], f"KiTS-layout {case['case_id']} ({phase}): {sizes}")
         ax = fig.add_subplot(grid[row, 3])
         _overlay(ax, img[k][box], seg[k][box], [c for _, c in KITS_COLOURS.values()])
         ax.set_title("KiTS labels", fontsize=9)
@@ -143,7 +148,8 @@ def make_figure(subject: Path, kits_src: Path, out: Path) -> None:
     ax.hist(fat, bins=bins, density=True, histtype="step", lw=1.2, color="k", ls="--", label="fat (unlabelled)")
     ax.set_xlabel("HU")
     ax.set_yticks([])
-    ax.set_title(f"HU per structure, {subject.name} (portal venous phase)", fontsize=9)
+    phase = read_json(subject / ".phantom.json").get("phase", "?").replace("_", " ")
+    ax.set_title(f"HU per structure, {subject.name} ({phase} phase)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     ax.set_xlim(bins[0], bins[-1])
     for a in fig.axes:
@@ -164,9 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("figures/phantom"), help="output path without suffix")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subject", type=int, default=0, help="which subject to show (index)")
+    parser.add_argument("--phase", default="portal_venous", help="contrast phase of the generated subject")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        src = args.src or phantom.generate_totalsegmentator(Path(tmp) / "ts", args.subject + 1, args.seed)
+        src = args.src or phantom.generate_totalsegmentator(Path(tmp) / "ts", args.subject + 1, args.seed,
+                                                            phases=args.phase)
         kits_src = args.kits_src or phantom.generate_kits23(Path(tmp) / "kits", 10, args.seed)
         make_figure(src / f"s{args.subject:04d}", kits_src, args.out)
     print(args.out.with_suffix(".png"))

@@ -71,7 +71,7 @@ def test_00_prepares_both_tracks_and_draws_its_figures(smoke_run):
     assert [p.name for p in prepared] == ["phantom_kits23_64", "phantom_totalsegmentator_64"]
     tumour = open_prepared(prepared[0])
     assert tumour.lesion_masks.any(), "the tumour track must contain tumour pixels"
-    for figure in ("prepared_slices", "fig3_synthetic_anomalies", "lesion_sizes"):
+    for figure in ("prepared_slices", "fig3_synthetic_anomalies", "lesion_sizes", "phantom_phase_hu"):
         assert (smoke_run / "figures" / f"{figure}.png").stat().st_size > 10_000
         assert (smoke_run / "figures" / f"{figure}.pdf").is_file()
 

@@ -21,8 +21,8 @@ KITS_COARSE = dict(inplane_mm=3.0, slice_mm=5.0, z_extent_mm=100.0)
 
 @pytest.fixture(scope="module")
 def subject() -> P.PhantomVolume:
-    """One subject at 2 mm (default z extent): enough resolution for anatomy and HU."""
-    return P.render_totalsegmentator_subject(seed=0, index=1, spacing_mm=2.0)
+    """One subject at 2 mm (default z extent), portal venous: enough resolution for anatomy and HU."""
+    return P.render_totalsegmentator_subject(seed=0, index=1, spacing_mm=2.0, phases="portal_venous")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,9 @@ def test_deterministic_bytes_and_seed_dependence(tmp_path):
     b = P.generate_totalsegmentator(tmp_path / "b", 1, 7, **COARSE)
     for rel in ("s0000/ct.nii.gz", "s0000/segmentations/kidney_left.nii.gz"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
+    k1 = P.generate_kits23(tmp_path / "k1", 1, 7, **KITS_COARSE)
+    k2 = P.generate_kits23(tmp_path / "k2", 1, 7, **KITS_COARSE)
+    assert (k1 / "case_00000/imaging.nii.gz").read_bytes() == (k2 / "case_00000/imaging.nii.gz").read_bytes()
     v7 = P.render_totalsegmentator_subject(7, 0, **COARSE)
     v8 = P.render_totalsegmentator_subject(8, 0, **COARSE)
     assert v7.hu.shape != v8.hu.shape or not np.array_equal(v7.hu, v8.hu)
@@ -128,7 +131,7 @@ def test_hu_ranges(subject):
     bone = np.median(hu[subject.mask("vertebrae_L1").astype(bool)])
     assert bone > 200
     assert np.median(hu[:8, :8, :]) < -900  # air in the corner
-    # Noise: correlated, 10-20 HU-ish std in the liver interior (texture adds a little).
+    # Noise: correlated, 10-20 HU-ish std at 1.5 mm (scaled to 2 mm here) in the liver interior.
     inner = subject.mask("liver").astype(bool)
     inner[1:-1] &= inner[:-2] & inner[2:]
     inner[:, 1:-1] &= inner[:, :-2] & inner[:, 2:]
@@ -154,7 +157,7 @@ def test_kits_layout_and_orientation(kits_dir):
     # The canonical (RAS) reorientation of the KiTS array is exactly the RAS rendering.
     canon = nib.as_closest_canonical(img)
     rng, rng_noise = P._rngs(0, 1, 1)
-    anatomy = P._draw_anatomy(rng, KITS_COARSE["z_extent_mm"])
+    anatomy = P._draw_anatomy(rng, KITS_COARSE["z_extent_mm"], P.draw_phase(0, 1, 1, P.KITS23_PHASES))
     lesions = P._draw_lesions(rng, anatomy, P._kits_kind(0, 1))
     vol = P._render(anatomy, (3.0, 3.0, 5.0), rng_noise, lesions)
     np.testing.assert_allclose(canon.affine, vol.affine, atol=1e-4)
@@ -171,6 +174,8 @@ def test_kits_case_mix_and_lesions(kits_dir):
     listing = read_json(kits_dir / "kits23.json")
     kinds = [c["kind"] for c in listing]
     assert (kinds.count("tumour"), kinds.count("cyst"), kinds.count("control")) == (6, 1, 3)
+    assert {c["phase"] for c in listing} <= {"arterial", "nephrographic"}
+    assert {les["subtype"] for c in listing for les in c["lesions"]} <= {*P.RCC_SUBTYPES, "cyst"}
     for case in listing:
         seg = np.asanyarray(nib.load(kits_dir / case["case_id"] / "segmentation.nii.gz").dataobj)
         hu = np.asanyarray(nib.load(kits_dir / case["case_id"] / "imaging.nii.gz").dataobj)
@@ -195,3 +200,117 @@ def test_axial_view_convention():
     a[3, 2, 1] = 1  # most right, most anterior
     view = P.axial_view(a, 1)
     assert view.shape == (3, 4) and view[0, 0] == 1  # row 0 anterior, column 0 patient right
+
+
+# ------------------------------------------------------------------ contrast phases
+
+
+def test_parse_and_draw_phases():
+    assert P.parse_phases("arterial") == {"arterial": 1.0}
+    assert P.parse_phases("native:1,delayed:3") == {"native": 0.25, "delayed": 0.75}
+    for bad in ("venous", "native:x", "native:-1", "native:0", "native:1,native:2"):
+        with pytest.raises(ValueError, match="phase mix"):
+            P.parse_phases(bad)
+    draws = [P.draw_phase(0, 0, i, P.TOTALSEGMENTATOR_PHASES) for i in range(2000)]
+    for phase, share in P.parse_phases(P.TOTALSEGMENTATOR_PHASES).items():
+        assert abs(draws.count(phase) / 2000 - share) < 0.04, phase
+    assert set(draws) == {"native", "arterial", "portal_venous", "delayed"}
+    assert [P.draw_phase(0, 0, i, P.TOTALSEGMENTATOR_PHASES) for i in range(20)] == draws[:20]  # stable
+    kits = [P.draw_phase(0, 1, i, P.KITS23_PHASES) for i in range(200)]
+    assert set(kits) == {"arterial", "nephrographic"} and kits.count("arterial") > 130
+
+
+def test_config_defaults_are_the_phantoms_mixes():
+    from coinlib.config import PhantomConfig
+
+    assert PhantomConfig().ts_phases == P.TOTALSEGMENTATOR_PHASES
+    assert PhantomConfig().kits_phases == P.KITS23_PHASES
+
+
+@pytest.fixture(scope="module")
+def phase_subjects():
+    return {ph: P.render_totalsegmentator_subject(0, 2, 3.0, 90.0, phases=ph) for ph in P.PHASES}
+
+
+def test_phases_change_hu_not_anatomy(phase_subjects):
+    owners = [v.owner for v in phase_subjects.values()]
+    assert all(np.array_equal(owners[0], o) for o in owners[1:])
+    assert [v.params["phase"] for v in phase_subjects.values()] == list(P.PHASES)
+    med = {ph: {n: float(np.median(v.hu[v.mask(n).astype(bool)])) for n in ("aorta", "liver", "kidney_left")}
+           for ph, v in phase_subjects.items()}
+    for ph in P.PHASES:  # medians of the organs inside the cited range (+- partial volume and noise)
+        ranges = P.phase_hu_ranges(ph)
+        for organ, tissue in (("aorta", "artery"), ("liver", "liver")):
+            lo, hi = ranges[tissue]
+            assert lo - 25 <= med[ph][organ] <= hi + 15, (ph, organ, med[ph][organ])
+    assert med["native"]["kidney_left"] < 50 and med["native"]["aorta"] < 60  # no contrast
+    assert med["arterial"]["aorta"] > med["portal_venous"]["aorta"] > med["delayed"]["aorta"]
+    assert med["portal_venous"]["liver"] > med["arterial"]["liver"] > med["native"]["liver"]
+
+
+def test_contrast_draws_keep_renal_masses_realistic():
+    rng = np.random.default_rng(0)
+    for phase in P.PHASES[1:]:
+        ranges = P.phase_hu_ranges(phase)
+        for _ in range(200):
+            hu, _ = P._draw_contrast(rng, phase)
+            assert hu["rcc_clear"] <= hu["cortex"] - 15 and hu["rcc_clear_avid"] <= hu["cortex"] - 5
+            assert hu["cyst"] <= 20 and hu["necrosis"] <= 35  # no enhancement in any phase
+        # papillary enhances least, chromophobe in between (Kim et al. 2002; Young et al. 2013)
+        mid = {t: np.mean(ranges[t]) for t in ("rcc_papillary", "rcc_chromophobe", "rcc_clear")}
+        assert mid["rcc_papillary"] <= mid["rcc_chromophobe"] <= mid["rcc_clear"] + 5, phase
+    cm = P.phase_hu_ranges("arterial")  # corticomedullary: cortex bright, medulla dark
+    assert cm["cortex"][0] > cm["medulla"][1] - 15 and cm["rcc_clear"][1] < cm["cortex"][1]
+
+
+# ---------------------------------------------------------------------- noise
+
+
+def _flat_noise(spacing, shape, noise_hu=12.0):
+    """Noise alone: every voxel air at 0 HU, no texture (the noise path of _to_hu)."""
+    cv = type("Canvas", (), {})()
+    cv.tissue = np.zeros(shape, np.uint8, order="F")
+    A = {"hu": dict.fromkeys(P._TISSUES, 0.0), "texture_hu": dict.fromkeys(P._TISSUES, 0.0), "noise_hu": noise_hu}
+    return P._to_hu(cv, A, spacing, np.random.default_rng(1))
+
+
+def test_noise_scales_with_voxel_volume():
+    from coinlib.prepare import resize_slices
+
+    assert P.noise_std(12.0, P.NOISE_REFERENCE_MM) == pytest.approx(12.0)
+    assert P.noise_std(12.0, (3.0, 3.0, 3.0)) < P.noise_std(12.0, (0.8, 0.8, 0.8))
+    pooled = []
+    for spacing, n in (((1.0, 1.0, 3.0), 192), ((1.25, 1.25, 3.0), 154), ((2.5, 2.5, 3.0), 77)):
+        vol = _flat_noise(spacing, (n, n, 6))
+        assert vol.std() == pytest.approx(P.noise_std(12.0, spacing), rel=0.03)
+        pooled.append(resize_slices(np.moveaxis(vol, 2, 0), 48, "image").std())  # ~4 mm pixels
+    # prepared to the same pixels, fine and coarse renderings carry the same noise (within 10 %)
+    assert max(pooled) / min(pooled) < 1.1, pooled
+
+
+# ---------------------------------------------------------------------- renal masses
+
+
+def test_lesion_sizes_and_subtypes_follow_kits23():
+    tumours, cysts = [], []
+    for i in range(400):
+        rng, _ = P._rngs(0, 1, i)
+        anatomy = P._draw_anatomy(rng, None, "arterial")
+        for les in P._draw_lesions(rng, anatomy, P._kits_kind(0, i)):
+            (tumours if les["kind"] == "tumour" else cysts).append(les)
+    diameters = np.array([2 * t["radius"] for t in tumours])
+    q1, med, q3 = np.percentile(diameters, [25, 50, 75])  # KiTS23: 25, 40, 61 mm
+    assert 34 <= med <= 46 and 20 <= q1 <= 30 and 52 <= q3 <= 70
+    assert diameters.min() >= 10 and diameters.max() <= 100
+    shares = {s: np.mean([t["subtype"] == s for t in tumours]) for s in P.RCC_SUBTYPES}
+    assert 0.7 < shares["clear_cell"] < 0.86 and 0.06 < shares["papillary"] < 0.19
+    necrotic = np.array([t["necrosis"] > 0 for t in tumours])
+    assert 0.12 < necrotic.mean() < 0.35  # KiTS23: 23 % with necrosis
+    assert diameters[necrotic].mean() > diameters[~necrotic].mean()  # likelier when large
+    assert all(10 <= 2 * c["radius"] <= 50 for c in cysts)
+
+
+def test_pushed_keeps_volume():
+    px, py, pz = (np.array([2.0, 0.0, 5.0], np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32))
+    sx, _, _ = P._pushed(px, py, pz, [(np.zeros(3), 1.0)])
+    np.testing.assert_allclose(sx, [7 ** (1 / 3), 0.0, 124 ** (1 / 3)], rtol=1e-5)

@@ -197,6 +197,39 @@ def test_resize_slices_nonsquare():
     np.testing.assert_allclose(resize_slices(sq, 20, "image"), sq, atol=1e-6)
 
 
+def _triangle_noise_ratio(factor: int) -> float:
+    """std(white noise) / std(resized) for the anti-aliased bilinear (triangle) filter
+    shrinking by an integer ``factor``: input centres at +-0.5, +-1.5, ... pixels from an
+    output centre, weights 1 - |x| / factor, normalised; per axis the variance keeps sum(w^2)."""
+    x = np.arange(0.5, factor, 1.0)
+    w = np.tile(1 - x / factor, 2)  # both sides of the output centre
+    w /= w.sum()
+    return 1.0 / float((w ** 2).sum())  # two axes: std ratio = 1 / sum(w^2)
+
+
+def test_resize_averages_noise():
+    noise = np.random.default_rng(0).standard_normal((4, 256, 256)).astype(np.float32)
+    for size, factor in ((128, 2), (64, 4)):
+        ratio = noise.std() / resize_slices(noise, size, "image").std()
+        assert ratio == pytest.approx(_triangle_noise_ratio(factor), rel=0.03)  # 3.2 and 6.1
+        assert factor < ratio < 2 * factor  # noise averaged (plain bilinear keeps ratio ~1)
+
+
+def test_resize_keeps_mask_area():
+    """Area majority: a disc keeps its area within 2 % when it covers >= 100 output pixels and
+    within 6 % at >= 20 output pixels (300 -> 128 px, off-grid centres)."""
+    yy, xx = np.mgrid[:300, :300]
+    for radius, tolerance in ((40, 0.02), (15, 0.02), (6, 0.06)):
+        for cy, cx in ((150, 150), (101.3, 77.7), (200.5, 180.2), (60.1, 230.9)):
+            disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2).astype(np.uint8)[None]
+            out = resize_slices(disc, 128, "mask")
+            expected = disc.sum() * (128 / 300) ** 2
+            assert set(np.unique(out)) <= {0.0, 1.0}
+            assert abs(out.sum() - expected) <= tolerance * expected, (radius, cy, cx)
+    with pytest.raises(ValueError, match="0 and 1"):
+        resize_slices(np.full((1, 4, 4), 2, np.uint8), 2, "mask")
+
+
 def test_fingerprint_and_normalise_by_hand():
     fp = compute_fingerprint([np.array([0.0, 100.0]), np.array([50.0])], (0.0, 100.0))
     assert (fp["p_low"], fp["p_high"], fp["voxels"], fp["mean"]) == (0.0, 100.0, 3, 50.0)
