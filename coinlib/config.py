@@ -35,6 +35,7 @@ __all__ = [
     "PROFILES",
     "get_profile",
     "with_seed",
+    "table3_profile",
     "track_profile",
     "TumourProtocol",
     "config_rows",
@@ -275,6 +276,10 @@ class AblationConfig:
 
     steps: int | None = None
     batch_size: int | None = None
+    # replicates of the Table 3 rows (None: the profile's seeds). A CPU budget may train them
+    # once, for Figs. 4-6 and a table whose every verdict then reads "not resolved"; the
+    # cpu-full profile trains them on every seed (README, "Profiles").
+    table3_seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -388,6 +393,12 @@ def track_profile(profile: Profile, track: str) -> Profile:
         train=replace(profile.train, lambda_f=protocol.lambda_f, lambda_tv=protocol.lambda_tv,
                       balanced_sampling=protocol.balanced_sampling),
     )
+
+
+def table3_profile(profile: Profile) -> Profile:
+    """``profile`` with the seeds its Table 3 rows are trained on (``AblationConfig.table3_seeds``)."""
+    seeds = profile.ablation.table3_seeds
+    return profile if seeds is None else replace(profile, seeds=tuple(seeds))
 
 
 def with_seed(profile: Profile, seed: int) -> Profile:

@@ -60,6 +60,7 @@ __all__ = [
     "ensure_classifiers_all",
     "ensure_results_all",
     "evaluate_saliency_all",
+    "evaluate_any_lesion_all",
     "evaluate_classifier_all",
 ]
 
@@ -332,6 +333,7 @@ def evaluate_variant(
     fid: bool = True,
     progress: bool = True,
     ablation: bool = False,
+    any_lesion: bool = False,
 ) -> dict:
     """Score a trained variant on the test split; write ``results/<track>_<variant>.json``.
 
@@ -339,6 +341,10 @@ def evaluate_variant(
     the git commit, so every number can be traced to what produced it. A result computed
     from the same checkpoint with the same settings is reused, not recomputed.
     ``ablation``: the Table 2/3 run (``results/ablation_...`` when it has its own budget).
+    ``any_lesion``: the same models scored with the paper text's label rule (a slice is
+    abnormal when it holds any tumour pixel) instead of the profile's (the authors' area
+    rule on the tumour track, :class:`coinlib.config.TumourProtocol`), threshold chosen on
+    validation alike; ``results/<track>_<variant>_any_lesion.json``, without FID.
     """
     from .classifier_training import BEST as CLASSIFIER
     from .classifier_training import load_classifier
@@ -353,9 +359,10 @@ def evaluate_variant(
     profile, separate = _budget(track_profile(profile, track), ablation)
     configured = apply_variant(profile, variant)
     model_dir = paths.counterfactual(track, variant, separate)
-    settings = {"eval": to_dict(configured.eval), "fid": fid,
+    fid = fid and not any_lesion
+    settings = {"eval": to_dict(configured.eval), "fid": fid, "any_lesion": any_lesion,
                 "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER, model_dir / FINAL)}
-    out = paths.result(track, variant, separate)
+    out = paths.result(track, variant + ("_any_lesion" if any_lesion else ""), separate)
     if (saved := _reusable(out, settings)) is not None:
         return saved
     device = device if isinstance(device, torch.device) else pick_device(device)
@@ -363,13 +370,16 @@ def evaluate_variant(
     _, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
     generator, gan = load_generator(model_dir, device)
-    test_set = evaluation_set(prepared, "test", anomaly)
-    val_set = evaluation_set(prepared, "val", anomaly)
+    rule = 0.0 if any_lesion else None
+    test_set = evaluation_set(prepared, "test", anomaly, min_lesion_area_mm2=rule)
+    val_set = evaluation_set(prepared, "val", anomaly, min_lesion_area_mm2=rule)
     scored = evaluate_counterfactual(generator, classifier, gan, configured.eval, test_set, val_set,
                                      fid=fid, progress=progress)
     results = {
         "track": track,
         "variant": variant,
+        "label_rule": "any lesion pixel (the paper's text)" if any_lesion or not test_set.min_lesion_area_mm2
+        else f"lesion area > {test_set.min_lesion_area_mm2:g} mm^2 on the native slice (the authors' code)",
         "paper_row": VARIANTS[variant].paper_row,
         "profile": profile.name,
         "budget": "ablation" if separate else "main",
@@ -589,6 +599,22 @@ def ensure_results_all(profile: Profile, run_dir: str | os.PathLike, prepared: d
             start = (v * len(prepared) + t) * count
             out[track][variant] = done[start:start + count]
     return out
+
+
+def evaluate_any_lesion_all(profile: Profile, run_dir: str | os.PathLike, prepared: os.PathLike,
+                            variants: tuple[str, ...] = ("coin",), device: torch.device | str | None = None,
+                            progress: bool = True) -> dict[str, list[dict]]:
+    """The tumour track's trained ``variants`` of every seed scored with the paper text's label
+    rule too (:func:`evaluate_variant` ``any_lesion``): ``{variant: [results per seed]}``."""
+    from .jobs import run_jobs
+
+    ensure_results_all(profile, run_dir, {"tumour": prepared}, variants, device=device, progress=progress)
+    jobs = [job for variant in variants
+            for job in _seed_jobs(profile, f"{METHOD_LABELS.get(variant, variant)}, any lesion", evaluate_variant,
+                                  [("tumour", prepared)], run_dir, variant, device=device, any_lesion=True)]
+    done = run_jobs(jobs, device, desc="any-lesion rule", progress=progress)
+    count = len(profile.seeds)
+    return {variant: done[i * count:(i + 1) * count] for i, variant in enumerate(variants)}
 
 
 def evaluate_saliency_all(profile: Profile, run_dir: str | os.PathLike, prepared: dict[Track, os.PathLike],

@@ -150,6 +150,26 @@ def _budget(run_dir: Path, profile: Profile, ablation: bool) -> str:
     return f"{train['steps']} steps of {train['batch_size']} slices"
 
 
+def label_rules_line(run_dir: str | os.PathLike, profile: Profile) -> str | None:
+    """The tumour track's COIN under both label rules (the authors' area rule, the paper text's
+    "contains a lesion"), from ``results/seed<s>/tumour_coin[_any_lesion].json``; None when the run
+    did not score the second rule."""
+    from .pipeline import load_results
+
+    try:
+        rules = {rule: [load_results(run_dir, "tumour", "coin" + suffix, seed=s) for s in profile.seeds]
+                 for rule, suffix in (("authors", ""), ("any", "_any_lesion"))}
+    except FileNotFoundError:
+        return None
+    parts = []
+    for rule, per_seed in rules.items():
+        estimate = seed_estimate("IoU", {s: r["metrics"]["iou"]["iou"] for s, r in zip(profile.seeds, per_seed)})
+        parts.append(f"{per_seed[0].get('label_rule', rule)}: IoU {estimate.mean_sd()} on "
+                     f"{per_seed[0]['metrics']['abnormal_test_slices']} abnormal test slices")
+    return ("COIN on the tumour track under both label rules (the same models, threshold chosen on validation "
+            "alike): " + "; ".join(parts) + ".")
+
+
 def results_markdown(run_dir: str | os.PathLike) -> str:
     """Markdown summary of what the run produced: profile, hardware, timings, Tables 1-3, verdicts."""
     from .config import get_profile
@@ -213,6 +233,8 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
             coin = load_results(run_dir, "synthetic", "coin", seed=profile.seeds[0])["metrics"]
             if coin.get("fid") is None:
                 lines += [f"FID: {coin.get('fid_note', 'not computed')}", ""]
+            if (rules := label_rules_line(run_dir, profile)) is not None:
+                lines += [rules, ""]
         else:
             budget = (f"Every row trained {_budget(run_dir, profile, True)} on each seed (Table 1's COIN: "
                       f"{_budget(run_dir, profile, False)}); these verdicts are about runs of that length.")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Profile, SaliencyConfig
+from .config import Profile, SaliencyConfig, table3_profile
 from .files import atomic_path, write_csv
 from .verdicts import CONFIDENCE, Estimate, Verdict, compare, cv_estimate, iou_estimate, not_checked
 
@@ -292,6 +292,7 @@ def table3_rows(run_dir: str | os.PathLike, profile: Profile) -> list[dict]:
     from .variants import TABLE3_VARIANTS
 
     rows = []
+    profile = table3_profile(profile)
     for variant in TABLE3_VARIANTS:
         scored = scored_method(run_dir, profile, "synthetic", variant, ablation=True)
         gan = next(iter(scored.results.values()))["config"]["gan"]
@@ -361,7 +362,7 @@ def table3_claims(run_dir: str | os.PathLike, profile: Profile) -> list[Verdict]
     """Table 3 (Appendix A): what each ingredient adds, on IoU (rows as in the paper)."""
     from .paper_numbers import TABLE3_LABELS
 
-    check = _checker(run_dir, profile, ablation=True, names=TABLE3_LABELS)
+    check = _checker(run_dir, table3_profile(profile), ablation=True, names=TABLE3_LABELS)
     return [
         check("perturbation helps with masks: B > A", "synthetic", "table3_b", "table3_a"),
         check("one skip beats none: C > B", "synthetic", "table3_c", "table3_b"),
