@@ -57,10 +57,10 @@ from .losses import (
 )
 from .prepared import PreparedSlices, open_prepared
 from .progress import tqdm
+from .provenance import run_differences, weights_id
 from .runtime import (
     ResumableSampler,
     autocast,
-    config_differences,
     distributed_context,
     load_checkpoint,
     local_module,
@@ -277,14 +277,18 @@ SPEED_ONLY = ("compile",)  # CounterfactualConfig fields that change speed, not 
 
 
 def _run_config(gan: GANConfig, train: CounterfactualConfig, anomaly: AnomalyConfig | None,
-                prepared: PreparedSlices, classifier_path: Path) -> dict[str, Any]:
-    """What a run's checkpoints must agree on to be resumed (speed settings may change)."""
+                prepared: PreparedSlices, classifier: nn.Module, classifier_path: Path) -> dict[str, Any]:
+    """What a run's checkpoints must agree on to be resumed (speed settings may change): the
+    settings, and the data and classifier by content (``coinlib.provenance``; the paths
+    ``data`` and ``classifier`` are recorded for the reader, not compared)."""
     return {
         "gan": to_dict(gan),
         "train": {key: value for key, value in to_dict(train).items() if key not in SPEED_ONLY},
         "anomaly": to_dict(anomaly) if anomaly else None,
         "data": str(prepared.root),
+        "data_id": prepared.content_id,
         "classifier": str(classifier_path),
+        "classifier_id": weights_id(classifier),
     }
 
 
@@ -318,7 +322,7 @@ def train_counterfactual(
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
     ctx, device = distributed_context(device)
-    run_config = _run_config(gan, train, anomaly, prepared, Path(classifier_path))
+    run_config = _run_config(gan, train, anomaly, prepared, classifier, Path(classifier_path))
 
     seed_everything(train.seed)  # the same initial weights on every rank
     generator, discriminator, optimizers = build_networks(gan, train, classifier, device)
@@ -327,8 +331,7 @@ def train_counterfactual(
     step, history = 0, []
     if (out / LAST).is_file():
         saved = load_checkpoint(out / LAST, modules, optimizers, map_location=device, restore_rng=True)
-        if saved["config"] != run_config:
-            changed = "; ".join(config_differences(saved["config"], run_config))
+        if changed := "; ".join(run_differences(saved["config"], run_config, ("data", "classifier"))):
             raise ValueError(
                 f"{out / LAST} was written with a different config ({changed}); "
                 f"use a new output folder, or delete {out} to retrain"

@@ -14,6 +14,12 @@ every notebook runs on its own from a fresh kernel::
       results/                         metrics JSON (<track>_<method>.json, ablation_...)
       tables/, figures/                what the notebooks write (Markdown + CSV, PNG + PDF)
       notebooks/                       executed notebooks (coin reproduce)
+      run.json                         the profile and settings the folder belongs to
+
+A run folder belongs to one profile and its settings (``coinlib.provenance``): every stage
+refuses a folder written with others. Models record their data and classifier by content,
+and a stage refuses one that learned from anything else; results are reused only for the
+same model files and data. Nothing compares paths, so a run folder can be moved or copied.
 
 A *track* is "synthetic" (TotalSegmentator layout + synthetic anomalies, ResNet18) or
 "tumour" (KiTS23 layout + real tumours, EfficientNetV2-S) — the two halves of Table 1.
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 
 from .config import AnomalyConfig, ClassifierConfig, Profile
+from .provenance import claim_run_folder
 
 __all__ = [
     "Track",
@@ -95,9 +102,31 @@ def _budget(profile: Profile, ablation: bool) -> tuple[Profile, bool]:
     return (shorter, True) if shorter is not None else (profile, False)
 
 
-def _fingerprint(*files: Path) -> list[list]:
-    """Size and mtime of files a result depends on: a retrained model invalidates it."""
-    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+def _fingerprint(*files: Path) -> list[str]:
+    """Content ids of the files a result depends on: a retrained model invalidates it, a moved
+    or copied run folder does not."""
+    from .files import content_id
+
+    return [content_id([f]) for f in files]
+
+
+def _served(run_dir: str | os.PathLike, track: Track, prepared: str | os.PathLike,
+            generator_dir: Path | None = None) -> str:
+    """The prepared folder's content id, after checking that the track's classifier (and the
+    generator in ``generator_dir``) learned from that data and that classifier."""
+    from .classifier_training import BEST as CLASSIFIER
+    from .classifier_training import load_classifier
+    from .counterfactual import FINAL
+    from .prepared import open_prepared
+    from .provenance import check_trained_on, weights_id
+
+    data_id = open_prepared(prepared).content_id
+    classifier_dir = RunPaths(run_dir).classifier(track)
+    check_trained_on((classifier_dir / CLASSIFIER).with_suffix(".json"), data_id)
+    if generator_dir is not None:
+        classifier_id = weights_id(load_classifier(classifier_dir, "cpu"))
+        check_trained_on((generator_dir / FINAL).with_suffix(".json"), data_id, classifier_id)
+    return data_id
 
 
 def _reusable(path: Path, settings: dict) -> dict | None:
@@ -178,6 +207,7 @@ def prepare_track(
     from .phantom import generate_kits23, generate_totalsegmentator
     from .prepare import detect_layout, prepare_dataset
 
+    claim_run_folder(profile, run_dir)
     paths = RunPaths(run_dir)
     layout = LAYOUT_OF_TRACK[track]
     if str(source) == "phantom":
@@ -210,6 +240,7 @@ def ensure_classifier(
     """Train the track's classifier unless its run folder already holds a finished one."""
     from .classifier_training import train_classifier
 
+    claim_run_folder(profile, run_dir)
     config, anomaly = track_settings(profile, track)
     return train_classifier(prepared, config, anomaly, RunPaths(run_dir).classifier(track),
                             device=device, progress=progress)
@@ -279,14 +310,17 @@ def evaluate_variant(
     from .counterfactual import FINAL, load_generator
     from .data import evaluation_set
     from .evaluate import evaluate_counterfactual
+    from .files import read_json
     from .runtime import pick_device
     from .variants import VARIANTS, apply_variant
 
+    claim_run_folder(profile, run_dir)
     paths = RunPaths(run_dir)
     profile, separate = _budget(profile, ablation)
     configured = apply_variant(profile, variant)
     model_dir = paths.counterfactual(track, variant, separate)
     settings = {"eval": to_dict(configured.eval), "fid": fid,
+                "data_id": _served(run_dir, track, prepared, model_dir),
                 "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER, model_dir / FINAL)}
     out = paths.result(track, variant, separate)
     if (saved := _reusable(out, settings)) is not None:
@@ -299,15 +333,15 @@ def evaluate_variant(
     val_set = evaluation_set(prepared, "val", anomaly)
     scored = evaluate_counterfactual(generator, classifier, gan, configured.eval, test_set, val_set,
                                      fid=fid, progress=progress)
+    trained = read_json((model_dir / FINAL).with_suffix(".json"))  # what the checkpoint was trained with
     results = {
         "track": track,
         "variant": variant,
         "paper_row": VARIANTS[variant].paper_row,
         "profile": profile.name,
         "budget": "ablation" if separate else "main",
-        "config": {"gan": to_dict(configured.gan), "train": to_dict(configured.train),
-                   "eval": to_dict(configured.eval)},
-        "seed": configured.train.seed,
+        "config": {"gan": trained["gan"], "train": trained["train"], "eval": to_dict(configured.eval)},
+        "seed": trained["train"]["seed"],
     }
     return _write_results(out, results, prepared, device, settings, scored)
 
@@ -380,8 +414,10 @@ def evaluate_saliency(
     from .files import atomic_path
     from .runtime import pick_device
 
+    claim_run_folder(profile, run_dir)
     paths = RunPaths(run_dir)
     settings = {"saliency": to_dict(profile.saliency), "eval": to_dict(profile.eval),
+                "data_id": _served(run_dir, track, prepared),
                 "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER)}
     out = paths.result(track, method)
     if (saved := _reusable(out, settings)) is not None and saliency_maps_path(run_dir, track, method).is_file():
@@ -421,6 +457,8 @@ def evaluate_classifier(
     from .files import write_json
     from .runtime import git_commit, hardware_summary
 
+    claim_run_folder(profile, run_dir)
+    _served(run_dir, track, prepared)
     config, anomaly = track_settings(profile, track)
     model = load_classifier(RunPaths(run_dir).classifier(track), device)
     scores = predict(model, evaluation_set(prepared, "test", anomaly), batch_size=profile.eval.batch_size)
