@@ -17,6 +17,7 @@ environment variable COIN_DEBUG=1) shows the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -198,14 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
-        print(f"coin {args.command}: interrupted", file=sys.stderr)
-        return 130
+        message, status = "interrupted", 130
     except Exception as err:  # noqa: BLE001 -- every failure ends in one line, unless --debug
         if debug:
             raise
-        print(f"coin {args.command}: error: {_message(err)} (--debug or COIN_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-        return 2
+        message, status = f"error: {_message(err)} (--debug or COIN_DEBUG=1 shows the traceback)", 2
+    # the traceback is gone now: let the progress bars of the frames it held close first,
+    # so the message is the last line
+    gc.collect()
+    print(f"coin {args.command}: {message}", file=sys.stderr)
+    return status
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -89,9 +89,9 @@ def claim_run_folder(profile: Profile, run_dir: str | os.PathLike) -> Path:
     record = read_json(path)
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
         raise ValueError(f"{path} is not a run record of coinlib (no 'settings'); use another --run-dir")
-    changed = _shared_differences(record["settings"], current)
+    changed = sorted(_shared_differences(record["settings"], current), key=lambda line: not line.startswith("name:"))
     if changed:
-        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
         raise ValueError(
             f"run folder {run_dir} belongs to profile {record.get('profile')!r} with the settings in {path}; "
             f"this run asks for profile {profile.name!r} with other settings ({shown}). "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_path, read_json
-from .tables import markdown_table
+from .tables import format_value, markdown_table
 
 __all__ = ["END", "START", "publish_figures", "publish_tables", "results_markdown", "update_readme"]
 
@@ -62,8 +62,9 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
                   markdown_table(rows, ["notebook", "minutes"], 1)]
     for track, classifier in classifiers.items():
         if classifier:
-            lines += [f"Classifier f, {track} track ({classifier['arch']}): test AUC **{classifier['test_auc']:.3f}**, "
-                      f"accuracy {classifier['test_accuracy']:.3f} on {classifier['test_slices']} test slices.", ""]
+            lines += [f"Classifier f, {track} track ({classifier['arch']}): test AUC "
+                      f"**{format_value(classifier['test_auc'])}**, accuracy {format_value(classifier['test_accuracy'])} "
+                      f"on {classifier['test_slices']} test slices.", ""]
     tables = run_dir / "tables"
     if (table1 := _table_body(tables / "table1.md")) is not None:
         lines += [

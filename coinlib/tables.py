@@ -181,7 +181,8 @@ def table1_claims(
     from .pipeline import load_results
 
     def iou(track: str, method: str) -> float:
-        return load_results(run_dir, track, method)["metrics"]["iou"]["iou"]
+        value = load_results(run_dir, track, method)["metrics"]["iou"]["iou"]
+        return float("nan") if value is None else value  # JSON null: not defined (files.write_json)
 
     def check(track: str, better: str, worse: str) -> tuple[str, bool | None]:
         claim = f"{track}: {METHOD_NAMES[better]} > {METHOD_NAMES[worse]}"
