@@ -83,6 +83,7 @@ def claim_run_folder(profile: Profile, run_dir: str | os.PathLike) -> Path:
     if not path.is_file():
         if run_dir.exists() and not run_dir.is_dir():
             raise ValueError(f"--run-dir {run_dir} exists and is not a folder")
+        _check_older_results(run_dir, profile.name)
         write_json(path, {"profile": profile.name, "settings": current,
                           "note": "this run folder's profile and settings: every stage run in it must match"})
         return path
@@ -100,6 +101,18 @@ def claim_run_folder(profile: Profile, run_dir: str | os.PathLike) -> Path:
     if _adopt_new_keys(record["settings"], current):
         write_json(path, record)
     return path
+
+
+def _check_older_results(run_dir: Path, name: str) -> None:
+    """A run folder from before ``run.json``: its results name the profile that wrote them."""
+    for result in sorted((run_dir / "results").glob("*.json")):
+        try:
+            written_by = read_json(result).get("profile")
+        except (ValueError, AttributeError):
+            continue
+        if written_by not in (None, name):
+            raise ValueError(f"run folder {run_dir} holds results of profile {written_by!r} ({result}); this run "
+                             f"asks for profile {name!r}: give it a run folder of its own (--run-dir)")
 
 
 def weights_id(module: nn.Module) -> str:
@@ -132,6 +145,9 @@ def check_trained_on(model_config: str | os.PathLike, data_id: str, classifier_i
     record = read_json(model_config)
     folder = model_config.parent
     advice = f"retrain it (delete {folder}, then run its stage again) or use a new run folder"
+    if "data_id" not in record:
+        raise ValueError(f"{folder} does not record what data it was trained on ({model_config} was written "
+                         f"before models recorded it), so it may be stale; {advice}")
     if record.get("data_id") != data_id:
         raise ValueError(
             f"{folder} was trained on other data (prepared content {record.get('data_id')}, recorded in "

@@ -162,6 +162,13 @@ def test_a_run_folder_refuses_another_profile(capsys, run):
     assert sorted(p.name for p in (run / "data" / "phantom" / "totalsegmentator").glob("s*")) == subjects
 
 
+def test_a_run_folder_from_before_run_json_is_claimed_by_the_profile_of_its_results(capsys, run, tmp_path):
+    copied = copy(run, tmp_path / "run")
+    (copied / "run.json").unlink()
+    line = refused(capsys, "evaluate", "--profile", "quick", "--run-dir", copied, "--device", "cpu")
+    assert "holds results of profile 'smoke'" in line and not (copied / "run.json").exists()
+
+
 def test_results_record_the_checkpoints_config_not_the_callers(run, tmp_path):
     copied = copy(run, tmp_path / "run")
     (copied / "run.json").unlink()  # as a run folder from before run.json
