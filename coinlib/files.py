@@ -7,8 +7,9 @@ whole (a prepared dataset, a phantom scan) are filled in a :func:`temporary_fold
 beside their target, whose name records the host and process; one left by a killed
 process is removed by :func:`remove_stale_temporaries` on the next run.
 
-JSON is written strictly (RFC 8259): a NaN or infinity becomes ``null``, and the file's
-``null_values`` entry says which values those were (:func:`write_json`).
+JSON is written strictly (RFC 8259): a NaN or infinity becomes ``null``, and the
+record's ``null_values`` entry says which values those were and why (:func:`write_json`);
+:func:`read_json` puts them back, so a reader sees the numbers that were written.
 """
 
 from __future__ import annotations
@@ -78,21 +79,52 @@ def _finite_or_null(obj: Any, where: str, nulls: dict[str, str]) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as strict JSON: NaN and infinities become ``null`` (bare ``NaN`` is not JSON),
-    and a dict gains ``null_values``: {JSON path: what the value was and why it has none}."""
+def _strict_record(record: Any) -> Any:
+    """``record`` without NaN / infinities; a dict gains ``null_values`` when it had any."""
     nulls: dict[str, str] = {}
-    clean = _finite_or_null(obj, "", nulls)
+    clean = _finite_or_null(record, "", nulls)
     if nulls and isinstance(clean, dict):
         clean["null_values"] = nulls
+    return clean
+
+
+def _restore(obj: Any, where: str, nulls: dict[str, str]) -> Any:
+    """:func:`_finite_or_null` undone: the values ``nulls`` lists (by JSON path) are numbers again."""
+    if obj is None and where in nulls:
+        with contextlib.suppress(ValueError, AttributeError):
+            return float(nulls[where].split(":", 1)[0])  # 'nan', 'inf' or '-inf'
+    if isinstance(obj, dict):
+        return {k: _restore(v, f"{where}.{k}" if where else str(k), nulls) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore(v, f"{where}[{i}]", nulls) for i, v in enumerate(obj)]
+    return obj
+
+
+def _read_record(record: Any) -> Any:
+    if isinstance(record, dict) and isinstance(record.get("null_values"), dict):
+        nulls = record.pop("null_values")
+        return _restore(record, "", nulls)
+    return record
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as strict JSON: NaN and infinities become ``null`` (bare ``NaN`` is not JSON).
+
+    The record holding them — ``obj`` itself, or each dict of a list such as a training
+    history — gains ``null_values``: {JSON path within it: what the value was and why it
+    has none}. :func:`read_json` restores them.
+    """
+    records = [_strict_record(r) for r in obj] if isinstance(obj, (list, tuple)) else _strict_record(obj)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(records, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON at ``path``, with the numbers :func:`write_json` wrote as ``null`` put back."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        loaded = json.loads(path.read_text())
+        return [_read_record(r) for r in loaded] if isinstance(loaded, list) else _read_record(loaded)
     except FileNotFoundError:
         raise FileNotFoundError(f"missing JSON file: {path}") from None
     except json.JSONDecodeError as err:

@@ -387,6 +387,13 @@ def test_results_json_holds_no_bare_nan(run, tmp_path):
     saved = strict((tmp_path / "r.json").read_text())
     assert saved["metrics"]["cv"] is None and saved["curve"][1] is None
     assert set(saved["null_values"]) == {"metrics.cv", "curve[1]"} and "nan" in saved["null_values"]["metrics.cv"]
+    restored = read_json(tmp_path / "r.json")  # the numbers come back for the reader
+    assert np.isnan(restored["metrics"]["cv"]) and restored["curve"] == [1.0, float("inf")]
+    assert "null_values" not in restored
+    write_json(tmp_path / "history.json", [{"step": 1, "val_cv": float("nan")}, {"step": 2, "val_cv": 0.5}])
+    history = strict((tmp_path / "history.json").read_text())
+    assert history[0]["val_cv"] is None and "val_cv" in history[0]["null_values"]
+    assert np.isnan(read_json(tmp_path / "history.json")[0]["val_cv"])
     for path in run.rglob("*.json"):
         strict(path.read_text())
 
