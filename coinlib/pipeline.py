@@ -110,10 +110,10 @@ def _fingerprint(*files: Path) -> list[str]:
     return [content_id([f]) for f in files]
 
 
-def _served(run_dir: str | os.PathLike, track: Track, prepared: str | os.PathLike,
-            generator_dir: Path | None = None) -> str:
-    """The prepared folder's content id, after checking that the track's classifier (and the
-    generator in ``generator_dir``) learned from that data and that classifier."""
+def _served(classifier_dir: Path, prepared: str | os.PathLike, generator_dir: Path | None = None) -> str:
+    """The prepared folder's content id, after checking that the classifier in
+    ``classifier_dir`` (and the generator in ``generator_dir``) learned from that data and
+    that classifier."""
     from .classifier_training import BEST as CLASSIFIER
     from .classifier_training import load_classifier
     from .counterfactual import FINAL
@@ -121,7 +121,6 @@ def _served(run_dir: str | os.PathLike, track: Track, prepared: str | os.PathLik
     from .provenance import check_trained_on, weights_id
 
     data_id = open_prepared(prepared).content_id
-    classifier_dir = RunPaths(run_dir).classifier(track)
     check_trained_on((classifier_dir / CLASSIFIER).with_suffix(".json"), data_id)
     if generator_dir is not None:
         classifier_id = weights_id(load_classifier(classifier_dir, "cpu"))
@@ -320,7 +319,7 @@ def evaluate_variant(
     configured = apply_variant(profile, variant)
     model_dir = paths.counterfactual(track, variant, separate)
     settings = {"eval": to_dict(configured.eval), "fid": fid,
-                "data_id": _served(run_dir, track, prepared, model_dir),
+                "data_id": _served(paths.classifier(track), prepared, model_dir),
                 "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER, model_dir / FINAL)}
     out = paths.result(track, variant, separate)
     if (saved := _reusable(out, settings)) is not None:
@@ -417,7 +416,7 @@ def evaluate_saliency(
     claim_run_folder(profile, run_dir)
     paths = RunPaths(run_dir)
     settings = {"saliency": to_dict(profile.saliency), "eval": to_dict(profile.eval),
-                "data_id": _served(run_dir, track, prepared),
+                "data_id": _served(paths.classifier(track), prepared),
                 "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER)}
     out = paths.result(track, method)
     if (saved := _reusable(out, settings)) is not None and saliency_maps_path(run_dir, track, method).is_file():
@@ -458,7 +457,7 @@ def evaluate_classifier(
     from .runtime import git_commit, hardware_summary
 
     claim_run_folder(profile, run_dir)
-    _served(run_dir, track, prepared)
+    _served(RunPaths(run_dir).classifier(track), prepared)
     config, anomaly = track_settings(profile, track)
     model = load_classifier(RunPaths(run_dir).classifier(track), device)
     scores = predict(model, evaluation_set(prepared, "test", anomaly), batch_size=profile.eval.batch_size)

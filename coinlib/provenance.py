@@ -4,7 +4,8 @@
   it records them in ``run.json`` (:func:`claim_run_folder`), and every later stage with
   another profile, or other settings, is refused with the differences. (Fields added to a
   config since the record was written are adopted into it; speed-only settings, such as
-  ``train.compile``, are not part of a run's identity.)
+  ``train.compile``, and the seeds of a replicate, ``REPLICATE_SEEDS``, which share one run
+  folder, are not part of its identity.)
 - Models record *what* they learned from, by content: the prepared folder's
   ``content_id`` (``coinlib.prepared``) and the classifier's :func:`weights_id`. A model
   of other data, or of another classifier, is never reused (:func:`check_trained_on`),
@@ -29,6 +30,7 @@ from .runtime import config_differences
 
 __all__ = [
     "RUN_RECORD",
+    "REPLICATE_SEEDS",
     "run_settings",
     "claim_run_folder",
     "weights_id",
@@ -37,15 +39,23 @@ __all__ = [
 ]
 
 RUN_RECORD = "run.json"
+# a replicate's seeds (the profile's own and its sections'): replicates share a run folder
+REPLICATE_SEEDS = {"": ("seed",), "classifier": ("seed",), "tumour_classifier": ("seed",), "train": ("seed",),
+                   "saliency": ("seed",)}
 
 
 def run_settings(profile: Profile) -> dict[str, Any]:
     """The settings that make a run folder's identity: the whole profile, without the
-    fields that change speed only (``coinlib.counterfactual.SPEED_ONLY``)."""
+    fields that change speed only (``coinlib.counterfactual.SPEED_ONLY``) and without a
+    replicate's seeds (``REPLICATE_SEEDS``)."""
     from .counterfactual import SPEED_ONLY
 
     settings = to_dict(profile)
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in SPEED_ONLY}
+    for section, names in REPLICATE_SEEDS.items():
+        fields = settings[section] if section else settings
+        for name in names:
+            fields.pop(name, None)
     return settings
 
 

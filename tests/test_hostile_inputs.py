@@ -417,3 +417,4 @@ def test_run_record_names_the_profile(run):
     record = read_json(run / "run.json")
     assert record["profile"] == "smoke" and record["settings"]["phantom"]["subjects"] == 4
     assert "compile" not in record["settings"]["train"]  # speed only: not part of a run's identity
+    assert "seed" not in record["settings"]["train"]  # a replicate's: replicates share the folder
