@@ -148,7 +148,7 @@ def check_finite(data: np.ndarray, path: Path, fill: float | None = None) -> tup
     return np.where(bad, np.asarray(fill, dtype=data.dtype), data), count
 
 
-def _read_raw(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+def _read_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
     """The voxel array in the file's own axis order (decompresses the whole file)."""
     try:
         return np.asanyarray(image.dataobj)
@@ -156,9 +156,9 @@ def _read_raw(image: nib.Nifti1Image, path: Path) -> np.ndarray:
         raise ValueError(f"cannot read NIfTI data of {path} (truncated or corrupt file?): {err}") from err
 
 
-def _read_data(image: nib.Nifti1Image, path: Path, fill: float | None = None) -> np.ndarray:
-    """:func:`_read_raw` with non-finite voxels refused, or set to ``fill`` (:func:`check_finite`)."""
-    return check_finite(_read_raw(image, path), path, fill)[0]
+def _read_finite(image: nib.Nifti1Image, path: Path, fill: float | None = None) -> np.ndarray:
+    """:func:`_read_data` with non-finite voxels refused, or set to ``fill`` (:func:`check_finite`)."""
+    return check_finite(_read_data(image, path), path, fill)[0]
 
 
 def _check_same_grid(ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Image, other_path: Path) -> None:
@@ -233,7 +233,7 @@ def load_canonical(path: str | os.PathLike, fill_nonfinite: float | None = None)
     """
     path = Path(path)
     image = _open_nifti(path)
-    return _canonical(_read_data(image, path, fill_nonfinite), image.affine, path)
+    return _canonical(_read_finite(image, path, fill_nonfinite), image.affine, path)
 
 
 # --------------------------------------------------------------------------- slices
@@ -555,7 +555,7 @@ def _read_label_masks(
     for path in scan.labels:
         label_image = _open_nifti(path)
         _check_same_grid(image, scan.image, label_image, path)
-        data = _read_data(label_image, path)
+        data = _read_finite(label_image, path)
         if layout == "totalsegmentator":
             kidney |= data > 0
         else:
@@ -611,8 +611,8 @@ def _scan_foreground_sample(layout: str, scan: ScanFiles, cap: int, seed: int,
     for path in scan.foreground:
         label_image = _open_nifti(path)
         _check_same_grid(image, scan.image, label_image, path)
-        foreground |= _read_data(label_image, path) > 0
-    hu = _read_data(image, scan.image, fill)
+        foreground |= _read_finite(label_image, path) > 0
+    hu = _read_finite(image, scan.image, fill)
     rng = np.random.default_rng([seed, zlib.crc32(scan.scan_id.encode())])
     return sample_foreground(hu, foreground, cap, rng)
 
@@ -837,7 +837,7 @@ def _build(
     for m in tqdm(kept, desc="slices", disable=not progress):
         path = by_id[m.scan_id].image
         image = _open_nifti(path)
-        hu, filled = check_finite(_read_raw(image, path), path, config.fill_nonfinite_hu)
+        hu, filled = check_finite(_read_data(image, path), path, config.fill_nonfinite_hu)
         volume = _canonical(hu, image.affine, path)
         native = volume.radiological(m.z)
         x = normalise_hu(native, stats["p_low"], stats["p_high"])

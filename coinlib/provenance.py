@@ -115,7 +115,7 @@ def claim_run_folder(profile: Profile, run_dir: str | os.PathLike) -> Path:
 
 def _check_older_results(run_dir: Path, name: str) -> None:
     """A run folder from before ``run.json``: its results name the profile that wrote them."""
-    for result in sorted((run_dir / "results").glob("*.json")):
+    for result in sorted((run_dir / "results").rglob("*.json")):
         try:
             written_by = read_json(result).get("profile")
         except (ValueError, AttributeError):

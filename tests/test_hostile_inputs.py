@@ -82,6 +82,14 @@ def run(tmp_path_factory) -> Path:
     return root
 
 
+def coin_results(run: Path) -> Path:
+    return pipeline.RunPaths(run).result("synthetic", "coin")
+
+
+def coin_model(run: Path) -> Path:
+    return pipeline.RunPaths(run).counterfactual("synthetic", "coin") / "counterfactual.pt"
+
+
 def copy(source: Path, target: Path, keep_times: bool = True) -> Path:
     return Path(shutil.copytree(source, target, symlinks=True, copy_function=shutil.copy2 if keep_times else shutil.copy))
 
@@ -151,7 +159,7 @@ def test_phantom_refuses_its_own_folder_with_other_settings_or_fewer_subjects(ca
 
 
 def test_a_run_folder_refuses_another_profile(capsys, run):
-    results = run / "results" / "synthetic_coin.json"
+    results = coin_results(run)
     before = results.read_bytes()
     subjects = sorted(p.name for p in (run / "data" / "phantom" / "totalsegmentator").glob("s*"))
     line = refused(capsys, "evaluate", "--profile", "quick", "--run-dir", run, "--device", "cpu")
@@ -172,7 +180,7 @@ def test_a_run_folder_from_before_run_json_is_claimed_by_the_profile_of_its_resu
 def test_results_record_the_checkpoints_config_not_the_callers(run, tmp_path):
     copied = copy(run, tmp_path / "run")
     (copied / "run.json").unlink()  # as a run folder from before run.json
-    (copied / "results" / "synthetic_coin.json").unlink()
+    coin_results(copied).unlink()
     caller = get_profile("smoke", {"phantom": {"subjects": 4, "spacing_mm": 3.0}, "train": {"steps": 5}})
     prepared = pipeline.prepare_track(caller, copied, "synthetic", progress=False)
     results = pipeline.evaluate_variant(caller, copied, "synthetic", prepared, "coin", device="cpu", fid=False,
@@ -322,8 +330,7 @@ def test_bad_thresholds_are_refused(capsys):
 
 def test_a_copied_run_folder_reuses_what_it_holds(capsys, run, tmp_path):
     moved = copy(run, tmp_path / "moved", keep_times=False)  # `cp -r`: new paths and times
-    model = moved / "models" / "synthetic" / "coin" / "counterfactual.pt"
-    results = moved / "results" / "synthetic_coin.json"
+    model, results = coin_model(moved), coin_results(moved)
     weights, scored = model.read_bytes(), results.read_bytes()
     assert coin(capsys, "train", *SMOKE, "--run-dir", moved)[0] == 0
     assert coin(capsys, "evaluate", *SMOKE, "--run-dir", moved)[0] == 0
@@ -373,8 +380,8 @@ class _Payload:
 def test_a_checkpoint_that_would_run_code_is_refused(capsys, run, tmp_path, monkeypatch):
     copied = copy(run, tmp_path / "run")
     monkeypatch.setenv("COIN_PWNED", str(tmp_path / "pwned"))
-    torch.save({"modules": _Payload()}, copied / "models" / "synthetic" / "classifier" / "classifier.pt")
-    (copied / "results" / "synthetic_coin.json").unlink()
+    torch.save({"modules": _Payload()}, pipeline.RunPaths(copied).classifier("synthetic") / "classifier.pt")
+    coin_results(copied).unlink()
     line = refused(capsys, "evaluate", *SMOKE, "--run-dir", copied)
     assert "classifier.pt" in line and not (tmp_path / "pwned").exists()
 
