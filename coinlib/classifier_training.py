@@ -30,10 +30,10 @@ from .data import SliceDataset, balanced_weights, evaluation_set
 from .files import read_json, write_json
 from .prepared import PreparedSlices, open_prepared
 from .progress import tqdm
+from .provenance import run_differences
 from .runtime import (
     ResumableSampler,
     autocast,
-    config_differences,
     distributed_context,
     load_checkpoint,
     pick_device,
@@ -196,8 +196,9 @@ def train_classifier(
     prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
     ctx, device = distributed_context(device)
     use_job_threads(device)
+    # the data by content (coinlib.provenance); its path is recorded for the reader, not compared
     run_config = {"classifier": to_dict(config), "anomaly": to_dict(anomaly) if anomaly else None,
-                  "data": str(prepared.root)}
+                  "data": str(prepared.root), "data_id": prepared.content_id}
 
     seed_everything(config.seed)
     model = build_classifier(config).to(device, memory_format=torch.channels_last)
@@ -206,8 +207,7 @@ def train_classifier(
     if (out / LAST).is_file():
         saved = load_checkpoint(out / LAST, {"classifier": model}, {"adam": optimizer},
                                 map_location=device, restore_rng=True)
-        if saved["config"] != run_config:
-            changed = "; ".join(config_differences(saved["config"], run_config))
+        if changed := "; ".join(run_differences(saved["config"], run_config, ("data",))):
             raise ValueError(
                 f"{out / LAST} was written with a different config ({changed}); "
                 f"use a new output folder, or delete {out} to retrain"

@@ -8,16 +8,79 @@
     coin reproduce --profile quick --run-dir runs/quick
     coin report --run-dir runs/quick          # README results, figures/, tables/, docs/notebooks/
     coin label --model runs/quick --in scans/ --out masks/ [--organ-masks seg/]   # weak masks for CT (NIfTI, DICOM)
+
+A bad run ends with one line on stderr naming the file or parameter at fault, and exit
+status 2; options and --set values are checked before any work starts. --debug (or the
+environment variable COIN_DEBUG=1) shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "parse_overrides"]
+
+
+def _integer_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1]")
+    return value
+
+
+def _device(text: str) -> str:
+    """A device torch has here: cpu, cuda, cuda:N (N below the GPU count) or mps."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine; use cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s), 0..{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine; use cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda or cuda:N")
+    return text
+
+
+_COUNT, _SEED = _integer_at_least(1), _integer_at_least(0)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -> None:
@@ -27,8 +90,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -
                         help="synthetic anomalies (TotalSegmentator layout) or real tumours (KiTS23 layout)")
     parser.add_argument("--data", default="phantom",
                         help="'phantom' (default) or a dataset folder in the track's real layout")
-    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--device", type=_device, default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
+    parser.add_argument("--seed", type=_SEED, default=None,
                         help="the replicate to train or score (default: the profile's first seed); models and "
                              "results go to models/<track>/seed<S>/ and results/seed<S>/")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -43,12 +106,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also: environment variable COIN_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     phantom = commands.add_parser("phantom", help="write the procedural CT phantom in a real layout")
     phantom.add_argument("--out", type=Path, required=True)
-    phantom.add_argument("--subjects", type=int, default=40, help="number of scans (default 40)")
-    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--subjects", type=_COUNT, default=40, help="number of scans (default 40)")
+    phantom.add_argument("--seed", type=_SEED, default=0)
     phantom.add_argument("--layout", default="totalsegmentator", choices=["totalsegmentator", "kits23"])
     phantom.add_argument("--phases", default=None,
                          help="contrast phases drawn per scan, 'phase:weight,...' or one phase of native, "
@@ -60,10 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--layout", required=True, choices=["totalsegmentator", "kits23", "auto"])
     prepare.add_argument("--src", type=Path, required=True)
     prepare.add_argument("--out", type=Path, required=True)
-    prepare.add_argument("--image-size", type=int, default=256)
+    prepare.add_argument("--image-size", type=_COUNT, default=256)
     prepare.add_argument("--split-source", default="random", choices=["random", "meta"],
                          help="TotalSegmentator: the paper's random 80/20 split or meta.csv's split")
-    prepare.add_argument("--seed", type=int, default=0, help="split seed")
+    prepare.add_argument("--seed", type=_SEED, default=0, help="split seed")
+    prepare.add_argument("--fill-nonfinite", type=_finite, default=None, metavar="HU",
+                         help="set NaN / infinite voxels to this HU and count them in the manifest "
+                              "(default: such voxels are an error naming the file)")
     prepare.add_argument("--force", action="store_true", help="rebuild even when the folder is valid")
 
     train_classifier = commands.add_parser("train-classifier", help="train (or resume) the classifier f")
@@ -92,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder for the masks, sidecars and labels.csv")
     label.add_argument("--track", default="synthetic", choices=["synthetic", "tumour"])
     label.add_argument("--variant", default="coin", help="coin, singla or another trained variant")
-    label.add_argument("--batch-size", type=int, default=32, help="axial slices per forward pass")
-    label.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
-    label.add_argument("--threshold", type=float, default=None,
+    label.add_argument("--batch-size", type=_COUNT, default=32, help="axial slices per forward pass")
+    label.add_argument("--device", type=_device, default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
+    label.add_argument("--threshold", type=_unit_interval, default=None,
                        help="mask threshold on |x - x_cf| in [0, 1] (default: the run's validation choice)")
     label.add_argument("--organ-masks", type=Path, default=None, metavar="DIR",
                        help="TotalSegmentator's output for the scans (kidney_left/right.nii.gz or its multilabel "
@@ -109,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 00,01")
     reproduce.add_argument("--data", default="phantom", help="synthetic-track data: phantom or a folder")
     reproduce.add_argument("--tumour-data", default="phantom", help="tumour-track data: phantom or a folder")
+    for command in commands.choices.values():  # --debug after the command name works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error (also: COIN_DEBUG=1)")
     return parser
 
 
@@ -128,13 +199,31 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     return overrides
 
 
+def _message(err: BaseException) -> str:
+    """One line for an error: its message (which names the file or parameter), and its type
+    where the type says more than the message (OSError and the unexpected ones)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if not isinstance(err, (ValueError, KeyError, FileNotFoundError)) or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("COIN_DEBUG", "") not in ("", "0")
     try:
         return _dispatch(args)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"coin {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        message, status = "interrupted", 130
+    except Exception as err:  # noqa: BLE001 -- every failure ends in one line, unless --debug
+        if debug:
+            raise
+        message, status = f"error: {_message(err)} (--debug or COIN_DEBUG=1 shows the traceback)", 2
+    # the traceback is gone now: let the progress bars of the frames it held close first,
+    # so the message is the last line
+    gc.collect()
+    print(f"coin {args.command}: {message}", file=sys.stderr)
+    return status
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -153,7 +242,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .prepare import detect_layout, prepare_dataset
 
         layout = detect_layout(args.src) if args.layout == "auto" else args.layout
-        config = DataConfig(image_size=args.image_size, split_source=args.split_source, split_seed=args.seed)
+        config = DataConfig(image_size=args.image_size, split_source=args.split_source, split_seed=args.seed,
+                            fill_nonfinite_hu=args.fill_nonfinite)
         print(prepare_dataset(layout, args.src, args.out, config, force=args.force))
         return 0
     if args.command == "report":

@@ -11,17 +11,29 @@ A *profile* bundles every setting a run needs. Four are named:
 Every field has the paper's (or the authors' implementation's) value as its default
 unless a profile says otherwise; ``FACTS.md`` in ``shared/reference`` lists the sources.
 Unknown keys raise, so a typo never silently falls back to a default.
+
+Every config is checked when it is built (:class:`Checked`): each field's value must have
+its annotated type (``int``, ``float``, ``bool``, ``str``, ``Literal``, ``X | None``,
+``tuple[...]``; floats must be finite) and lie in the interval its class's ``RANGES``
+declares (``"[1, inf)"``, ``"(0, 1]"``; for a tuple, every element). A new field is
+type-checked from its annotation alone; give it a range by adding its name to ``RANGES``.
+So ``coin train --set train.batch_size=0`` stops before any work, naming the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import re
+import types
 import typing
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 __all__ = [
+    "Checked",
     "PhantomConfig",
     "DataConfig",
     "AnomalyConfig",
@@ -44,9 +56,159 @@ __all__ = [
 ]
 
 
+# --------------------------------------------------------------------------- checks
+
+
+_INTERVAL = re.compile(r"^\s*([\[(])\s*(-inf|[-+0-9.e]+)\s*,\s*(inf|[-+0-9.e]+)\s*([\])])\s*$")
+
+
+@functools.cache
+def _interval(text: str) -> tuple[float, float, bool, bool]:
+    """``"[1, inf)"`` -> (1.0, inf, low included, high included)."""
+    match = _INTERVAL.match(text)
+    if not match:
+        raise ValueError(f"bad interval {text!r}; write e.g. '[1, inf)' or '(0, 1]'")
+    opening, low, high, closing = match.groups()
+    return float(low), float(high), opening == "[", closing == "]"
+
+
+def _in_interval(value: float, text: str) -> bool:
+    low, high, low_in, high_in = _interval(text)
+    return (low < value or (low_in and value == low)) and (value < high or (high_in and value == high))
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("None" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        inner = _describe(args[0]) if len(args) == 2 and args[1] is Ellipsis else ", ".join(map(_describe, args))
+        return f"a list of {inner}" if Ellipsis in args else f"a list [{inner}]"
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+class _Mismatch(Exception):
+    """A value that does not have the annotated type (turned into a ValueError naming the field)."""
+
+
+def _conform(value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (ints accepted for floats, lists for tuples) or :class:`_Mismatch`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise _Mismatch
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _conform(value, arg)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_conform(v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise _Mismatch
+        return tuple(_conform(v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _Mismatch
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Mismatch
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _Mismatch
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _Mismatch
+        return value
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise _Mismatch
+    return value
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers a range applies to: the value itself, or each element of a tuple."""
+    items = value if isinstance(value, tuple) else (value,)
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+class Checked:
+    """Base of every config dataclass: type and range checks of each field when it is built.
+
+    ``RANGES`` maps a field name to an interval (``"[0, 1)"``, ``"(0, inf)"``, ...) its value
+    (or each element of a tuple) must lie in; ``None`` values are not range-checked.
+    ``check()`` may add checks that span several fields. Errors are ``ValueError`` naming
+    ``Class.field``, the value and what is expected.
+    """
+
+    RANGES: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        hints = _hints(cls)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                conformed = _conform(value, hints[f.name])
+            except _Mismatch:
+                raise ValueError(f"{cls.__name__}.{f.name} = {value!r}: expected {_describe(hints[f.name])}") from None
+            if conformed is not value:
+                object.__setattr__(self, f.name, conformed)
+            interval = cls.RANGES.get(f.name)
+            if interval is not None and conformed is not None:
+                if not all(_in_interval(v, interval) for v in _numbers(conformed)):
+                    raise ValueError(f"{cls.__name__}.{f.name} = {value!r}: must lie in {interval}")
+        self.check()
+
+    def check(self) -> None:
+        """Checks that span several fields (raise ``ValueError`` naming them)."""
+
+    def _ordered(self, name: str, strict: bool = False) -> None:
+        low, high = getattr(self, name)
+        if low > high or (strict and low == high):
+            raise ValueError(f"{type(self).__name__}.{name} = {list(getattr(self, name))}: "
+                             f"the first value must be {'below' if strict else 'at most'} the second")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+_SEED = "[0, inf)"
+_COUNT = "[1, inf)"
+_POSITIVE = "(0, inf)"
+_NON_NEGATIVE = "[0, inf)"
+_UNIT = "[0, 1]"
+
+
 @dataclass(frozen=True)
-class PhantomConfig:
+class PhantomConfig(Checked):
     """The procedural abdominal CT phantom (the embedded default data)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "subjects": "[3, inf)",
+        "kits_cases": "[3, inf)",
+        "seed": _SEED,
+        "spacing_mm": _POSITIVE,
+        "kits_inplane_mm": _POSITIVE,
+        "kits_slice_mm": _POSITIVE,
+    }
 
     subjects: int = 40  # TotalSegmentator-layout track
     kits_cases: int = 40  # KiTS23-layout track (tumour, cyst and control cases)
@@ -62,8 +224,26 @@ class PhantomConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """Slice extraction and normalisation (paper Sec. 4.1, 4.3; FACTS "Data")."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "image_size": _COUNT,
+        "min_kidney_pixels": _NON_NEGATIVE,
+        "test_fraction": "[0, 1)",
+        "val_fraction": "[0, 1)",
+        "split_seed": _SEED,
+        "percentiles": "[0, 100]",
+        "min_kidney_area_mm2": _NON_NEGATIVE,
+        "min_lesion_area_mm2": _NON_NEGATIVE,
+    }
+
+    def check(self) -> None:
+        self._ordered("percentiles", strict=True)
+        if self.test_fraction + self.val_fraction >= 1.0:
+            raise ValueError(f"DataConfig.test_fraction + val_fraction = {self.test_fraction + self.val_fraction}: "
+                             "must be below 1 (some scans must train)")
+
 
     image_size: int = 256
     min_kidney_pixels: int = 32  # counted on the native slice, before resizing
@@ -80,10 +260,13 @@ class DataConfig:
     min_lesion_area_mm2: float = 0.0
     # and the intensity fingerprint's percentiles are taken over these voxels of the training scans.
     fingerprint_foreground: Literal["kidney_and_lesions", "lesion"] = "kidney_and_lesions"
+    # NaN / infinite voxels in a CT volume: None, an error naming the file; a number, the HU
+    # put in their place (counted per scan in the prepared folder's manifest)
+    fill_nonfinite_hu: float | None = None
 
 
 @dataclass(frozen=True)
-class AnomalyConfig:
+class AnomalyConfig(Checked):
     """Synthetic Gaussian-blob anomalies (paper App. 7.2; parameters from FACTS).
 
     Sizes are given for a 256x256 slice and scaled with ``DataConfig.image_size`` so an
@@ -102,6 +285,29 @@ class AnomalyConfig:
     """
 
     rule: Literal["implementation", "continuous"] = "implementation"
+    RANGES: ClassVar[dict[str, str]] = {
+        "template_size": "[2, inf)",
+        "reference_size": _COUNT,
+        "sigma": _POSITIVE,
+        "mask_threshold": _UNIT,
+        "scale_range": _POSITIVE,
+        "distort_steps": _NON_NEGATIVE,
+        "distort_limit": _NON_NEGATIVE,
+        "rotation_range": "[-360, 360]",
+        "alpha": _UNIT,
+        "probability": _UNIT,
+        "bbox_margin": "[0, 0.5)",
+        "warp_probability": _UNIT,
+        "rotation_probability": _UNIT,
+        "min_box_area": _NON_NEGATIVE,
+        "seed": _SEED,
+    }
+
+    def check(self) -> None:
+        self._ordered("scale_range")
+        self._ordered("rotation_range")
+
+
     template_size: int = 20  # grid points spanning [-1, 1]^2 at 256 px
     reference_size: int = 256
     sigma: float = 0.4
@@ -122,8 +328,21 @@ class AnomalyConfig:
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(Checked):
     """Classifier f (paper Sec. 4.3): ResNet18 (synthetic) or EfficientNetV2-S (tumours)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "width": _COUNT,
+        "lr": _POSITIVE,
+        "weight_decay": _NON_NEGATIVE,
+        "batch_size": _COUNT,
+        "max_epochs": _COUNT,
+        "patience": _COUNT,
+        "steps_per_epoch": _COUNT,
+        "intensity_jitter": _UNIT,
+        "threshold": _UNIT,
+        "seed": _SEED,
+    }
 
     arch: Literal["resnet18", "efficientnet_v2_s"] = "resnet18"
     # ResNet18's base width: layer1..layer4 have width x (1, 2, 4, 8) channels (64: torchvision's,
@@ -151,11 +370,27 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
-class GANConfig:
+class GANConfig(Checked):
     """The one counterfactual GAN (paper Sec. 3.2; sizes from FACTS "Models").
 
     COIN, Singla* and every Appendix A row are settings of these fields.
     """
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "conditions": "[1, 2]",
+        "skips": "[0, 4]",
+        "widths": _COUNT,
+        "stem_width": _COUNT,
+        "disc_widths": _COUNT,
+    }
+
+    def check(self) -> None:
+        if not self.widths or not self.disc_widths:
+            raise ValueError("GANConfig.widths and disc_widths need at least one entry each")
+        if self.skips > len(self.widths) - 1:
+            raise ValueError(f"GANConfig.skips = {self.skips}: at most {len(self.widths) - 1} "
+                             f"for {len(self.widths)} encoder blocks (widths {list(self.widths)})")
+
 
     conditions: int = 1  # 1: COIN (inpaint); 2: Singla* (bins of f(x))
     skips: int = 4  # encoder->decoder skip connections into up blocks 1..skips (0-4)
@@ -167,8 +402,26 @@ class GANConfig:
 
 
 @dataclass(frozen=True)
-class CounterfactualConfig:
+class CounterfactualConfig(Checked):
     """GAN training (paper Sec. 3.3, 4.3; Eq. 1 weights from the implementation)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "lr": _POSITIVE,
+        "betas": "[0, 1)",
+        "batch_size": _COUNT,
+        "steps": _COUNT,
+        "generator_every": _COUNT,
+        "lambda_adv": _NON_NEGATIVE,
+        "lambda_f": _NON_NEGATIVE,
+        "lambda_idt": _NON_NEGATIVE,
+        "lambda_tv": _NON_NEGATIVE,
+        "kl_eps": "(0, 0.5)",
+        "prob_clamp": "(0, 0.5)",
+        "log_every": _COUNT,
+        "eval_every": _COUNT,
+        "checkpoint_every": _COUNT,
+        "seed": _SEED,
+    }
 
     lr: float = 2e-4
     betas: tuple[float, float] = (0.0, 0.9)  # paper; the implementation uses (0, 0.999)
@@ -198,8 +451,18 @@ class CounterfactualConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Checked):
     """Weak masks and metrics (paper Sec. 4.2, 5)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "threshold": _UNIT,
+        "cv_tau": _UNIT,
+        "closing_radius": _NON_NEGATIVE,
+        "opening_radius": _NON_NEGATIVE,
+        "sweep_points": "[2, inf)",
+        "fid_dims": _COUNT,
+        "batch_size": _COUNT,
+    }
 
     threshold: float = 0.25  # on |x - x_cf| in [0, 1]
     cv_tau: float = 0.8
@@ -216,7 +479,7 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class SaliencyConfig:
+class SaliencyConfig(Checked):
     """The saliency baselines of Table 1 (paper Sec. 5; FACTS "Evaluation").
 
     RISE settings default to the RISE paper's code (N = 6000 masks on an 8 x 8 grid kept
@@ -225,6 +488,16 @@ class SaliencyConfig:
     split (spread evenly over the split; ``None``: all), stated beside every result, and
     may leave a method out of the tumour track (``tumour_methods``), which Table 1 says.
     """
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "rise_masks": _COUNT,
+        "rise_grid": _COUNT,
+        "rise_p1": "(0, 1)",
+        "rise_batch_size": _COUNT,
+        "scorecam_batch_size": _COUNT,
+        "max_images": _COUNT,
+        "seed": _SEED,
+    }
 
     methods: tuple[str, ...] = ("scorecam", "layercam", "rise", "gradcam")  # Table 1's order
     tumour_methods: tuple[str, ...] | None = None  # None: ``methods`` (a profile may drop costly ones)
@@ -242,7 +515,7 @@ class SaliencyConfig:
 
 
 @dataclass(frozen=True)
-class TumourProtocol:
+class TumourProtocol(Checked):
     """The tumour track as the authors' code runs it (FACTS, "What the implementation's configs do").
 
     The paper's text says only that a slice is abnormal when it "contains a malignant lesion"
@@ -262,10 +535,12 @@ class TumourProtocol:
     balanced_sampling: bool = True
     lambda_f: float = 1.0
     lambda_tv: float = 5e-5
+    RANGES: ClassVar[dict[str, str]] = {"min_lesion_area_mm2": _NON_NEGATIVE, "min_kidney_area_mm2": _NON_NEGATIVE,
+                                        "lambda_f": _NON_NEGATIVE, "lambda_tv": _NON_NEGATIVE}
 
 
 @dataclass(frozen=True)
-class AblationConfig:
+class AblationConfig(Checked):
     """Training budget of the Table 2 and Table 3 rows (``None``: the profile's ``train``).
 
     On a GPU every row trains like COIN. On two CPU cores the twelve extra GANs of the
@@ -273,6 +548,12 @@ class AblationConfig:
     tables, COIN and Singla* included, with the same smaller budget: the rows stay
     comparable with each other, not with Table 1.
     """
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "steps": _COUNT,
+        "batch_size": _COUNT,
+        "table3_seeds": _SEED,
+    }
 
     steps: int | None = None
     batch_size: int | None = None
@@ -283,10 +564,12 @@ class AblationConfig:
 
 
 @dataclass(frozen=True)
-class Profile:
+class Profile(Checked):
     """Every setting of a run. ``seeds``: the replicates every trained result is repeated over
     (issue 12: a verdict needs its spread); ``seed``: the replicate this profile describes
     (set by :func:`with_seed`, which also sets the seeds of the sections)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"seed": _SEED, "seeds": _SEED}
 
     name: str
     seed: int = 0
@@ -304,6 +587,12 @@ class Profile:
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     tumour_protocol: TumourProtocol = field(default_factory=TumourProtocol)
+
+    def check(self) -> None:
+        factor = 2 ** len(self.gan.widths)
+        if self.data.image_size % factor:
+            raise ValueError(f"data.image_size = {self.data.image_size}: the GAN's {len(self.gan.widths)} "
+                             f"down blocks (gan.widths) need a multiple of {factor}")
 
 
 PROFILES: dict[str, Profile] = {
@@ -433,7 +722,8 @@ PROFILES["lesson"] = replace(
 def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
     """Return the named profile, with ``overrides`` = {"section": {"field": value}} applied.
 
-    Raises ``KeyError`` naming the profile, section or field when any is unknown.
+    Raises ``KeyError`` naming the profile, section or field when any is unknown, and
+    ``ValueError`` naming the field when a value has the wrong type or range (:class:`Checked`).
     """
     if name not in PROFILES:
         raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
@@ -442,7 +732,10 @@ def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
         if section in ("name", "seed", "seeds") or section not in {f.name for f in fields(Profile)}:
             raise KeyError(f"unknown config section {section!r} in overrides")
         current = getattr(profile, section)
-        profile = replace(profile, **{section: from_dict(type(current), {**to_dict(current), **values})})
+        try:
+            profile = replace(profile, **{section: from_dict(type(current), {**to_dict(current), **values})})
+        except ValueError as err:
+            raise ValueError(f"profile {name!r}, overrides of {section!r}: {err}") from None
     return profile
 
 
@@ -452,7 +745,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from ``values``; unknown keys and bad ``Literal`` choices raise.
+    """Build dataclass ``cls`` from ``values``; unknown keys raise ``KeyError``, values of the
+    wrong type or range ``ValueError`` (:class:`Checked`).
 
     Lists are turned back into tuples and nested dataclasses are rebuilt, so
     ``from_dict(type(c), to_dict(c)) == c`` for every config here.
@@ -461,18 +755,12 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise KeyError(f"unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs = {}
     for key, value in values.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
-            raise ValueError(
-                f"{cls.__name__}.{key} = {value!r}; choose one of {list(typing.get_args(hint))}"
-            )
         kwargs[key] = value
     return cls(**kwargs)
 

@@ -59,10 +59,10 @@ from .losses import (
 )
 from .prepared import PreparedSlices, open_prepared
 from .progress import tqdm
+from .provenance import run_differences, weights_id
 from .runtime import (
     ResumableSampler,
     autocast,
-    config_differences,
     distributed_context,
     load_checkpoint,
     local_module,
@@ -295,15 +295,20 @@ SPEED_ONLY = ("compile",)  # CounterfactualConfig fields that change speed, not 
 
 
 def _run_config(gan: GANConfig, train: CounterfactualConfig, anomaly: AnomalyConfig | None,
-                prepared: PreparedSlices, classifier_path: Path, classifier_threshold: float) -> dict[str, Any]:
-    """What a run's checkpoints must agree on to be resumed (speed settings may change)."""
+                prepared: PreparedSlices, classifier: nn.Module, classifier_path: Path,
+                classifier_threshold: float) -> dict[str, Any]:
+    """What a run's checkpoints must agree on to be resumed (speed settings may change): the
+    settings, and the data and classifier by content (``coinlib.provenance``; the paths
+    ``data`` and ``classifier`` are recorded for the reader, not compared)."""
     return {
         "gan": to_dict(gan),
         "train": {key: value for key, value in to_dict(train).items() if key not in SPEED_ONLY},
         "anomaly": to_dict(anomaly) if anomaly else None,
         "data": str(prepared.root),
+        "data_id": prepared.content_id,
         "classifier": str(classifier_path),
         "classifier_threshold": classifier_threshold,
+        "classifier_id": weights_id(classifier),
     }
 
 
@@ -341,7 +346,8 @@ def train_counterfactual(
     prepared = prepared if isinstance(prepared, PreparedSlices) else open_prepared(prepared)
     ctx, device = distributed_context(device)
     use_job_threads(device)
-    run_config = _run_config(gan, train, anomaly, prepared, Path(classifier_path), float(classifier_threshold))
+    run_config = _run_config(gan, train, anomaly, prepared, classifier, Path(classifier_path),
+                             float(classifier_threshold))
 
     seed_everything(train.seed)  # the same initial weights on every rank
     generator, discriminator, optimizers = build_networks(gan, train, classifier, device)
@@ -350,8 +356,7 @@ def train_counterfactual(
     step, history = 0, []
     if (out / LAST).is_file():
         saved = load_checkpoint(out / LAST, modules, optimizers, map_location=device, restore_rng=True)
-        if saved["config"] != run_config:
-            changed = "; ".join(config_differences(saved["config"], run_config))
+        if changed := "; ".join(run_differences(saved["config"], run_config, ("data", "classifier"))):
             raise ValueError(
                 f"{out / LAST} was written with a different config ({changed}); "
                 f"use a new output folder, or delete {out} to retrain"

@@ -39,9 +39,13 @@ small yaw into the world; z = 0 is near the L1/L2 disc.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +54,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .files import atomic_path, read_json, write_csv, write_json
+from .files import atomic_path, read_json, remove_stale_temporaries, temporary_folder, write_csv, write_json
 from .image_quality import hu_stats
 from .progress import tqdm
 
@@ -1262,6 +1266,78 @@ def _fresh(folder: Path, files: list[str], stamp: dict) -> bool:
     return all(found.get(k) == v for k, v in stamp.items())
 
 
+_SUBJECT = {"totalsegmentator": re.compile(r"^s(\d{4})$"), "kits23": re.compile(r"^case_(\d{5})$")}
+_LISTING = {"totalsegmentator": "meta.csv", "kits23": "kits23.json"}
+_ATOMIC_LEFTOVER = re.compile(r"^\.[^/]+\.[a-z0-9_]{8}\.tmp[.a-z]*$")  # an atomic_path temporary
+
+
+def _check_ours(out: Path, layout: str, count: int, files: list[str], settings: dict) -> None:
+    """Refuse to write into ``out`` unless it is empty or holds only what this generator wrote
+    there with the same ``settings`` (layout, seed, rendering), up to ``count`` subjects.
+
+    A subject folder is ours when its ``.phantom.json`` says so and it holds nothing but the
+    generator's files (a re-rendered one is replaced whole). Another generator version is
+    ours too (its subjects are re-rendered); other settings or more subjects are refused.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; choose a new or empty folder")
+    refuse = f"refusing to write the phantom into {out}"
+    advice = "choose a new or empty folder"
+    entries = sorted(out.iterdir())
+    subjects = [e for e in entries if _SUBJECT[layout].match(e.name) and e.is_dir() and not e.is_symlink()]
+    temporary = re.compile(rf"^\.{_SUBJECT[layout].pattern[1:-1]}\.(building|old)-")
+    for entry in entries:
+        if entry.name == _LISTING[layout] and subjects and entry.is_file():
+            continue
+        if temporary.match(entry.name) and entry.is_dir():
+            continue  # a subject's temporary folder (removed once its writer is gone)
+        if entry not in subjects:
+            raise ValueError(f"{refuse}: {entry} was not written by `coin phantom` ({layout} layout); {advice}")
+        try:
+            marker = read_json(entry / ".phantom.json")
+        except (FileNotFoundError, ValueError):
+            marker = None
+        if not isinstance(marker, dict) or marker.get("layout") != layout:
+            raise ValueError(f"{refuse}: {entry} has no .phantom.json of the {layout} phantom, so it was not "
+                             f"written by `coin phantom`; {advice}")
+        changed = [f"{k}: {marker.get(k)!r} (asked: {v!r})" for k, v in settings.items() if marker.get(k) != v]
+        if changed:
+            raise ValueError(f"{refuse}: {entry} was written with other settings ({'; '.join(changed)}); "
+                             f"{advice}, or ask for the same settings")
+        index = int(_SUBJECT[layout].match(entry.name)[1])
+        if index >= count:
+            raise ValueError(f"{refuse}: it holds {entry.name}, more subjects than the {count} asked for "
+                             f"(its listing would leave it out); ask for at least {index + 1}, or {advice}")
+        allowed = {".phantom.json", *files, *{str(Path(f).parent) for f in files if "/" in f}}
+        for path in sorted(entry.rglob("*")):
+            relative = path.relative_to(entry).as_posix()
+            if relative not in allowed and not _ATOMIC_LEFTOVER.match(path.name):
+                raise ValueError(f"{refuse}: {path} was not written by `coin phantom`, and {entry} "
+                                 f"would be replaced whole if stale; move it away, or {advice}")
+
+
+@contextlib.contextmanager
+def _subject_folder(folder: Path) -> Iterator[Path]:
+    """A temporary folder to write one subject into; on success it replaces ``folder`` whole,
+    so a killed run leaves either the old subject or the new one (and a temporary folder the
+    next run removes), never a mix."""
+    remove_stale_temporaries(folder)
+    tmp = temporary_folder(folder)
+    try:
+        yield tmp
+        old = None
+        if folder.exists():
+            old = temporary_folder(folder, "old")
+            os.replace(folder, old / folder.name)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _split(seed: int, index: int) -> str:
     """80/10/10 in blocks of ten subjects, shuffled per block (stable as N grows)."""
     block = ["train"] * 8 + ["val", "test"]
@@ -1278,11 +1354,15 @@ def generate_totalsegmentator(out_dir: str | os.PathLike, subjects: int, seed: i
     name in ``STRUCTURES``. ``meta.csv``: ``image_id;age;gender;split``, split 80/10/10
     (FACTS "Data"). ``phases``: the contrast-phase mix drawn per subject (:func:`parse_phases`);
     each subject's phase is in its ``.phantom.json``. Idempotent: a subject whose files exist
-    with a matching stamp is kept.
+    with a matching stamp is kept; one of an older generator version is re-rendered. Writes only
+    into an empty ``out`` or one this generator wrote with the same seed and spacing
+    (:func:`_check_ours`); each subject is built in a temporary folder and swapped in whole.
     """
     parse_phases(phases)  # a bad mix fails before anything is written
     out = Path(out_dir)
     files = ["ct.nii.gz"] + [f"segmentations/{n}.nii.gz" for n in STRUCTURES]
+    _check_ours(out, "totalsegmentator", subjects, files,
+                {"seed": seed, "spacing_mm": spacing_mm, "z_extent_mm": z_extent_mm})
     rows = []
     for i in tqdm(range(subjects), desc="phantom (TotalSegmentator layout)", leave=False):
         sid = f"s{i:04d}"
@@ -1293,14 +1373,14 @@ def generate_totalsegmentator(out_dir: str | os.PathLike, subjects: int, seed: i
             meta = read_json(folder / ".phantom.json")
         else:
             vol = render_totalsegmentator_subject(seed, i, spacing_mm, z_extent_mm, phases)
-            (folder / ".phantom.json").unlink(missing_ok=True)
-            for name in STRUCTURES:
-                _save_nifti(folder / "segmentations" / f"{name}.nii.gz", vol.mask(name), vol.affine)
-            ct = np.clip(np.rint(vol.hu), -1024, 3071).astype(np.int16, order="F")
-            _save_nifti(folder / "ct.nii.gz", ct, vol.affine)
-            meta = {**stamp, "age": vol.params["age"], "gender": vol.params["gender"],
-                    "phase": vol.params["phase"]}
-            write_json(folder / ".phantom.json", meta)
+            with _subject_folder(folder) as tmp:
+                for name in STRUCTURES:
+                    _save_nifti(tmp / "segmentations" / f"{name}.nii.gz", vol.mask(name), vol.affine)
+                ct = np.clip(np.rint(vol.hu), -1024, 3071).astype(np.int16, order="F")
+                _save_nifti(tmp / "ct.nii.gz", ct, vol.affine)
+                meta = {**stamp, "age": vol.params["age"], "gender": vol.params["gender"],
+                        "phase": vol.params["phase"]}
+                write_json(tmp / ".phantom.json", meta)
         rows.append({"image_id": sid, "age": meta["age"], "gender": meta["gender"], "split": _split(seed, i)})
     write_csv(out / "meta.csv", rows, ["image_id", "age", "gender", "split"], delimiter=";")
     return out
@@ -1316,11 +1396,12 @@ def generate_kits23(out_dir: str | os.PathLike, cases: int, seed: int, phases: s
     KiTS files, so ``nib.as_closest_canonical`` gives RAS). ``kits23.json`` lists each
     case's kind, contrast phase and lesions. ``phases``: the contrast-phase mix drawn per case;
     ``render_kwargs`` go to :func:`render_kits23_case` (tests: smaller grids).
-    Idempotent like :func:`generate_totalsegmentator`.
+    Idempotent, and as careful with ``out``, like :func:`generate_totalsegmentator`.
     """
     parse_phases(phases)  # a bad mix fails before anything is written
     out = Path(out_dir)
     files = ["imaging.nii.gz", "segmentation.nii.gz"]
+    _check_ours(out, "kits23", cases, files, {"seed": seed, **render_kwargs})
     listing = []
     for i in tqdm(range(cases), desc="phantom (KiTS23 layout)", leave=False):
         cid = f"case_{i:05d}"
@@ -1330,11 +1411,11 @@ def generate_kits23(out_dir: str | os.PathLike, cases: int, seed: int, phases: s
             meta = read_json(folder / ".phantom.json")
         else:
             imaging, seg, affine, info = render_kits23_case(seed, i, phases=phases, **render_kwargs)
-            (folder / ".phantom.json").unlink(missing_ok=True)
-            _save_nifti(folder / "segmentation.nii.gz", seg, affine)
-            _save_nifti(folder / "imaging.nii.gz", imaging, affine)
-            meta = {**stamp, **info}
-            write_json(folder / ".phantom.json", meta)
+            with _subject_folder(folder) as tmp:
+                _save_nifti(tmp / "segmentation.nii.gz", seg, affine)
+                _save_nifti(tmp / "imaging.nii.gz", imaging, affine)
+                meta = {**stamp, **info}
+                write_json(tmp / ".phantom.json", meta)
         listing.append({"case_id": cid, "kind": meta["kind"], "phase": meta["phase"], "lesions": meta["lesions"]})
     write_json(out / "kits23.json", listing)
     return out

@@ -14,6 +14,12 @@ every notebook runs on its own from a fresh kernel::
       results/seed<s>/                 metrics JSON (<track>_<method>.json, ablation_..., classifier_...)
       tables/, figures/                what the notebooks write (Markdown + CSV, PNG + PDF)
       notebooks/                       executed notebooks (coin reproduce)
+      run.json                         the profile and settings the folder belongs to
+
+A run folder belongs to one profile and its settings (``coinlib.provenance``): every stage
+refuses a folder written with others. Models record their data and classifier by content,
+and a stage refuses one that learned from anything else; results are reused only for the
+same model files and data. Nothing compares paths, so a run folder can be moved or copied.
 
 A *track* is "synthetic" (TotalSegmentator layout + synthetic anomalies, ResNet18) or
 "tumour" (KiTS23 layout + real tumours, EfficientNetV2-S) — the two halves of Table 1.
@@ -37,6 +43,7 @@ import numpy as np
 import torch
 
 from .config import AnomalyConfig, ClassifierConfig, Profile, track_profile
+from .provenance import claim_run_folder
 
 __all__ = [
     "Track",
@@ -153,9 +160,30 @@ def _budget(profile: Profile, ablation: bool) -> tuple[Profile, bool]:
     return (shorter, True) if shorter is not None else (profile, False)
 
 
-def _fingerprint(*files: Path) -> list[list]:
-    """Size and mtime of files a result depends on: a retrained model invalidates it."""
-    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+def _fingerprint(*files: Path) -> list[str]:
+    """Content ids of the files a result depends on: a retrained model invalidates it, a moved
+    or copied run folder does not."""
+    from .files import content_id
+
+    return [content_id([f]) for f in files]
+
+
+def _served(classifier_dir: Path, prepared: str | os.PathLike, generator_dir: Path | None = None) -> str:
+    """The prepared folder's content id, after checking that the classifier in
+    ``classifier_dir`` (and the generator in ``generator_dir``) learned from that data and
+    that classifier."""
+    from .classifier_training import BEST as CLASSIFIER
+    from .classifier_training import load_classifier
+    from .counterfactual import FINAL
+    from .prepared import open_prepared
+    from .provenance import check_trained_on, weights_id
+
+    data_id = open_prepared(prepared).content_id
+    check_trained_on((classifier_dir / CLASSIFIER).with_suffix(".json"), data_id)
+    if generator_dir is not None:
+        classifier_id = weights_id(load_classifier(classifier_dir, "cpu"))
+        check_trained_on((generator_dir / FINAL).with_suffix(".json"), data_id, classifier_id)
+    return data_id
 
 
 def _reusable(path: Path, settings: dict) -> dict | None:
@@ -245,6 +273,7 @@ def prepare_track(
     from .phantom import generate_kits23, generate_totalsegmentator
     from .prepare import detect_layout, prepare_dataset
 
+    claim_run_folder(profile, run_dir)
     paths = RunPaths(run_dir)
     layout = LAYOUT_OF_TRACK[track]
     if str(source) == "phantom":
@@ -278,6 +307,7 @@ def ensure_classifier(
     """Train the track's classifier unless its run folder already holds a finished one."""
     from .classifier_training import train_classifier
 
+    claim_run_folder(profile, run_dir)
     config, anomaly = track_settings(profile, track)
     return train_classifier(prepared, config, anomaly, RunPaths(run_dir, profile.seed).classifier(track),
                             device=device, progress=progress)
@@ -352,15 +382,18 @@ def evaluate_variant(
     from .counterfactual import FINAL, load_generator
     from .data import evaluation_set
     from .evaluate import evaluate_counterfactual
+    from .files import read_json
     from .runtime import pick_device, use_job_threads
     from .variants import VARIANTS, apply_variant
 
+    claim_run_folder(profile, run_dir)
     paths = RunPaths(run_dir, profile.seed)
     profile, separate = _budget(track_profile(profile, track), ablation)
     configured = apply_variant(profile, variant)
     model_dir = paths.counterfactual(track, variant, separate)
     fid = fid and not any_lesion
     settings = {"eval": to_dict(configured.eval), "fid": fid, "any_lesion": any_lesion,
+                "data_id": _served(paths.classifier(track), prepared, model_dir),
                 "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER, model_dir / FINAL)}
     out = paths.result(track, variant + ("_any_lesion" if any_lesion else ""), separate)
     if (saved := _reusable(out, settings)) is not None:
@@ -375,6 +408,7 @@ def evaluate_variant(
     val_set = evaluation_set(prepared, "val", anomaly, min_lesion_area_mm2=rule)
     scored = evaluate_counterfactual(generator, classifier, gan, configured.eval, test_set, val_set,
                                      fid=fid, progress=progress)
+    trained = read_json((model_dir / FINAL).with_suffix(".json"))  # what the checkpoint was trained with
     results = {
         "track": track,
         "variant": variant,
@@ -383,9 +417,8 @@ def evaluate_variant(
         "paper_row": VARIANTS[variant].paper_row,
         "profile": profile.name,
         "budget": "ablation" if separate else "main",
-        "config": {"gan": to_dict(configured.gan), "train": to_dict(configured.train),
-                   "eval": to_dict(configured.eval)},
-        "seed": configured.train.seed,
+        "config": {"gan": trained["gan"], "train": trained["train"], "eval": to_dict(configured.eval)},
+        "seed": trained["train"]["seed"],
     }
     return _write_results(out, results, prepared, device, settings, scored)
 
@@ -458,8 +491,10 @@ def evaluate_saliency(
     from .files import atomic_path
     from .runtime import pick_device, use_job_threads
 
+    claim_run_folder(profile, run_dir)
     paths = RunPaths(run_dir, profile.seed)
     settings = {"saliency": to_dict(profile.saliency), "eval": to_dict(profile.eval),
+                "data_id": _served(paths.classifier(track), prepared),
                 "inputs": _fingerprint(paths.classifier(track) / CLASSIFIER)}
     out = paths.result(track, method)
     if (saved := _reusable(out, settings)) is not None and paths.saliency_maps(track, method).is_file():
@@ -501,8 +536,10 @@ def evaluate_classifier(
     from .files import write_json
     from .runtime import git_commit, hardware_summary, pick_device, use_job_threads
 
+    claim_run_folder(profile, run_dir)
     config, anomaly = track_settings(profile, track)
     paths = RunPaths(run_dir, profile.seed)
+    _served(paths.classifier(track), prepared)
     device = device if isinstance(device, torch.device) else pick_device(device)
     use_job_threads(device)
     model = load_classifier(paths.classifier(track), device)

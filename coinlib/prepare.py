@@ -43,7 +43,14 @@ and renamed into place, so a failed or interrupted run never damages a valid old
 
 Reuse: ``prepare_dataset`` returns an existing folder untouched when it is complete and its
 manifest records the same settings and the same ``sources`` (every input file's relative
-path, size and ``mtime_ns``); otherwise it says why and rebuilds.
+path, size and ``mtime_ns``); otherwise it says why and rebuilds. Where ``src`` lies is not
+part of the settings, so a dataset and its prepared folder can be moved or copied together.
+
+What it never does: replace an ``out`` that holds anything but a prepared folder written
+here (its ``manifest.json``; hidden entries count), or write into ``src`` or above it.
+Voxels that are NaN or infinite are an error naming the file, unless
+``DataConfig.fill_nonfinite_hu`` says what HU to put there (then the manifest counts them
+per scan). Two scan folders whose image is the same file (a symlink) count once.
 """
 
 from __future__ import annotations
@@ -53,7 +60,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -69,7 +75,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from .config import DataConfig, to_dict
-from .files import read_json
+from .files import read_json, remove_stale_temporaries, temporary_folder
 from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared
 from .progress import tqdm
 
@@ -80,6 +86,7 @@ __all__ = [
     "CanonicalVolume",
     "ScanFiles",
     "load_canonical",
+    "check_finite",
     "kidney_slice_indices",
     "sample_foreground",
     "compute_fingerprint",
@@ -104,6 +111,10 @@ _LAYOUT_HELP = (
     "neither TotalSegmentator (sXXXX/ct.nii.gz + segmentations/) nor KiTS23 "
     "(case_XXXXX/imaging.nii.gz + segmentation.nii.gz) layout"
 )
+_LAYOUT_FILES = {
+    "totalsegmentator": "sXXXX/ct.nii.gz + segmentations/",
+    "kits23": "case_XXXXX/imaging.nii.gz + segmentation.nii.gz",
+}
 
 
 # --------------------------------------------------------------------------- reading volumes
@@ -122,12 +133,36 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
     return image
 
 
+def check_finite(data: np.ndarray, path: Path, fill: float | None = None) -> tuple[np.ndarray, int]:
+    """``(data, n)``: ``data`` with its ``n`` NaN / infinite voxels checked.
+
+    ``fill`` None: any such voxel raises ``ValueError`` naming ``path`` and the count. A
+    number: they are set to ``fill`` (HU) and counted. Integer arrays cannot hold them.
+    """
+    if data.dtype.kind not in "fc" or np.isfinite(data.sum(dtype=np.float64)):  # one pass, no mask
+        return data, 0
+    bad = ~np.isfinite(data)
+    count = int(np.count_nonzero(bad))
+    if fill is None:
+        raise ValueError(
+            f"{path}: {count} of {data.size} voxels ({count / data.size:.2%}) are NaN or infinite; "
+            "fix the file, or let `coin prepare --fill-nonfinite HU` (DataConfig.fill_nonfinite_hu) "
+            "set them to a value, which the manifest then counts"
+        )
+    return np.where(bad, np.asarray(fill, dtype=data.dtype), data), count
+
+
 def _read_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
     """The voxel array in the file's own axis order (decompresses the whole file)."""
     try:
         return np.asanyarray(image.dataobj)
     except _READ_ERRORS as err:
         raise ValueError(f"cannot read NIfTI data of {path} (truncated or corrupt file?): {err}") from err
+
+
+def _read_finite(image: nib.Nifti1Image, path: Path, fill: float | None = None) -> np.ndarray:
+    """:func:`_read_data` with non-finite voxels refused, or set to ``fill`` (:func:`check_finite`)."""
+    return check_finite(_read_data(image, path), path, fill)[0]
 
 
 def _check_same_grid(ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Image, other_path: Path) -> None:
@@ -173,7 +208,10 @@ class CanonicalVolume:
 
 
 def _canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> CanonicalVolume:
-    ornt = nib.orientations.io_orientation(affine)
+    ornt = nib.orientations.io_orientation(affine) if np.isfinite(affine).all() else np.full((3, 2), np.nan)
+    if np.isnan(ornt).any():
+        raise ValueError(f"{path} has a zero or singular affine (no voxel axis maps to a world axis), so "
+                         f"its orientation is unknown:\n{np.array2string(np.asarray(affine), precision=3)}")
     canonical = nib.orientations.apply_orientation(data, ornt)
     new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
     axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
@@ -188,16 +226,18 @@ def _canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> CanonicalVol
     )
 
 
-def load_canonical(path: str | os.PathLike) -> CanonicalVolume:
+def load_canonical(path: str | os.PathLike, fill_nonfinite: float | None = None) -> CanonicalVolume:
     """Read a 3D NIfTI file and reorient it to RAS+ using its affine.
 
     Works for any axis order and sign (LPS, RAS, KiTS's axial-first arrays); oblique
     affines go to the closest canonical orientation. Raises ``FileNotFoundError`` for a
-    missing file and ``ValueError`` naming ``path`` for a non-3D, truncated or corrupt one.
+    missing file and ``ValueError`` naming ``path`` for a non-3D, truncated or corrupt one,
+    one with a singular affine, or one with NaN / infinite voxels (unless
+    ``fill_nonfinite`` gives the value to put there, :func:`check_finite`).
     """
     path = Path(path)
     image = _open_nifti(path)
-    return _canonical(_read_data(image, path), image.affine, path)
+    return _canonical(_read_finite(image, path, fill_nonfinite), image.affine, path)
 
 
 # --------------------------------------------------------------------------- slices
@@ -472,8 +512,33 @@ def find_scans(layout: Layout, src: str | os.PathLike) -> list[ScanFiles]:
                     )
             scans.append(ScanFiles(folder.name, image, (seg,), (seg,)))
     if not scans:
+        other = next(iter(set(LAYOUTS) - {layout}))
+        try:
+            looks = detect_layout(src) == other
+        except ValueError:
+            looks = False
+        if looks:
+            raise ValueError(f"no {layout} scans ({_LAYOUT_FILES[layout]}) in {src}: it looks like a {other} "
+                             f"folder ({_LAYOUT_FILES[other]}); use --layout {other} (or auto)")
         raise ValueError(f"no {layout} scans found ({_LAYOUT_HELP}): {src}")
-    return scans
+    return _drop_duplicates(scans)
+
+
+def _drop_duplicates(scans: list[ScanFiles]) -> list[ScanFiles]:
+    """The scans whose image is not the same file as an earlier scan's (a symlinked folder or
+    file would otherwise put one scan into two splits); each one dropped is warned about."""
+    seen: dict[tuple[int, int], str] = {}
+    kept = []
+    for scan in scans:
+        stat = scan.image.stat()  # follows symlinks: the file itself
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            warnings.warn(f"skipping scan {scan.scan_id}: {scan.image} is the same file as scan "
+                          f"{seen[key]}'s (a symlink); it is counted once", stacklevel=3)
+            continue
+        seen[key] = scan.scan_id
+        kept.append(scan)
+    return kept
 
 
 @dataclass
@@ -507,7 +572,7 @@ def _read_label_masks(
     for path in scan.labels:
         label_image = _open_nifti(path)
         _check_same_grid(image, scan.image, label_image, path)
-        data = _read_data(label_image, path)
+        data = _read_finite(label_image, path)
         if layout == "totalsegmentator":
             kidney |= data > 0
         else:
@@ -557,7 +622,7 @@ def _scan_masks(layout: str, scan: ScanFiles, config: DataConfig) -> tuple[_Scan
 
 
 def _scan_foreground_sample(layout: str, scan: ScanFiles, cap: int, seed: int,
-                            lesion_only: bool = False) -> np.ndarray:
+                            lesion_only: bool = False, fill: float | None = None) -> np.ndarray:
     """Pass 2: sampled HU of the scan's foreground (union of the label files read; with
     ``lesion_only`` the KiTS tumour label alone, the authors' tumour-track fingerprint)."""
     image = _open_nifti(scan.image)
@@ -565,9 +630,9 @@ def _scan_foreground_sample(layout: str, scan: ScanFiles, cap: int, seed: int,
     for path in scan.foreground:
         label_image = _open_nifti(path)
         _check_same_grid(image, scan.image, label_image, path)
-        data = _read_data(label_image, path)
+        data = _read_finite(label_image, path)
         foreground |= (np.rint(data) == KITS_LABELS["tumour"]) if lesion_only else data > 0
-    hu = _read_data(image, scan.image)
+    hu = _read_finite(image, scan.image, fill)
     rng = np.random.default_rng([seed, zlib.crc32(scan.scan_id.encode())])
     return sample_foreground(hu, foreground, cap, rng)
 
@@ -604,7 +669,7 @@ def _why_rebuild(out: Path, settings: dict[str, Any], sources: list[list[Any]]) 
     manifest = read_json(out / "manifest.json")
     old = manifest.get("settings", {})
     changed = []
-    for key in sorted(set(old) | set(settings)):
+    for key in sorted((set(old) | set(settings)) - {"src"}):  # where the dataset lies is no setting
         a, b = old.get(key), settings.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -625,19 +690,42 @@ def _why_rebuild(out: Path, settings: dict[str, Any], sources: list[list[Any]]) 
     return None
 
 
+PREPARED_FILES = frozenset({f for f, _ in ARRAY_FILES.values()} | {"index.csv", "fingerprint.json", "manifest.json"})
+
+
 def _check_replaceable(out: Path) -> None:
-    """Refuse to replace a folder that holds anything but a prepared dataset."""
-    if not out.exists():
+    """Refuse to replace ``out`` unless it is empty or a prepared folder written here and
+    nothing else: its ``manifest.json`` names our format, and every entry (hidden ones too)
+    is one of the files :func:`coinlib.prepared.write_prepared` writes."""
+    if not out.exists() and not out.is_symlink():
         return
-    if not out.is_dir():
-        raise ValueError(f"output path exists and is not a folder: {out}")
-    known = {f for f, _ in ARRAY_FILES.values()} | {"index.csv", "fingerprint.json", "manifest.json"}
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in known and not p.name.startswith("."))
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; choose a new or empty folder")
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    refuse = f"refusing to replace {out}: it is not a prepared folder written by `coin prepare`"
+    foreign = [p for p in entries if p.name not in PREPARED_FILES or p.is_symlink() or not p.is_file()]
     if foreign:
-        raise ValueError(
-            f"refusing to replace {out}: it holds files that are not part of a prepared dataset "
-            f"({foreign[:5]}); choose a new or empty folder"
-        )
+        raise ValueError(f"{refuse} ({foreign[0]} is not one of its files"
+                         f"{f', nor are {len(foreign) - 1} more' if len(foreign) > 1 else ''}); "
+                         "choose a new or empty folder, or move it away yourself")
+    try:
+        manifest = read_json(out / "manifest.json")
+    except (FileNotFoundError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or "format_version" not in manifest or "settings" not in manifest:
+        raise ValueError(f"{refuse} (no manifest.json of ours in it); choose a new or empty folder, "
+                         "or move it away yourself")
+
+
+def _check_apart(src: Path, out: Path) -> None:
+    """``out`` replaces a whole folder: it may lie neither inside ``src`` nor around it."""
+    if out == src or src.is_relative_to(out):
+        raise ValueError(f"--out {out} contains the dataset --src {src}: replacing it would delete the "
+                         "dataset; choose an --out outside it")
+    if out.is_relative_to(src):
+        raise ValueError(f"--out {out} lies inside the dataset --src {src}; choose an --out outside it")
 
 
 def _say(message: str, progress: bool) -> None:
@@ -677,6 +765,8 @@ def prepare_dataset(
     if config.split_source == "meta" and layout != "totalsegmentator":
         raise ValueError("split_source='meta' needs the TotalSegmentator layout (its meta.csv)")
     src, out = Path(src).resolve(), Path(out).resolve()
+    _check_apart(src, out)
+    remove_stale_temporaries(out)  # of a run killed mid-build (or mid-swap: the old folder is put back)
     scans = find_scans(layout, src)
     meta = src / "meta.csv"
     if config.split_source == "meta" and not meta.is_file():
@@ -747,7 +837,8 @@ def _build(
     if lesion_only and layout != "kits23":
         raise ValueError(f"fingerprint_foreground='lesion' needs lesion labels: the {layout} layout has none")
     samples = [
-        _scan_foreground_sample(layout, by_id[s], FINGERPRINT_VOXELS_PER_SCAN, config.split_seed, lesion_only)
+        _scan_foreground_sample(layout, by_id[s], FINGERPRINT_VOXELS_PER_SCAN, config.split_seed, lesion_only,
+                                config.fill_nonfinite_hu)
         for s in tqdm(train_ids, desc="fingerprint", disable=not progress)
     ]
     if lesion_only:
@@ -770,7 +861,9 @@ def _build(
     images, kidney, lesion, index, scan_rows = [], [], [], [], []
     for m in tqdm(kept, desc="slices", disable=not progress):
         path = by_id[m.scan_id].image
-        volume = load_canonical(path)
+        image = _open_nifti(path)
+        hu, filled = check_finite(_read_data(image, path), path, config.fill_nonfinite_hu)
+        volume = _canonical(hu, image.affine, path)
         native = volume.radiological(m.z)
         x = normalise_hu(native, stats["p_low"], stats["p_high"])
         images.append(resize_slices(x, config.image_size, "image"))
@@ -802,6 +895,7 @@ def _build(
             "shape": list(m.shape),
             "axial_axis": m.axial_axis,
             "axial_flipped": m.axial_flipped,
+            "nonfinite_voxels_filled": filled,
         })
     counts = {
         s: {
@@ -834,20 +928,24 @@ def _build(
             "slice_index": "index along the source file's own axial voxel axis",
             "resize": {"image": "bilinear, align_corners=False, antialias=True (averages when shrinking)",
                        "mask": "area majority: the image's anti-aliased bilinear filter, >= 0.5"},
+            "nonfinite": (
+                "none allowed: NaN or infinite voxels are an error" if config.fill_nonfinite_hu is None else
+                f"NaN and infinite voxels set to {config.fill_nonfinite_hu} HU: "
+                f"{sum(r['nonfinite_voxels_filled'] for r in scan_rows)} in all (per scan: scans[].nonfinite_voxels_filled)"
+            ),
         },
     }
 
 
 def _write_swap(out: Path, built: dict[str, Any], manifest: dict[str, Any]) -> None:
     """Write into a temporary sibling folder, then swap it in place of ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    tmp = temporary_folder(out)
     old = None
     try:
         write_prepared(tmp, built["images"], built["kidney"], built["lesion"], built["index"],
                        built["fingerprint"], manifest)
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = temporary_folder(out, "old")
             os.replace(out, old / out.name)
         try:
             os.replace(tmp, out)

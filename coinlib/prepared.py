@@ -18,6 +18,10 @@ reads an axial CT). ``S`` is ``DataConfig.image_size``.
 A folder is *valid* when ``manifest.json`` exists, names this ``FORMAT_VERSION``, and
 every array has the row count the manifest states. Writers put the manifest last, so
 an interrupted preparation leaves a folder that :func:`is_complete` rejects.
+
+The manifest's ``content_id`` hashes the arrays, ``index.csv`` and ``fingerprint.json``
+(:data:`CONTENT_FILES`): what a model was trained on, wherever the folder is moved or
+copied, and whatever rebuilt it (models record it; a model of other data is not reused).
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_path, read_json, write_csv, write_json
+from .files import atomic_path, content_id, read_json, write_csv, write_json
 
 __all__ = [
     "FORMAT_VERSION",
     "INDEX_COLUMNS",
     "ARRAY_FILES",
+    "CONTENT_FILES",
     "PreparedSlices",
     "write_prepared",
     "is_complete",
@@ -50,6 +55,7 @@ ARRAY_FILES = {
     "lesion_masks": ("lesion_masks.npy", np.uint8),
 }
 SPLITS = ("train", "val", "test")
+CONTENT_FILES = (*(f for f, _ in ARRAY_FILES.values()), "index.csv", "fingerprint.json")
 
 
 @dataclass
@@ -69,6 +75,11 @@ class PreparedSlices:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def content_id(self) -> str:
+        """The data's identity (module doc): the manifest's, else hashed from the files."""
+        return self.manifest.get("content_id") or content_id(self.root / f for f in CONTENT_FILES)
 
     @property
     def image_size(self) -> int:
@@ -114,7 +125,9 @@ def write_prepared(
     for name, array in arrays.items():
         if array.ndim != 3 or array.shape[0] != n or array.shape[1] != array.shape[2]:
             raise ValueError(f"{name} has shape {array.shape}; expected ({n}, S, S)")
-    if images.size and (np.nanmin(images) < -1.0 - 1e-3 or np.nanmax(images) > 1.0 + 1e-3):
+    if images.size and not np.isfinite(images).all():
+        raise ValueError(f"images hold {np.count_nonzero(~np.isfinite(images))} NaN or infinite pixels")
+    if images.size and (images.min() < -1.0 - 1e-3 or images.max() > 1.0 + 1e-3):
         raise ValueError("images must lie in [-1, 1]")
     missing = [c for c in INDEX_COLUMNS if n and c not in index_rows[0]]
     if missing:
@@ -128,7 +141,9 @@ def write_prepared(
     columns = INDEX_COLUMNS + [c for c in (index_rows[0] if n else {}) if c not in INDEX_COLUMNS]
     write_csv(out / "index.csv", index_rows, columns)
     write_json(out / "fingerprint.json", fingerprint)
-    write_json(out / "manifest.json", {**manifest, "format_version": FORMAT_VERSION, "slices": n})
+    identity = content_id(out / f for f in CONTENT_FILES)
+    write_json(out / "manifest.json", {**manifest, "format_version": FORMAT_VERSION, "slices": n,
+                                       "content_id": identity})
     return out
 
 

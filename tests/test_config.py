@@ -81,3 +81,49 @@ def test_lesson_profile_is_quick_on_the_synthetic_track_with_fewer_scans():
     assert lesson.data == quick.data and lesson.gan == quick.gan and lesson.anomaly == quick.anomaly
     assert lesson.train.steps <= quick.train.steps and lesson.classifier == quick.classifier
     assert (lesson.train.lambda_f, lesson.train.lambda_tv) == (quick.train.lambda_f, quick.train.lambda_tv)
+
+
+SECTIONS = sorted({type(v) for v in vars(PROFILES["paper"]).values() if dataclasses.is_dataclass(v)},
+                  key=lambda cls: cls.__name__)
+
+
+@pytest.mark.parametrize("cls", SECTIONS, ids=lambda cls: cls.__name__)
+def test_every_field_is_type_checked_and_every_range_names_a_field(cls):
+    """A new field is checked from its annotation alone: no value of a foreign type passes."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert set(cls.RANGES) <= names, f"RANGES of {cls.__name__} names no field: {set(cls.RANGES) - names}"
+    for name in names:
+        with pytest.raises(ValueError, match=rf"{cls.__name__}\.{name} = "):
+            from_dict(cls, {name: object()})
+
+
+def test_ranges_are_checked_at_their_bounds():
+    assert CounterfactualConfig(batch_size=1).batch_size == 1
+    with pytest.raises(ValueError, match=r"batch_size = 0: must lie in \[1, inf\)"):
+        CounterfactualConfig(batch_size=0)
+    assert ClassifierConfig(threshold=1.0).threshold == 1.0
+    with pytest.raises(ValueError, match=r"ClassifierConfig.threshold = 1.5: must lie in \[0, 1\]"):
+        ClassifierConfig(threshold=1.5)
+    with pytest.raises(ValueError, match=r"lr = 0.0: must lie in \(0, inf\)"):
+        CounterfactualConfig(lr=0.0)
+    with pytest.raises(ValueError, match=r"betas = \(0.0, 1.0\): must lie in \[0, 1\)"):
+        CounterfactualConfig(betas=(0.0, 1.0))  # every element of a tuple
+
+
+def test_types_are_strict_but_ints_serve_as_floats_and_lists_as_tuples():
+    config = CounterfactualConfig(lr=1, betas=[0, 0.5])
+    assert config.lr == 1.0 and isinstance(config.lr, float) and config.betas == (0.0, 0.5)
+    for bad in ({"batch_size": True}, {"batch_size": 8.0}, {"lr": float("inf")}, {"betas": (0.0,)},
+                {"adv_loss": "mse"}, {"compile": "yes"}):
+        with pytest.raises(ValueError, match="expected"):
+            CounterfactualConfig(**bad)
+    assert ClassifierConfig(steps_per_epoch=None).steps_per_epoch is None  # ``int | None``
+
+
+def test_checks_that_span_fields():
+    with pytest.raises(ValueError, match="test_fraction \\+ val_fraction"):
+        get_profile("smoke", {"data": {"test_fraction": 0.6, "val_fraction": 0.4}})
+    with pytest.raises(ValueError, match="skips = 4: at most 2"):
+        GANConfig(widths=(8, 8, 8))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        get_profile("smoke", {"data": {"image_size": 40}})

@@ -78,8 +78,20 @@ def test_rerun_reuses_complete_subjects_and_rebuilds_stale_ones(tmp_path):
     P.generate_totalsegmentator(out, 2, 0, **COARSE)
     assert ct.stat().st_mtime_ns == before
     assert (out / "s0001" / "segmentations" / "liver.nii.gz").exists()
-    P.generate_totalsegmentator(out, 1, 1, **COARSE)  # another seed: stale -> rebuilt
+    with pytest.raises(ValueError, match="other settings"):  # another seed: not this dataset's
+        P.generate_totalsegmentator(out, 2, 1, **COARSE)
+    assert ct.stat().st_mtime_ns == before
+
+
+def test_an_older_generator_versions_subjects_are_rendered_again(tmp_path, monkeypatch):
+    out = P.generate_totalsegmentator(tmp_path, 1, 0, **COARSE)
+    ct = out / "s0000" / "ct.nii.gz"
+    before = ct.stat().st_mtime_ns
+    monkeypatch.setattr(P, "GENERATOR_VERSION", P.GENERATOR_VERSION + 1)
+    P.generate_totalsegmentator(out, 1, 0, **COARSE)
     assert ct.stat().st_mtime_ns != before
+    assert read_json(out / "s0000" / ".phantom.json")["generator_version"] == P.GENERATOR_VERSION
+    assert sorted(p.name for p in out.iterdir()) == ["meta.csv", "s0000"]  # no temporary folders left
 
 
 def test_deterministic_bytes_and_seed_dependence(tmp_path):

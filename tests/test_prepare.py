@@ -414,15 +414,17 @@ def test_reuse_stale_and_force(tmp_path, caplog):
 
     for action, config, message in (
         ("settings", DataConfig(image_size=16), "settings changed (data.image_size: 32 -> 16)"),
-        ("partial", DataConfig(image_size=16), "incomplete"),
         ("force", DataConfig(image_size=16), "force=True"),
     ):
         caplog.clear()
-        if action == "partial":
-            (out / "manifest.json").unlink()
         prepare_dataset("totalsegmentator", src, out, config, force=action == "force", progress=False)
         assert message in caplog.text and open_prepared(out).image_size == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no temp folders left
+    # without its manifest the folder is no longer provably ours: refused, nothing deleted
+    (out / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="no manifest.json of ours"):
+        prepare_dataset("totalsegmentator", src, out, CONFIG, progress=False)
+    assert (out / "images.npy").is_file()
 
 
 # --------------------------------------------------------------------------- bad inputs
