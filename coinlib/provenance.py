@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 RUN_RECORD = "run.json"
-# a replicate's seeds (the profile's own and its sections'): replicates share a run folder
-REPLICATE_SEEDS = {"": ("seed",), "classifier": ("seed",), "tumour_classifier": ("seed",), "train": ("seed",),
+# a replicate's seeds (the profile's own and its sections'), and which replicates a stage runs
+# (``seeds``; Table 3 may run fewer, AblationConfig.table3_seeds): replicates share a run folder
+REPLICATE_SEEDS = {"": ("seed", "seeds"), "ablation": ("table3_seeds",), "classifier": ("seed",), "tumour_classifier": ("seed",), "train": ("seed",),
                    "saliency": ("seed",)}
 
 
