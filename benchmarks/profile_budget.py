@@ -2,12 +2,13 @@
 
     python benchmarks/profile_budget.py --profile paper                        # FACTS.md's H200 figure
     python benchmarks/profile_budget.py --profile paper --gan-img-per-s 800    # your train_step.py figure
-    python benchmarks/profile_budget.py --profile quick --gan-img-per-s 7.4 --tflops 0.06
+    python benchmarks/profile_budget.py --profile quick --gan-img-per-s 16 --tflops 0.1 --workers 2
 
 Counts the work notebooks 00-09 do with the profile's settings:
 
 - GAN images: COIN and Singla* on both tracks (Table 1) and every Table 2 / Table 3 row
-  (``Profile.ablation``; when that budget is Table 1's, the rows reuse its COIN and Singla*);
+  (``Profile.ablation``; when that budget is Table 1's, the rows reuse its COIN and Singla*),
+  each on every seed of ``Profile.seeds`` (the Table 3 rows on ``ablation.table3_seeds``);
 - classifier training images (the early-stopping maximum) and saliency forward passes on the
   abnormal validation and test slices (RISE: N masks; ScoreCAM: 1 + channels; the CAMs: a
   forward and a backward), turned into FLOPs with torch's counter on one image;
@@ -16,7 +17,9 @@ and turns them into time: GAN steps at ``--gan-img-per-s`` (measure it with
 ``benchmarks/train_step.py``; the default is the plain compiled step on one H200, FACTS.md
 "Speed"), classifier work at ``--tflops`` achieved. Slice counts come from prepared folders
 when given, else from the rates of the phantom. Data preparation (CPU) is not counted.
-An estimate for sizing a profile, not a measurement.
+``--workers``: jobs run side by side (``coinlib.jobs``; on 2 CPU cores, 2 one-thread jobs), so
+each throughput is one job's and the total is divided by the workers. An estimate for sizing a
+profile, not a measurement.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from coinlib.classifier import build_classifier
-from coinlib.config import get_profile
+from coinlib.config import get_profile, table3_profile
 from coinlib.pipeline import track_settings
 from coinlib.prepared import open_prepared
 from coinlib.variants import (
@@ -42,8 +45,12 @@ DEFAULT_GAN_IMG_PER_S = 492.0
 # slices per scan and abnormal share, measured on the phantom (quick run: 3118 slices from 40
 # TotalSegmentator-layout subjects; 1753 from 40 KiTS-layout cases, 266 with tumour)
 PHANTOM_SLICES_PER_SCAN = {"synthetic": 78.0, "tumour": 43.8}
-TUMOUR_SHARE = 266 / 1753
-SCORECAM_CHANNELS = {"resnet18": 512, "efficientnet_v2_s": 1280}
+TUMOUR_SHARE = 321 / 1746  # any tumour pixel; the authors' area rule keeps fewer (give --tumour-data)
+
+
+def scorecam_channels(config) -> int:
+    """Channels of the CAM target layer: ResNet18's layer4 (8 x width), EfficientNetV2-S's 1280."""
+    return 8 * config.width if config.arch == "resnet18" else 1280
 
 
 def forward_flops(arch_config, image_size: int) -> float:
@@ -71,10 +78,10 @@ def slice_counts(profile, track: str, prepared: str | None) -> dict[str, float]:
     return {"train": slices - held_out, "abnormal_held_out": held_out * share}
 
 
-def saliency_passes(profile, track: str, arch: str, abnormal: float) -> float:
+def saliency_passes(profile, track: str, config, abnormal: float) -> float:
     """Forward-pass equivalents of every saliency method on a track (a backward counts 2)."""
     saliency = profile.saliency
-    per_image = {"gradcam": 3, "layercam": 3, "scorecam": 1 + SCORECAM_CHANNELS[arch],
+    per_image = {"gradcam": 3, "layercam": 3, "scorecam": 1 + scorecam_channels(config),
                  "rise": saliency.rise_masks}
     images = abnormal if saliency.max_images is None else min(abnormal, 2 * saliency.max_images)
     return images * sum(per_image[m] for m in saliency.methods_for(track))
@@ -90,35 +97,37 @@ def main() -> None:
                              "of an H200's bf16 limit)")
     parser.add_argument("--synthetic-data", default=None, help="a prepared folder (else phantom rates)")
     parser.add_argument("--tumour-data", default=None, help="a prepared folder (else phantom rates)")
+    parser.add_argument("--workers", type=int, default=1, help="jobs side by side (CPU: one per core)")
     args = parser.parse_args()
     profile = get_profile(args.profile)
     size = profile.data.image_size
 
     rows = []  # (what, amount, seconds)
+    seeds, table3_seeds = len(profile.seeds), len(table3_profile(profile).seeds)
     shorter = ablation_budget(profile)
     main_images = profile.train.steps * profile.train.batch_size
-    rows.append(("Table 1 GANs (COIN, Singla*; 2 tracks)", f"4 x {main_images:,} img", 4 * main_images / args.gan_img_per_s))
-    ablation_rows = sorted(set(TABLE2_VARIANTS) | set(TABLE3_VARIANTS))
-    if shorter is None:
-        ablation_rows = [v for v in ablation_rows if v not in TABLE1_VARIANTS]
-        row_images = main_images
-    else:
-        row_images = shorter.train.steps * shorter.train.batch_size
-    rows.append((f"Table 2/3 rows ({len(ablation_rows)} GANs)", f"{len(ablation_rows)} x {row_images:,} img",
-                 len(ablation_rows) * row_images / args.gan_img_per_s))
+    rows.append((f"Table 1 GANs (COIN, Singla*; 2 tracks; {seeds} seeds)", f"{4 * seeds} x {main_images:,} img",
+                 4 * seeds * main_images / args.gan_img_per_s))
+    row_images = main_images if shorter is None else shorter.train.steps * shorter.train.batch_size
+    for table, variants, count in (("Table 2", TABLE2_VARIANTS, seeds), ("Table 3", TABLE3_VARIANTS, table3_seeds)):
+        trained = [v for v in variants if shorter is not None or v not in TABLE1_VARIANTS]
+        rows.append((f"{table} rows ({len(trained)} GANs x {count} seeds)", f"{len(trained) * count} x {row_images:,} img",
+                     len(trained) * count * row_images / args.gan_img_per_s))
     for track, prepared in (("synthetic", args.synthetic_data), ("tumour", args.tumour_data)):
         config, _ = track_settings(profile, track)
         flops = forward_flops(config, size)
         counts = slice_counts(profile, track, prepared)
         per_epoch = (config.steps_per_epoch * config.batch_size if config.steps_per_epoch else counts["train"])
         train_images = config.max_epochs * per_epoch
-        rows.append((f"classifier {config.arch} ({track}), at most", f"{train_images:,.0f} img",
-                     3 * flops * train_images / (args.tflops * 1e12)))
-        passes = saliency_passes(profile, track, config.arch, counts["abnormal_held_out"])
-        rows.append((f"saliency ({track}, {counts['abnormal_held_out']:.0f} abnormal val+test slices)",
+        rows.append((f"classifier {config.arch} ({track}, {seeds} seeds), at most", f"{seeds * train_images:,.0f} img",
+                     3 * seeds * flops * train_images / (args.tflops * 1e12)))
+        passes = seeds * saliency_passes(profile, track, config, counts["abnormal_held_out"])
+        rows.append((f"saliency ({track}, {counts['abnormal_held_out']:.0f} abnormal val+test slices, {seeds} seeds)",
                      f"{passes:,.0f} passes", flops * passes / (args.tflops * 1e12)))
+    rows = [(what, amount, seconds / max(1, args.workers)) for what, amount, seconds in rows]
 
-    print(f"profile {profile.name!r}, {size} px; GAN {args.gan_img_per_s:g} img/s; classifier {args.tflops:g} TFLOP/s")
+    print(f"profile {profile.name!r}, {size} px; GAN {args.gan_img_per_s:g} img/s; classifier {args.tflops:g} TFLOP/s; "
+          f"{args.workers} worker(s)")
     width = max(len(r[0]) for r in rows)
     for what, amount, seconds in rows:
         print(f"  {what:<{width}}  {amount:>22}  {seconds / 60:8.1f} min")

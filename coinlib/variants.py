@@ -82,6 +82,7 @@ def ablation_budget(profile: Profile) -> Profile | None:
     ``profile.ablation`` may shorten training (``steps``, ``batch_size``) for the ablation
     rows; ``None`` means they train exactly like Table 1 and reuse its COIN and Singla*.
     """
-    changes = {key: value for key, value in to_dict(profile.ablation).items() if value is not None}
+    budget = {"steps": profile.ablation.steps, "batch_size": profile.ablation.batch_size}
+    changes = {key: value for key, value in budget.items() if value is not None}
     train = replace(profile.train, **changes)
     return None if train == profile.train else replace(profile, train=train)

@@ -127,3 +127,12 @@ def test_checks_that_span_fields():
         GANConfig(widths=(8, 8, 8))
     with pytest.raises(ValueError, match="multiple of 32"):
         get_profile("smoke", {"data": {"image_size": 40}})
+
+
+def test_the_ablation_budget_takes_only_steps_and_batch_from_the_ablation_section():
+    from coinlib.variants import ablation_budget
+
+    quick = get_profile("quick")
+    assert quick.ablation.table3_seeds == (0,) and ablation_budget(quick) is None  # Table 1's budget
+    shorter = ablation_budget(get_profile("quick", {"ablation": {"steps": 50}}))
+    assert shorter.train.steps == 50 and shorter.train.batch_size == quick.train.batch_size
