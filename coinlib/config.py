@@ -644,16 +644,17 @@ PROFILES: dict[str, Profile] = {
             intensity_jitter=0.25, shift_scale_rotate=True,
         ),
         gan=GANConfig(widths=(8, 16, 32, 64, 128), stem_width=8, disc_widths=(8, 16, 32, 64, 128)),
-        # 600 steps: the validation IoU of COIN and of a two-condition row (Table 3 F) grows until
-        # about 600 steps of 4 (benchmarks/learning_curve.py, README "Profiles").
+        # 450 steps: the validation IoU of COIN and of a two-condition row (Table 3 F) grows
+        # until about 500-600 steps of 4 and not after (benchmarks/learning_curve.py, README
+        # "Profiles"); 450 is what the 45-minute budget allows for 21 GANs (cpu-full: 600).
         train=CounterfactualConfig(
-            lr=1e-3, batch_size=4, generator_every=1, steps=600, log_every=10, eval_every=200,
-            checkpoint_every=100,
+            lr=1e-3, batch_size=4, generator_every=1, steps=450, log_every=10, eval_every=225,
+            checkpoint_every=75,
         ),
         saliency=SaliencyConfig(rise_masks=250),  # every abnormal val and test slice
-        # Tables 2 and 3 train like Table 1 (so their COIN and Singla* rows are Table 1's); the
-        # Table 3 rows on one seed only (for Figs. 4-6; `cpu-full` trains them on three).
-        ablation=AblationConfig(table3_seeds=(0,)),
+        # Table 2 trains like Table 1 (so its COIN row is Table 1's COIN); the seven Table 3 rows
+        # (21 GANs with their seeds) do not fit in 45 minutes: `cpu-full` trains them.
+        ablation=AblationConfig(table3_seeds=()),
     ),
     "paper": Profile(
         name="paper",
@@ -714,10 +715,14 @@ def with_seed(profile: Profile, seed: int) -> Profile:
 # A class of 10 minutes on 2 CPU cores (README, "Teaching with it"): `quick` on the synthetic
 # track only (data, classifier f, COIN; `make lesson`) with fewer scans. The tumour track and
 # the ablation and saliency budgets shrink too, though the lesson does not use them.
-# Tables 1-3 on 2 CPU cores in at most 3 hours (README, "Profiles"): quick, with the Table 3
-# rows on every seed, so that Table 3's verdicts can resolve. Steps as quick's: the learning
-# curves flatten by 600 steps and 1000 gain nothing (benchmarks/learning_curve.py, README).
-PROFILES["cpu-full"] = replace(PROFILES["quick"], name="cpu-full", ablation=AblationConfig())
+# Tables 1-3 on 2 CPU cores in at most 3 hours (README, "Profiles"): quick, with every GAN
+# trained 600 steps (the learning curves flatten there; 1000 gain nothing) and the Table 3 rows
+# on every seed, so that Table 3's verdicts can resolve.
+PROFILES["cpu-full"] = replace(
+    PROFILES["quick"], name="cpu-full",
+    train=replace(PROFILES["quick"].train, steps=600, eval_every=300, checkpoint_every=100),
+    ablation=AblationConfig(),
+)
 
 PROFILES["lesson"] = replace(
     PROFILES["quick"],
