@@ -27,7 +27,7 @@ from coinlib.tables import (
 )
 from coinlib.variants import TABLE2_VARIANTS, TABLE3_VARIANTS
 
-QUICK = get_profile("quick")  # seeds 0, 1, 2
+QUICK = get_profile("cpu-full")  # seeds 0, 1, 2; Table 3 on every seed (quick leaves it to cpu-full)
 
 
 def _rising(track, method, seed):
@@ -63,7 +63,7 @@ def test_a_method_the_profile_leaves_out_gets_a_row_and_an_unchecked_claim(run_d
     assert [r["slices scored"] for r in rows if r["method"] == "RISE"] == ["not run in this profile"]
     claims = {v.claim: v for v in table1_claims(run_dir, profile)}
     assert claims["tumour: Singla* > RISE"].text() == \
-        "not checked: tumour: Singla* > RISE (RISE not run on the tumour track in profile quick)"
+        "not checked: tumour: Singla* > RISE (RISE not run on the tumour track in profile cpu-full)"
     assert claims["tumour: COIN > LayerCAM"].outcome == "holds"
     assert not any("Grad-CAM" in claim for claim in claims)  # not the paper's, and not run
 
@@ -150,3 +150,11 @@ def test_tables_are_written_as_markdown_and_csv_with_every_seed(tmp_path):
     assert {"IoU mean", "IoU sd", "IoU CI low", "CV seed 2", "classifier FD seed 1"} <= set(rows[0])
     assert set(TABLE1_COLUMNS) >= {"IoU", "IoU 95% CI", "paper IoU", "CV", "paper CV", "FID", "paper FID",
                                    "seeds", "slices scored"}
+
+
+def test_a_profile_that_does_not_train_table3_says_so(tmp_path):
+    quick = get_profile("quick")
+    rows = table3_rows(tmp_path, quick)  # nothing trained, nothing read
+    assert len(rows) == 9 and all(r["slices scored"] == "not trained in profile quick" for r in rows)
+    assert rows[0]["paper IoU"] == 0.020
+    assert {v.outcome for v in table3_claims(tmp_path, quick)} == {"not checked"}
