@@ -114,11 +114,13 @@ def show_grid(
     return fig
 
 
-def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> list[Path]:
-    """Write ``path`` as PNG and its PDF sibling, each atomically; returns both paths."""
+def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110, pdf: bool = True) -> list[Path]:
+    """Write ``path`` as PNG and (``pdf``) its PDF sibling, each atomically; returns the paths.
+
+    Run folders keep both; the repository's ``figures/`` keeps PNG only (images once)."""
     path = Path(path).with_suffix(".png")
     written = []
-    for target in (path, path.with_suffix(".pdf")):
+    for target in (path, path.with_suffix(".pdf")) if pdf else (path,):
         with atomic_path(target) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         written.append(target)

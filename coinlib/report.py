@@ -29,10 +29,10 @@ from .files import atomic_path, read_json
 from .tables import markdown_table
 from .verdicts import CONFIDENCE, MIN_SEEDS, Estimate, Verdict, seed_estimate
 
-__all__ = ["END", "START", "export_notebooks", "publish_figures", "publish_tables", "reading_the_run",
+__all__ = ["END", "START", "markers", "export_notebooks", "publish_figures", "publish_tables", "reading_the_run",
            "results_markdown", "update_readme"]
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+START, END = "<!-- results:start -->", "<!-- results:end -->"  # the default block (markers())
 RELIABLE_AUC = 0.9  # below it, a track's claims explain a classifier that barely detects the lesion
 TRACKS = ("synthetic", "tumour")
 
@@ -245,18 +245,25 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_readme(run_dir: str | os.PathLike, readme: str | os.PathLike) -> str:
-    """Replace the README's results block with :func:`results_markdown`; returns the block."""
+def markers(block: str = "results") -> tuple[str, str]:
+    """The README markers of a results block: ``<!-- results:start -->`` ... for the default,
+    ``<!-- results-cpu-full:start -->`` ... for another (one block per reported profile)."""
+    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+
+
+def update_readme(run_dir: str | os.PathLike, readme: str | os.PathLike, block: str = "results") -> str:
+    """Replace the README's ``block`` (:func:`markers`) with :func:`results_markdown`; returns the text."""
     readme = Path(readme)
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} lacks the markers {START} ... {END}")
-    block = results_markdown(run_dir)
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    new = pattern.sub(lambda _: f"{START}\n{block}{END}", text)
+    start, end = markers(block)
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} lacks the markers {start} ... {end}")
+    body = results_markdown(run_dir)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    new = pattern.sub(lambda _: f"{start}\n{body}{end}", text)
     with atomic_path(readme) as tmp:
         tmp.write_text(new)
-    return block
+    return body
 
 
 def publish_figures(run_dir: str | os.PathLike, figures_dir: str | os.PathLike) -> list[Path]:

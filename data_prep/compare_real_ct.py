@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     fig = phantom_vs_real_figure(real["real_slice"], real["phantom_slice"], real["phase_slices"], real["real_stats"],
                                  real["phantom_stats"], real["noise"], noise_organ=real["noise_organ"],
                                  titles=(f"real, {args.phase}, {real['spacing'][0]:g} mm", f"phantom, {args.phase}"))
-    print(*save_figure(fig, args.out / "phantom_vs_real"), sep="\n")
+    print(*save_figure(fig, args.out / "phantom_vs_real", pdf=False), sep="\n")
     plt.close(fig)
     rows = [{"structure": n, "real_median": real["real_stats"][n]["median"], "phantom_median": s["median"],
              "real_std": real["real_stats"][n]["std"], "phantom_std": s["std"]}
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
 
     measured, ranges = realism.phase_hu(args.seed, args.subject)
     fig = phase_hu_figure(measured, ranges)
-    print(*save_figure(fig, args.out / "phantom_phase_hu"), sep="\n")
+    print(*save_figure(fig, args.out / "phantom_phase_hu", pdf=False), sep="\n")
     plt.close(fig)
     rows = [{"phase": ph, **{f"{n}": f"{v:.0f} ({ranges[ph][n][0]:.0f}-{ranges[ph][n][1]:.0f})" for n, v in m.items()}}
             for ph, m in measured.items()]

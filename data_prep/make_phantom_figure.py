@@ -1,4 +1,4 @@
-"""Figure of the procedural CT phantom (README): figures/phantom.png and figures/phantom.pdf.
+"""Figure of the procedural CT phantom (README): figures/phantom.png.
 
 Rows: axial slices of one TotalSegmentator-layout subject at three heights (upper
 abdomen, renal hilum, lower kidney poles), window W400/L40, beside the same slices
@@ -157,9 +157,8 @@ def make_figure(subject: Path, kits_src: Path, out: Path) -> None:
             a.set_axis_off()
     fig.suptitle("Procedural abdominal CT phantom (radiological view: patient's right on the left, "
                  "anterior up; W400/L40)", fontsize=11, y=0.95)
-    for suffix, kwargs in ((".png", {"dpi": 110}), (".pdf", {})):
-        with atomic_path(out.with_suffix(suffix)) as tmp:
-            fig.savefig(tmp, bbox_inches="tight", **kwargs)
+    with atomic_path(out.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", dpi=110)
     plt.close(fig)
 
 
