@@ -712,9 +712,8 @@ def with_seed(profile: Profile, seed: int) -> Profile:
         train=replace(profile.train, seed=seed),
         saliency=replace(profile.saliency, seed=seed),
     )
-# A class of 10 minutes on 2 CPU cores (README, "Teaching with it"): `quick` on the synthetic
-# track only (data, classifier f, COIN; `make lesson`) with fewer scans. The tumour track and
-# the ablation and saliency budgets shrink too, though the lesson does not use them.
+
+
 # Tables 1-3 on 2 CPU cores in at most 3 hours (README, "Profiles"): quick, with every GAN
 # trained 600 steps (the learning curves flatten there; 1000 gain nothing) and the Table 3 rows
 # on every seed, so that Table 3's verdicts can resolve.
@@ -724,6 +723,9 @@ PROFILES["cpu-full"] = replace(
     ablation=AblationConfig(),
 )
 
+# A class of 10 minutes on 2 CPU cores (README, "Teaching with it"): `quick` on the synthetic
+# track only (data, classifier f, COIN; `make lesson`) with fewer scans. The tumour track and
+# the ablation and saliency budgets shrink too, though the lesson does not use them.
 PROFILES["lesson"] = replace(
     PROFILES["quick"],
     name="lesson",

@@ -1,0 +1,114 @@
+"""What each "paper or the authors' code" choice does to COIN's synthetic-track IoU (issue 12, sec. 4).
+
+    python benchmarks/config_effects.py --baseline runs/quick            # after `make reproduce`
+    python benchmarks/config_effects.py --baseline runs/quick --choices eval.morphology=implementation
+
+The README's "Where the authors' code differs from the paper" lists three choices, each a
+config field with the paper's (or, where the paper is silent, the code's) value as default.
+For each ``--choices`` entry (``SECTION.FIELD=VALUE``, the non-default value) this trains and
+scores COIN on the synthetic track of Table 1 for every seed of the baseline's profile, in a
+run folder of its own under ``--out``, and compares it with the baseline run's COIN by the
+project's verdict rule (:func:`coinlib.verdicts.compare`: every seed and non-overlapping
+bootstrap intervals over test slices). What a choice cannot change is copied from the
+baseline rather than rebuilt: the prepared data always, the classifiers unless the choice is
+an ``anomaly`` field (f is trained on the anomalies), the trained COIN too when the choice is
+an ``eval`` field (only the scoring changes). Prints a Markdown table and writes
+``config_effects.json`` and ``config_effects.md`` under ``--out``. Resumable: a second call
+reuses every finished model and result. A benchmark, not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+DEFAULT_CHOICES = ("anomaly.rule=continuous", "eval.morphology=implementation", "train.kl_target_normal=f(x)")
+
+
+def _copy_missing(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` unless ``target`` already exists (a resumed call)."""
+    if source.exists() and not target.exists():
+        shutil.copytree(source, target, symlinks=True)
+
+
+def seed_out(baseline: Path, out: Path, section: str, seeds: tuple[int, ...]) -> None:
+    """Copy into ``out`` what the choice of ``section`` leaves as the baseline built it."""
+    from coinlib.pipeline import RunPaths
+
+    _copy_missing(baseline / "data" / "phantom" / "totalsegmentator", out / "data" / "phantom" / "totalsegmentator")
+    for prepared in (baseline / "data" / "prepared").glob("phantom_totalsegmentator_*"):
+        _copy_missing(prepared, out / "data" / "prepared" / prepared.name)
+    for seed in seeds:
+        source, target = RunPaths(baseline, seed), RunPaths(out, seed)
+        if section != "anomaly":
+            _copy_missing(source.classifier("synthetic"), target.classifier("synthetic"))
+        if section == "eval":
+            _copy_missing(source.counterfactual("synthetic", "coin"), target.counterfactual("synthetic", "coin"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from coinlib.cli import parse_overrides
+    from coinlib.config import get_profile, to_dict
+    from coinlib.files import read_json
+    from coinlib.pipeline import ensure_results_all, load_results, prepare_track
+    from coinlib.provenance import claim_run_folder
+    from coinlib.verdicts import compare, iou_estimate
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, required=True, help="a finished run folder (its run.json's profile)")
+    parser.add_argument("--choices", nargs="+", default=list(DEFAULT_CHOICES), metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--out", type=Path, default=Path("runs/config_effects"))
+    args = parser.parse_args(argv)
+
+    claim = args.baseline / "run.json"
+    if not claim.is_file():
+        raise SystemExit(f"--baseline {args.baseline}: no run.json; give a finished run folder (make reproduce)")
+    base_profile = get_profile(read_json(claim)["profile"])
+    claim_run_folder(base_profile, args.baseline)  # refuses a baseline run with --set overrides
+    seeds = tuple(base_profile.seeds)
+
+    def estimate(run_dir: Path, name: str):
+        per_slice = {s: load_results(run_dir, "synthetic", "coin", seed=s)["metrics"]["per_slice"] for s in seeds}
+        return iou_estimate(name, per_slice)
+
+    default = estimate(args.baseline, "default")
+    rows = []
+    for choice in args.choices:
+        overrides = parse_overrides([choice])
+        (section, values), = overrides.items()
+        (field, value), = values.items()
+        profile = get_profile(base_profile.name, overrides)
+        default_value = to_dict(getattr(base_profile, section))[field]
+        if to_dict(getattr(profile, section))[field] == default_value:
+            raise SystemExit(f"--choices {choice}: that is the default of profile {base_profile.name}")
+        run_dir = args.out / base_profile.name / choice.replace("/", "_")
+        seed_out(args.baseline, run_dir, section, seeds)
+        prepared = prepare_track(profile, run_dir, "synthetic", "phantom", progress=False)
+        ensure_results_all(profile, run_dir, {"synthetic": prepared}, ("coin",), progress=True)
+        other = estimate(run_dir, choice)
+        higher, lower = compare(f"{choice} above the default", other, default), compare(
+            f"{choice} below the default", default, other)
+        verdict = ("higher" if higher.outcome == "holds" else "lower" if lower.outcome == "holds"
+                   else f"not resolved ({higher.reason})")
+        rows.append({"field": f"{section}.{field}", "default": default_value, "other": value,
+                     "iou_default": default.summary(), "iou_other": other.summary(),
+                     "per_seed_default": list(default.per_seed), "per_seed_other": list(other.per_seed),
+                     "slices": other.slices, "verdict": verdict})
+
+    lines = [f"COIN, synthetic track, profile {base_profile.name}, seeds {list(seeds)}: test IoU at the "
+             "validation-chosen threshold, mean ± sd over seeds [95 % bootstrap interval over test slices]",
+             "", "| field | default | IoU, default | other value | IoU, other | the other value's IoU |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| `{r['field']}` | `{r['default']}` | {r['iou_default']} | `{r['other']}` | {r['iou_other']} | "
+              f"{r['verdict']} |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config_effects.json").write_text(json.dumps({"baseline": str(args.baseline), "rows": rows}, indent=1))
+    (args.out / "config_effects.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
