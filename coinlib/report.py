@@ -191,11 +191,14 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     ]
     timings_path = run_dir / "notebooks" / "timings.json"
     if timings_path.is_file():
-        timings = read_json(timings_path)["notebooks"]
+        recorded = read_json(timings_path)
+        timings = recorded["notebooks"]
         rows = [{"notebook": t["notebook"], "minutes": t["seconds"] / 60} for t in timings]
         rows.append({"notebook": "total", "minutes": sum(t["seconds"] for t in timings) / 60})
         lines += ["Wall-clock time of the notebooks in `make reproduce`:", "",
                   markdown_table(rows, ["notebook", "minutes"], 1)]
+        if recorded.get("note"):  # how the run differed from one uninterrupted `make reproduce`
+            lines += [f"Timing note: {recorded['note']}.", ""]
     caveats: dict[str, str] = {}
     for track in TRACKS:
         if (classifiers := classifier_results(run_dir, profile, track)) is None:

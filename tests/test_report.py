@@ -58,6 +58,14 @@ def test_readme_block_is_replaced_from_the_run_files(tmp_path):
     assert "Caveat" not in block and "Table 1" not in block  # no table written yet
 
 
+def test_a_timing_note_of_the_run_is_printed_under_its_timings(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    assert "Timing note" not in results_markdown(run)
+    timings = run / "notebooks" / "timings.json"
+    timings.write_text(json.dumps({**json.loads(timings.read_text()), "note": "01 ran beside the tests"}))
+    assert "| total | 3.0 |\n\nTiming note: 01 ran beside the tests." in results_markdown(run)
+
+
 def test_readme_shows_the_tables_their_verdicts_and_prose_made_from_them(tmp_path):
     run = _fake_run(tmp_path / "run")
     profile = get_profile("quick")
