@@ -351,8 +351,9 @@ def _clean_notebook(notebook, replacements: dict[str, str]) -> None:
             data = output.get("data", {})
             if WIDGET_VIEW in data:
                 continue  # a live widget: nothing to show without a kernel
-            if "text/plain" in data:
-                data["text/plain"] = portable(data["text/plain"])
+            for mime in [m for m in data if m.startswith("text/")]:  # plain, markdown, html alike
+                text = data[mime]
+                data[mime] = portable("".join(text) if isinstance(text, list) else text)
             outputs.append(output)
         cell.outputs = outputs
         cell.execution_count = None

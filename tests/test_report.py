@@ -153,6 +153,7 @@ def test_executed_notebooks_export_to_markdown_with_their_images_once(tmp_path):
                       "for _ in tqdm(range(50), mininterval=0, desc='work'):\n    pass\n"
                       "print(f'results in {run_dir}/results')\nplt.plot([0, 1], [1, 0])\nplt.show()"),
         new_code_cell("for i in range(200):\n    print('line', i)"),
+        new_code_cell("from IPython.display import Markdown\nMarkdown(f'prepared in `{run_dir}/data`')"),
     ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nbformat.write(source, tmp_path / "tiny.ipynb")
     papermill.execute_notebook(str(tmp_path / "tiny.ipynb"), str(run / "notebooks" / "00_tiny.ipynb"),
@@ -167,6 +168,7 @@ def test_executed_notebooks_export_to_markdown_with_their_images_once(tmp_path):
     assert len(images) == 1 and images[0].read_bytes().startswith(b"\x89PNG")
     assert f"](00_tiny_files/{images[0].name})" in page  # the page links its image, stored once
     assert "results in runs/smoke/results" in page and str(tmp_path) not in page  # portable paths
+    assert "prepared in `runs/smoke/data`" in page  # Markdown outputs too
     assert page.count("work: 100%") == 1 and "it/s]" in page and "work:  50%" not in page  # final bar only
     assert "line 0" in page and "line 199" in page and "line 100" not in page and "lines left out" in page
     assert "papermill" not in page and '"execution"' not in page
