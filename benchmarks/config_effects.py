@@ -3,7 +3,7 @@
     python benchmarks/config_effects.py --baseline runs/quick            # after `make reproduce`
     python benchmarks/config_effects.py --baseline runs/quick --choices eval.morphology=implementation
 
-The README's "Where the authors' code differs from the paper" lists three choices, each a
+The README's "Where the authors' code differs from the paper" lists the choices, each a
 config field with the paper's (or, where the paper is silent, the code's) value as default.
 For each ``--choices`` entry (``SECTION.FIELD=VALUE``, the non-default value) this trains and
 scores COIN on the synthetic track of Table 1 for every seed of the baseline's profile, in a
@@ -20,7 +20,6 @@ reuses every finished model and result. A benchmark, not a test: numbers depend 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def seed_out(baseline: Path, out: Path, section: str, seeds: tuple[int, ...]) ->
 def main(argv: list[str] | None = None) -> None:
     from coinlib.cli import parse_overrides
     from coinlib.config import get_profile, to_dict
-    from coinlib.files import read_json
+    from coinlib.files import atomic_path, read_json, write_json
     from coinlib.pipeline import ensure_results_all, load_results, prepare_track
     from coinlib.provenance import claim_run_folder
     from coinlib.verdicts import compare, iou_estimate
@@ -106,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config_effects.json").write_text(json.dumps({"baseline": str(args.baseline), "rows": rows}, indent=1))
-    (args.out / "config_effects.md").write_text(text + "\n")
+    write_json(args.out / "config_effects.json", {"baseline": str(args.baseline), "rows": rows})
+    with atomic_path(args.out / "config_effects.md") as tmp:
+        tmp.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -352,8 +352,7 @@ def _clean_notebook(notebook, replacements: dict[str, str]) -> None:
             if WIDGET_VIEW in data:
                 continue  # a live widget: nothing to show without a kernel
             for mime in [m for m in data if m.startswith("text/")]:  # plain, markdown, html alike
-                text = data[mime]
-                data[mime] = portable("".join(text) if isinstance(text, list) else text)
+                data[mime] = portable(data[mime])  # nbformat.read joins multi-line text
             outputs.append(output)
         cell.outputs = outputs
         cell.execution_count = None
