@@ -177,6 +177,13 @@ def refresh_batchnorm(model: nn.Module, batches, device: torch.device) -> None:
     model.train(was_training)
 
 
+def epoch_learning_rate(config: ClassifierConfig, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based) under ``config.lr_schedule``."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.max_epochs))
+
+
 def train_classifier(
     prepared: PreparedSlices | str | os.PathLike,
     config: ClassifierConfig,
@@ -226,6 +233,8 @@ def train_classifier(
     parallel = ctx.wrap(model, device)  # `model` itself when there is one process
 
     for epoch in range(state["epoch"], config.max_epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_learning_rate(config, epoch)
         flip_rng.manual_seed(seed * 1_000_003 + epoch)
         sampler.set_position(epoch)
         train_set.set_epoch(epoch)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from coinlib.classifier_training import (
+    epoch_learning_rate,
     load_classifier,
     random_flips,
     random_intensity,
@@ -56,6 +57,38 @@ def test_random_flips_are_flips_and_seeded():
     for image, flipped in zip(x, a):
         candidates = [image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)]
         assert any(torch.equal(flipped, c) for c in candidates)
+
+
+def test_epoch_learning_rate_constant_and_cosine():
+    constant = ClassifierConfig(lr=1e-3, max_epochs=4)
+    assert [epoch_learning_rate(constant, e) for e in range(4)] == [1e-3] * 4
+    cosine = ClassifierConfig(lr=1e-3, max_epochs=4, lr_schedule="cosine")
+    rates = [epoch_learning_rate(cosine, e) for e in range(4)]
+    # lr * (1 + cos(pi e / 4)) / 2: 1, 0.854, 0.5, 0.146 (x 1e-3), never 0 within the epochs
+    assert rates == pytest.approx([1e-3, 0.8536e-3, 0.5e-3, 0.1464e-3], rel=1e-3)
+
+
+def test_cosine_schedule_resumes_with_the_same_rates(tiny_prepared, tmp_path, monkeypatch):
+    import coinlib.classifier_training as training
+
+    config = ClassifierConfig(max_epochs=3, steps_per_epoch=2, batch_size=8, patience=5, lr_schedule="cosine")
+    train_classifier(tiny_prepared, config, AnomalyConfig(), tmp_path / "whole", device="cpu", progress=False)
+    refresh, calls = training.refresh_batchnorm, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return refresh(*args, **kwargs)
+
+    monkeypatch.setattr(training, "refresh_batchnorm", interrupted_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(tiny_prepared, config, AnomalyConfig(), tmp_path / "parts", device="cpu", progress=False)
+    monkeypatch.setattr(training, "refresh_batchnorm", refresh)
+    train_classifier(tiny_prepared, config, AnomalyConfig(), tmp_path / "parts", device="cpu", progress=False)
+    history = json.loads((tmp_path / "whole" / "classifier_history.json").read_text())
+    assert len(history) == 3
+    assert history == json.loads((tmp_path / "parts" / "classifier_history.json").read_text())
 
 
 def test_training_writes_history_best_and_resumes(tiny_prepared, tmp_path):
