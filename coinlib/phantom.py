@@ -1293,6 +1293,8 @@ def _check_ours(out: Path, layout: str, count: int, files: list[str], settings: 
             continue
         if temporary.match(entry.name) and entry.is_dir():
             continue  # a subject's temporary folder (removed once its writer is gone)
+        if _ATOMIC_LEFTOVER.match(entry.name) and entry.is_file():
+            continue  # the listing being rewritten by another process using the same folder
         if entry not in subjects:
             raise ValueError(f"{refuse}: {entry} was not written by `coin phantom` ({layout} layout); {advice}")
         try:

@@ -83,6 +83,16 @@ def test_rerun_reuses_complete_subjects_and_rebuilds_stale_ones(tmp_path):
     assert ct.stat().st_mtime_ns == before
 
 
+def test_another_writers_temporary_listing_is_not_refused(tmp_path):
+    # two `coin` processes on one run folder: one rewrites meta.csv atomically while the other checks
+    out = P.generate_totalsegmentator(tmp_path, 1, 0, **COARSE)
+    (out / ".meta.abcd1234.tmp.csv").write_text("image_id;age;gender;split\n")
+    assert P.generate_totalsegmentator(out, 1, 0, **COARSE) == out
+    (out / "notes.csv").write_text("mine")
+    with pytest.raises(ValueError, match="notes.csv was not written by"):
+        P.generate_totalsegmentator(out, 1, 0, **COARSE)
+
+
 def test_an_older_generator_versions_subjects_are_rendered_again(tmp_path, monkeypatch):
     out = P.generate_totalsegmentator(tmp_path, 1, 0, **COARSE)
     ct = out / "s0000" / "ct.nii.gz"
