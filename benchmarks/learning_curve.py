@@ -3,8 +3,10 @@
     python benchmarks/learning_curve.py                                   # quick: COIN and row F, 3 seeds
     python benchmarks/learning_curve.py --variants coin singla --steps 600 --every 50
     python benchmarks/learning_curve.py --profile quick --set train.lr=5e-4 --out runs/curves
+    python benchmarks/learning_curve.py --track tumour --variants coin --steps 1500 --every 150 --out runs
 
-Trains each variant of ``--variants`` on the synthetic track for ``--steps`` steps, once per seed
+Trains each variant of ``--variants`` on ``--track`` (default synthetic; tumour with its
+protocol's settings, :func:`coinlib.config.track_profile`) for ``--steps`` steps, once per seed
 of ``--seeds`` (each seed with its own classifier, as the pipeline does), and scores the
 generator on the validation split every ``--every`` steps: the best IoU of the threshold sweep
 and the IoU at the threshold a longer run would choose are both stochastic, so the curve is the
@@ -12,7 +14,7 @@ sweep's best, the protocol of Sec. 5 on the validation split (what the in-traini
 :func:`coinlib.evaluate.quick_validation` records). Prints a table (steps x variant: mean and range
 over seeds) and writes ``learning_curve.png`` and ``learning_curve.json`` under ``--out``. The
 training runs live in ``--out`` too (a run folder of the profile), so a second call with more
-steps resumes them. A benchmark, not a test: numbers depend on the machine.
+steps resumes them; ``--out runs`` reuses a reproduce run's data and classifiers. A benchmark, not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -25,22 +27,24 @@ from pathlib import Path
 import numpy as np
 
 
-def train_one(profile, run_dir: str, prepared: str, variant: str, steps: int, every: int) -> list[dict]:
+def train_one(profile, run_dir: str, prepared: str, variant: str, steps: int, every: int,
+              track: str = "synthetic") -> list[dict]:
     """One seed's run of ``variant`` for ``steps`` steps, validated every ``every``: its history."""
     from coinlib.classifier_training import load_classifier
     from coinlib.counterfactual import history, train_counterfactual
     from coinlib.data import evaluation_set
     from coinlib.evaluate import quick_validation
+    from coinlib.config import track_profile
     from coinlib.pipeline import RunPaths, ensure_classifier, track_settings
     from coinlib.variants import apply_variant
 
     paths = RunPaths(run_dir, profile.seed)
-    classifier_path = ensure_classifier(profile, run_dir, "synthetic", prepared, progress=False)
-    configured = apply_variant(profile, variant)
+    classifier_path = ensure_classifier(profile, run_dir, track, prepared, progress=False)
+    configured = apply_variant(track_profile(profile, track), variant)
     train = dataclasses.replace(configured.train, steps=steps, eval_every=every, checkpoint_every=every)
-    config, anomaly = track_settings(profile, "synthetic")
-    classifier = load_classifier(paths.classifier("synthetic"))
-    out = paths.root / "curves" / f"seed{profile.seed}" / variant
+    config, anomaly = track_settings(profile, track)
+    classifier = load_classifier(paths.classifier(track))
+    out = paths.root / "curves" / f"seed{profile.seed}" / (variant if track == "synthetic" else f"{track}_{variant}")
     validate = quick_validation(classifier, configured.gan, configured.eval, evaluation_set(prepared, "val", anomaly))
     train_counterfactual(prepared, configured.gan, train, anomaly, classifier, classifier_path, out,
                          progress=False, evaluate=validate, classifier_threshold=config.threshold)
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick")
+    parser.add_argument("--track", choices=["synthetic", "tumour"], default="synthetic")
     parser.add_argument("--variants", nargs="+", default=["coin", "table3_f"])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--every", type=int, default=50)
@@ -66,9 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     profile = get_profile(args.profile, parse_overrides(args.overrides))
     seeds = args.seeds or list(profile.seeds)
     run_dir = args.out / profile.name
-    prepared = str(prepare_track(profile, run_dir, "synthetic", "phantom"))
+    prepared = str(prepare_track(profile, run_dir, args.track, "phantom"))
     jobs = [Job(f"{variant}, seed {seed}", train_one,
-                (with_seed(profile, seed), str(run_dir), prepared, variant, args.steps, args.every))
+                (with_seed(profile, seed), str(run_dir), prepared, variant, args.steps, args.every, args.track))
             for variant in args.variants for seed in seeds]
     histories = run_jobs(jobs, desc="learning curves")
 
@@ -78,8 +83,10 @@ def main(argv: list[str] | None = None) -> None:
         steps = [h["step"] for h in runs[0]]
         ious = np.array([[h["val_iou"] for h in run] for run in runs])
         curves[variant] = {"steps": steps, "val_iou": ious.tolist(), "seeds": seeds}
-    write = run_dir / "learning_curve.json"
-    write.write_text(json.dumps({"profile": profile.name, "overrides": args.overrides, "curves": curves}, indent=1))
+    stem = "learning_curve" if args.track == "synthetic" else f"learning_curve_{args.track}"
+    write = run_dir / f"{stem}.json"
+    write.write_text(json.dumps({"profile": profile.name, "track": args.track, "overrides": args.overrides,
+                                 "curves": curves}, indent=1))
 
     print(f"validation IoU (best threshold of the sweep) by step; mean [min, max] over seeds {seeds}")
     header = "| step | " + " | ".join(curves) + " |"
@@ -99,11 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         (line,) = ax.plot(curve["steps"], ious.mean(axis=0), "o-", ms=3, label=variant)
         ax.fill_between(curve["steps"], ious.min(axis=0), ious.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set(xlabel="training step", ylabel="validation IoU (best t)", ylim=(0, 1),
-           title=f"learning curves, profile {profile.name}, {len(seeds)} seeds")
+           title=f"learning curves, {args.track} track, profile {profile.name}, {len(seeds)} seeds")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "learning_curve.png", dpi=110)
-    print(f"wrote {write} and {run_dir / 'learning_curve.png'}")
+    fig.savefig(run_dir / f"{stem}.png", dpi=110)
+    print(f"wrote {write} and {run_dir / f'{stem}.png'}")
 
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ def method_options(method: str, config: SaliencyConfig) -> dict[str, Any]:
     """The keyword options of :func:`coinlib.saliency.attribute` that ``config`` sets."""
     if method == "rise":
         return {"n_masks": config.rise_masks, "grid": config.rise_grid, "p1": config.rise_p1,
-                "batch_size": config.rise_batch_size, "seed": config.seed}
+                "batch_size": config.rise_batch_size, "seed": config.seed, "mask_sets": config.rise_mask_sets}
     if method == "scorecam":
         return {"batch_size": config.scorecam_batch_size}
     return {}
@@ -272,9 +272,11 @@ def saliency_maps(
     maps, masks, seconds = [], [], 0.0
     for batch in tqdm(loader, desc=method, disable=not progress, leave=False):
         x = batch["image"].to(device)
+        # RISE's per-image mask sets are keyed by the prepared row, so a map is the same in any batch
+        keys = {"image_keys": batch["index"].tolist()} if method == "rise" else {}
         start = time.perf_counter()
         with autocast(device):
-            maps.append(attribute(method, model, x, **method_options(method, config)).float().cpu())
+            maps.append(attribute(method, model, x, **method_options(method, config), **keys).float().cpu())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - start

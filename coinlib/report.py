@@ -55,9 +55,12 @@ def _source(results: Path) -> dict[str, Any] | None:
 
 
 def describe_hardware(hardware: dict[str, Any]) -> str:
-    """'AMD EPYC (2 cores, 1 thread, fp32, CPU only)' or 'NVIDIA H200 (bf16; host CPU ...)'."""
+    """'AMD EPYC (cpu family 26 model 2, AVX512-BF16, 2 cores, 1 thread, bf16, CPU only)' or
+    'NVIDIA H200 (bf16; host CPU ...)'; family, model and bf16 instructions where recorded."""
     threads, precision = hardware.get("threads"), hardware.get("precision")
-    cpu = [f"{hardware['cpu_cores']} cores", *([f"{threads} thread{'s' if threads != 1 else ''}"] if threads else [])]
+    cpu = [*([hardware["cpu_model_id"]] if hardware.get("cpu_model_id") else []),
+           *[name.upper().replace("_", "-") for name in hardware.get("cpu_bf16") or []],
+           f"{hardware['cpu_cores']} cores", *([f"{threads} thread{'s' if threads != 1 else ''}"] if threads else [])]
     if hardware.get("gpu"):
         return f"{hardware['gpu']} ({precision or 'GPU'}; host CPU {hardware['cpu']} ({', '.join(cpu)}))"
     return f"{hardware['cpu']} ({', '.join([*cpu, *([precision] if precision else []), 'CPU only'])})"

@@ -420,14 +420,22 @@ def hardware_summary(device: torch.device | None = None) -> dict[str, Any]:
     """Where a number was produced: CPU model and cores, GPU name, torch version."""
     device = device or pick_device()
     cpu = platform.processor() or platform.machine()
+    cpuinfo: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor's block is enough
+            cpuinfo.setdefault(key.strip(), value.strip())
+    cpu = cpuinfo.get("model name", cpu)
+    # "AMD EPYC" names several generations 4x apart in speed; family/model tell them apart.
+    model_id = " ".join(f"{key} {cpuinfo[key]}" for key in ("cpu family", "model") if key in cpuinfo)
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     summary = {
         "device": str(device),
         "cpu": cpu,
+        "cpu_model_id": model_id or None,
+        "cpu_bf16": [name for name in ("avx512_bf16", "amx_bf16") if capabilities.get(name)],
         "cpu_cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),

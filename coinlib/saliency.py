@@ -38,11 +38,12 @@ grad. Everything is deterministic on CPU; RISE draws its masks from a seeded
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam
@@ -60,6 +61,7 @@ __all__ = [
     "layercam",
     "scorecam",
     "rise",
+    "rise_image_seed",
 ]
 
 
@@ -69,7 +71,12 @@ class RISEConfig:
 
     ``n_masks`` N random masks on a ``grid`` x ``grid`` lattice whose cells are kept with
     probability ``p1``; ``batch_size`` masked images per forward pass (at least one mask per
-    image); ``seed`` fixes the masks.
+    image); ``seed`` fixes the masks. ``mask_sets``: "shared", one set of N masks for every
+    image (the RISE code's ``generate_masks``, drawn once), or "per_image", an independent set
+    per image, drawn from (``seed``, the image's key). Both estimate the same expectation
+    per image; with few masks a shared set puts one common Monte Carlo error on every image
+    of a test set, which moves the set's IoU as a whole (README, "Profiles"), and
+    independent sets average it out over the slices.
     """
 
     n_masks: int = 6000
@@ -77,6 +84,7 @@ class RISEConfig:
     p1: float = 0.1
     batch_size: int = 100
     seed: int = 0
+    mask_sets: Literal["shared", "per_image"] = "shared"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -271,10 +279,30 @@ def _rise_masks(
     return wy[rows] @ grids.float() @ wx[cols].transpose(1, 2)
 
 
+def _rise_draws(
+    n: int, s: int, p1: float, cell: tuple[int, int], seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One set of RISE draws from ``torch.Generator().manual_seed(seed)``: binary grids
+    ``rand(n, s, s) < p1``, then shifts ``randint(0, cell)`` (rows, then columns)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    grids = (torch.rand(n, s, s, generator=generator, device=device) < p1).float()
+    shifts = torch.stack(
+        [torch.randint(0, c, (n,), generator=generator, device=device) for c in cell], dim=1
+    )
+    return grids, shifts
+
+
+def rise_image_seed(seed: int, key: int) -> int:
+    """The seed of image ``key``'s own mask set under ``mask_sets="per_image"`` (well mixed,
+    so neighbouring keys and seeds give unrelated sets)."""
+    return int(np.random.SeedSequence([seed, key]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def rise(
     model: nn.Module,
     x: torch.Tensor,
     config: RISEConfig | None = None,
+    image_keys: Sequence[int] | None = None,
     **overrides: object,
 ) -> torch.Tensor:
     """RISE [29] for ``p_abnormal = sigmoid(logit)``.
@@ -284,34 +312,48 @@ def rise(
     the score. ``config`` (default :class:`RISEConfig`) with ``overrides`` replacing its
     fields (``rise(model, x, n_masks=64)``; unknown names raise ``TypeError``).
 
-    The N masks are the same for every image (as the RISE code) and are drawn on
-    ``x.device`` from ``torch.Generator().manual_seed(seed)``: grids ``rand(N, s, s) < p1``,
-    then shifts ``randint(0, cell)`` (rows, then columns), ``cell = ceil(H / s)``, all drawn
-    up front (small); they depend on (seed, N, s, p1, H, W) only, not on ``batch_size`` or on
-    the images. The masks themselves are made chunk by chunk, never all held (6000 masks at
-    256 px would be 1.5 GB). Cost: N forward passes per image.
+    ``mask_sets="shared"``: the N masks are the same for every image (as the RISE code),
+    drawn from ``seed``. ``"per_image"``: image ``i`` gets its own N masks, drawn from
+    :func:`rise_image_seed` (``seed``, ``image_keys[i]``); give each image a stable key (a
+    dataset row) so its map does not depend on the batch it came in (default: its position
+    in ``x``). Draws (:func:`_rise_draws`, on ``x.device``, ``cell = ceil(H / s)``) are made
+    up front (small) and depend on (seed, key, N, s, p1, H, W) only, not on ``batch_size``.
+    The masks themselves are made chunk by chunk, never all held (6000 masks at 256 px
+    would be 1.5 GB). Cost: N forward passes per image.
     """
     _check_input(x)
     cfg = replace(config if config is not None else RISEConfig(), **overrides)
-    if cfg.n_masks < 1 or cfg.grid < 1 or not 0 < cfg.p1 <= 1 or cfg.batch_size < 1:
+    if (cfg.n_masks < 1 or cfg.grid < 1 or not 0 < cfg.p1 <= 1 or cfg.batch_size < 1
+            or cfg.mask_sets not in ("shared", "per_image")):
         raise ValueError(f"invalid RISE settings {cfg}")
     b, _, h, w = x.shape
     device = x.device
     n, s = cfg.n_masks, cfg.grid
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    grids = (torch.rand(n, s, s, generator=generator, device=device) < cfg.p1).float()
     cell = (math.ceil(h / s), math.ceil(w / s))
-    shifts = torch.stack(
-        [torch.randint(0, c, (n,), generator=generator, device=device) for c in cell], dim=1
-    )
-    per_call = max(1, cfg.batch_size // b)  # masks per forward pass, all images at once
+    if cfg.mask_sets == "shared":
+        seeds = [cfg.seed]
+    else:
+        keys = list(range(b)) if image_keys is None else [int(k) for k in image_keys]
+        if len(keys) != b:
+            raise ValueError(f"image_keys has {len(keys)} keys for {b} images")
+        seeds = [rise_image_seed(cfg.seed, key) for key in keys]
+    draws = [_rise_draws(n, s, cfg.p1, cell, seed, device) for seed in seeds]
+    grids = torch.stack([g for g, _ in draws])  # (1 or B, N, s, s)
+    shifts = torch.stack([t for _, t in draws])  # (1 or B, N, 2)
+    sets = len(seeds)
+    per_call = max(1, cfg.batch_size // b)  # masks per image per forward pass, all images at once
     saliency = torch.zeros(b, h * w, device=device, dtype=torch.float32)
     with _eval_mode(model), torch.no_grad():
         for start in range(0, n, per_call):
             chunk = slice(start, start + per_call)
-            masks = _rise_masks(grids[chunk], shifts[chunk], (h, w), cell)
-            p_abnormal = torch.sigmoid(model(_mask_input(x, masks[None]).to(x.dtype)).float())
-            saliency += p_abnormal.view(b, -1) @ masks.view(len(masks), -1)
+            m = len(range(n)[chunk])
+            masks = _rise_masks(grids[:, chunk].reshape(sets * m, s, s), shifts[:, chunk].reshape(sets * m, 2),
+                                (h, w), cell).view(sets, m, h, w)
+            p_abnormal = torch.sigmoid(model(_mask_input(x, masks).to(x.dtype)).float()).view(b, m)
+            if sets == 1:
+                saliency += p_abnormal @ masks.view(m, h * w)
+            else:
+                saliency += torch.bmm(p_abnormal[:, None], masks.view(b, m, h * w))[:, 0]
     return (saliency / (n * cfg.p1)).view(b, h, w)
 
 

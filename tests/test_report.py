@@ -1,6 +1,9 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_fake_run
 
 from coinlib.config import get_profile
@@ -115,6 +118,19 @@ def test_hardware_is_named_with_its_precision():
     gpu = {"cpu": "Intel Xeon", "cpu_cores": 16, "threads": 16, "precision": "bf16", "gpu": "NVIDIA H200"}
     assert describe_hardware(gpu) == "NVIDIA H200 (bf16; host CPU Intel Xeon (16 cores, 16 threads))"
     assert describe_hardware({"cpu": "AMD EPYC", "cpu_cores": 2}) == "AMD EPYC (2 cores, CPU only)"
+    zen5 = {"cpu": "AMD EPYC", "cpu_cores": 2, "threads": 1, "precision": "bf16",
+            "cpu_model_id": "cpu family 26 model 2", "cpu_bf16": ["avx512_bf16"]}
+    assert describe_hardware(zen5) == "AMD EPYC (cpu family 26 model 2, AVX512-BF16, 2 cores, 1 thread, bf16, CPU only)"
+
+
+def test_hardware_summary_names_the_cpu_generation():
+    from coinlib.runtime import cpu_has_native_bf16, hardware_summary
+
+    summary = hardware_summary(torch.device("cpu"))
+    assert summary["cpu_cores"] == os.cpu_count()
+    assert bool(summary["cpu_bf16"]) == cpu_has_native_bf16()
+    if Path("/proc/cpuinfo").is_file() and "cpu family" in Path("/proc/cpuinfo").read_text():
+        assert summary["cpu_model_id"].startswith("cpu family ")
 
 
 def test_figures_are_published_as_png_only(tmp_path):

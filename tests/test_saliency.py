@@ -10,6 +10,7 @@ layer, and the default layer's channel count is checked through :func:`forward_p
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from coinlib.saliency import (
     attribute,
     forward_passes,
     rise,
+    rise_image_seed,
 )
 
 ARCHS = ("resnet18", "efficientnet_v2_s")
@@ -198,7 +200,8 @@ def test_cams_agree_with_pytorch_grad_cam(models, arch, method, options, referen
     assert min(corr) > 0.999  # measured 1 - 1e-10; other methods on these maps: 0.2 - 0.96
 
 
-def test_rise_peaks_inside_the_square_the_model_looks_at():
+@pytest.mark.parametrize("mask_sets", ["shared", "per_image"])
+def test_rise_peaks_inside_the_square_the_model_looks_at(mask_sets):
     """logit = 8 * (mean intensity in a square - 0.5 on the [0, 1] scale): RISE finds it."""
     rows, cols = slice(8, 24), slice(36, 52)
 
@@ -208,7 +211,7 @@ def test_rise_peaks_inside_the_square_the_model_looks_at():
 
     x = torch.ones(2, 1, SIZE, SIZE) * 0.8
     x[1, :, 40:] = -0.5  # the second image differs away from the square
-    maps = attribute("rise", SquareMean(), x, n_masks=256, batch_size=128)
+    maps = attribute("rise", SquareMean(), x, n_masks=256, batch_size=128, mask_sets=mask_sets)
     for m in maps:
         peak = divmod(int(m.argmax()), SIZE)
         assert rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop
@@ -239,6 +242,31 @@ def test_rise_masks_are_seeded_batch_independent_and_keep_p1():
     one[0, 2, 5] = 1
     bump = _rise_masks(one, torch.zeros(1, 2, dtype=torch.long), (SIZE, SIZE), (8, 8))[0]
     assert bump.max() == 1 and divmod(int(bump.argmax()), SIZE) == (2 * 9 + 4, 5 * 9 + 4)
+
+
+def test_rise_per_image_mask_sets_follow_the_image_key_not_the_batch():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 1), nn.Flatten(0))
+    torch.manual_seed(0)
+    x = _image(batch=3)
+    cfg = RISEConfig(n_masks=64, batch_size=32, seed=3, mask_sets="per_image")
+    maps = rise(model, x, cfg, image_keys=[10, 11, 12])
+    torch.testing.assert_close(rise(model, x[1:2], cfg, image_keys=[11])[0], maps[1])
+    torch.testing.assert_close(rise(model, x[[2, 0]], cfg, image_keys=[12, 10], batch_size=7), maps[[2, 0]])
+    # One image: its set is the shared set of its own seed, so both options are one estimator.
+    shared = replace(cfg, mask_sets="shared", seed=rise_image_seed(3, 11))
+    assert torch.equal(rise(model, x[1:2], cfg, image_keys=[11]), rise(model, x[1:2], shared))
+    # The same image twice: a shared set gives the same map, per-image sets do not.
+    twice = x[:1].repeat(2, 1, 1, 1)
+    same = rise(model, twice, replace(cfg, mask_sets="shared"))
+    assert torch.equal(same[0], same[1])
+    own = rise(model, twice, cfg, image_keys=[0, 1])
+    assert not torch.equal(own[0], own[1])
+    assert not torch.equal(own, rise(model, twice, cfg, image_keys=[0, 1], seed=4))
+    assert len({rise_image_seed(seed, key) for seed in range(3) for key in range(100)}) == 300
+    with pytest.raises(ValueError, match="image_keys has 2 keys for 3 images"):
+        rise(model, x, cfg, image_keys=[0, 1])
+    with pytest.raises(ValueError, match="invalid RISE settings"):
+        rise(model, x, cfg, mask_sets="per_batch")
 
 
 def test_rise_masks_match_the_rise_reference_code():

@@ -1,0 +1,90 @@
+"""How much of RISE's IoU spread is its mask set: one set for every slice, or one per slice (issue 12).
+
+    python benchmarks/rise_mask_sets.py --run-dir runs/quick                 # after `make reproduce`
+    python benchmarks/rise_mask_sets.py --run-dir runs/quick --classifier-seeds 0 1 2 --mask-seeds 0 1
+
+RISE (paper Sec. 5, [29]) estimates each pixel's saliency from N random masks. The RISE code
+draws one set of N masks and uses it for every image (``SaliencyConfig.rise_mask_sets =
+"shared"``); this project's default draws an independent set per slice (``"per_image"``,
+seeded by the slice's prepared row). Both estimate the same expectation per slice; with few
+masks (``quick``: 250) a shared set gives every slice of the split the same Monte Carlo error.
+For each classifier seed of a finished run (its trained f, its prepared data) and each mask
+seed, this scores RISE on every abnormal validation and test slice of ``--track`` both ways,
+with the protocol of Table 1 (threshold chosen on validation, pooled test IoU), and prints
+a Markdown table of the IoU per mask seed and its spread over mask seeds. Writes
+``rise_mask_sets.json`` under ``--out``. A benchmark, not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+
+def score_rise(run_dir: str, profile_name: str, track: str, classifier_seed: int, mask_sets: str,
+               mask_seed: int) -> dict:
+    """Table 1's RISE IoU of classifier seed ``classifier_seed`` with the given mask sets and seed."""
+    import torch
+
+    from coinlib.classifier_training import load_classifier
+    from coinlib.config import get_profile, track_profile, with_seed
+    from coinlib.data import evaluation_set
+    from coinlib.evaluate import saliency_maps, saliency_subset, score_maps
+    from coinlib.pipeline import LAYOUT_OF_TRACK, RunPaths, track_settings
+
+    profile = with_seed(get_profile(profile_name), classifier_seed)
+    # the embedded phantom's prepared slices, where `make reproduce` put them
+    prepared = RunPaths(run_dir).prepared(f"phantom_{LAYOUT_OF_TRACK[track]}", track_profile(profile, track).data.image_size)
+    _, anomaly = track_settings(profile, track)
+    classifier = load_classifier(RunPaths(run_dir, classifier_seed).classifier(track), torch.device("cpu"))
+    saliency = replace(profile.saliency, seed=mask_seed, rise_mask_sets=mask_sets)
+    test, val = evaluation_set(prepared, "test", anomaly), evaluation_set(prepared, "val", anomaly)
+    test_idx, val_idx = saliency_subset(test, saliency.max_images), saliency_subset(val, saliency.max_images)
+    test_maps, test_true, seconds = saliency_maps("rise", classifier, test, test_idx, saliency)
+    val_maps, val_true, _ = saliency_maps("rise", classifier, val, val_idx, saliency)
+    metrics = score_maps((test_maps, test_true), profile.eval, (val_maps, val_true), postprocess=False)["metrics"]
+    return {"classifier_seed": classifier_seed, "mask_sets": mask_sets, "mask_seed": mask_seed,
+            "iou": metrics["iou"]["iou"], "threshold": metrics["threshold_from_val"],
+            "slices": {"test": len(test_idx), "val": len(val_idx)}, "seconds_per_slice": seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from coinlib.files import read_json, write_json
+    from coinlib.jobs import Job, run_jobs
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/quick"), help="a finished reproduce run")
+    parser.add_argument("--track", choices=["synthetic", "tumour"], default="synthetic")
+    parser.add_argument("--classifier-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--mask-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--mask-sets", nargs="+", default=["shared", "per_image"], choices=["shared", "per_image"])
+    parser.add_argument("--out", type=Path, default=None, help="default: the run folder")
+    args = parser.parse_args(argv)
+
+    profile_name = read_json(args.run_dir / "run.json")["profile"]
+    plan = [(c, kind, m) for c in args.classifier_seeds for kind in args.mask_sets for m in args.mask_seeds]
+    jobs = [Job(f"f seed {c}, {kind} masks, seed {m}", score_rise, (str(args.run_dir), profile_name, args.track, c, kind, m))
+            for c, kind, m in plan]
+    rows = run_jobs(jobs, desc="RISE mask sets")
+    out = args.out or args.run_dir
+    write_json(out / "rise_mask_sets.json", {"run_dir": str(args.run_dir), "track": args.track, "rows": rows})
+
+    slices = rows[0]["slices"]
+    print(f"RISE IoU, {args.track} track, profile {profile_name}, {slices['test']} test and {slices['val']} val "
+          f"abnormal slices; columns: mask seeds")
+    print("| f seed | mask sets | " + " | ".join(str(m) for m in args.mask_seeds) + " | mean ± sd |")
+    print("|---|---|" + "---|" * (len(args.mask_seeds) + 1))
+    for c in args.classifier_seeds:
+        for kind in args.mask_sets:
+            ious = np.array([r["iou"] for r in rows if r["classifier_seed"] == c and r["mask_sets"] == kind])
+            cells = " | ".join(f"{v:.3f}" for v in ious)
+            print(f"| {c} | {kind} | {cells} | {ious.mean():.3f} ± {ious.std(ddof=1) if len(ious) > 1 else 0:.3f} |")
+    print(f"wrote {out / 'rise_mask_sets.json'}")
+
+
+if __name__ == "__main__":
+    main()
