@@ -32,7 +32,8 @@ restored afterwards), parameters keep their ``requires_grad`` and get no ``.grad
 hooks are removed in ``finally``. A frozen model (:func:`coinlib.classifier.freeze`) works:
 gradients are taken w.r.t. the activations, which the hook turns into a leaf that requires
 grad. Everything is deterministic on CPU; RISE draws its masks from a seeded
-``torch.Generator`` on ``x.device`` (no mask file is written).
+``torch.Generator`` on ``x.device`` (no mask file is written): one set for every image, as
+the RISE code, or a set per image keyed by ``image_keys`` (:class:`RISEConfig` ``mask_sets``).
 """
 
 from __future__ import annotations
