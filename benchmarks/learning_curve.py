@@ -14,7 +14,8 @@ sweep's best, the protocol of Sec. 5 on the validation split (what the in-traini
 :func:`coinlib.evaluate.quick_validation` records). Prints a table (steps x variant: mean and range
 over seeds) and writes ``learning_curve.png`` and ``learning_curve.json`` under ``--out``. The
 training runs live in ``--out`` too (a run folder of the profile), so a second call with more
-steps resumes them; ``--out runs`` reuses a reproduce run's data and classifiers. A benchmark, not a test: numbers depend on the machine.
+steps resumes them; ``--out runs`` reuses a reproduce run's data and classifiers. A benchmark,
+not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations

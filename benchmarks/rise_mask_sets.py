@@ -18,43 +18,41 @@ a Markdown table of the IoU per mask seed and its spread over mask seeds. Writes
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 
-def score_rise(run_dir: str, profile_name: str, track: str, classifier_seed: int, mask_sets: str,
-               mask_seed: int) -> dict:
+def score_rise(run_dir: str, prepared: str, profile_name: str, track: str, classifier_seed: int,
+               mask_sets: str, mask_seed: int) -> dict:
     """Table 1's RISE IoU of classifier seed ``classifier_seed`` with the given mask sets and seed."""
     import torch
 
     from coinlib.classifier_training import load_classifier
-    from coinlib.config import get_profile, track_profile, with_seed
+    from coinlib.config import get_profile, with_seed
     from coinlib.data import evaluation_set
-    from coinlib.evaluate import saliency_maps, saliency_subset, score_maps
-    from coinlib.pipeline import LAYOUT_OF_TRACK, RunPaths, track_settings
+    from coinlib.evaluate import evaluate_saliency_method
+    from coinlib.pipeline import RunPaths, track_settings
 
     profile = with_seed(get_profile(profile_name), classifier_seed)
-    # the embedded phantom's prepared slices, where `make reproduce` put them
-    prepared = RunPaths(run_dir).prepared(f"phantom_{LAYOUT_OF_TRACK[track]}", track_profile(profile, track).data.image_size)
     _, anomaly = track_settings(profile, track)
     classifier = load_classifier(RunPaths(run_dir, classifier_seed).classifier(track), torch.device("cpu"))
     saliency = replace(profile.saliency, seed=mask_seed, rise_mask_sets=mask_sets)
-    test, val = evaluation_set(prepared, "test", anomaly), evaluation_set(prepared, "val", anomaly)
-    test_idx, val_idx = saliency_subset(test, saliency.max_images), saliency_subset(val, saliency.max_images)
-    test_maps, test_true, seconds = saliency_maps("rise", classifier, test, test_idx, saliency)
-    val_maps, val_true, _ = saliency_maps("rise", classifier, val, val_idx, saliency)
-    metrics = score_maps((test_maps, test_true), profile.eval, (val_maps, val_true), postprocess=False)["metrics"]
+    scored = evaluate_saliency_method("rise", classifier, saliency, profile.eval,
+                                      evaluation_set(prepared, "test", anomaly), evaluation_set(prepared, "val", anomaly))
+    metrics = scored["metrics"]
     return {"classifier_seed": classifier_seed, "mask_sets": mask_sets, "mask_seed": mask_seed,
             "iou": metrics["iou"]["iou"], "threshold": metrics["threshold_from_val"],
-            "slices": {"test": len(test_idx), "val": len(val_idx)}, "seconds_per_slice": seconds}
+            "slices": {"test": metrics["subset"]["test"], "val": metrics["subset"]["val"]},
+            "seconds_per_slice": scored["cost"]["seconds_per_image"]}
 
 
 def main(argv: list[str] | None = None) -> None:
+    from coinlib.config import get_profile
     from coinlib.files import read_json, write_json
     from coinlib.jobs import Job, run_jobs
+    from coinlib.pipeline import prepare_track
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/quick"), help="a finished reproduce run")
@@ -66,8 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     profile_name = read_json(args.run_dir / "run.json")["profile"]
+    # the embedded phantom's prepared slices of the run (reused, as the notebooks made them)
+    prepared = str(prepare_track(get_profile(profile_name), args.run_dir, args.track, "phantom", progress=False))
     plan = [(c, kind, m) for c in args.classifier_seeds for kind in args.mask_sets for m in args.mask_seeds]
-    jobs = [Job(f"f seed {c}, {kind} masks, seed {m}", score_rise, (str(args.run_dir), profile_name, args.track, c, kind, m))
+    jobs = [Job(f"f seed {c}, {kind} masks, seed {m}", score_rise,
+                (str(args.run_dir), prepared, profile_name, args.track, c, kind, m))
             for c, kind, m in plan]
     rows = run_jobs(jobs, desc="RISE mask sets")
     out = args.out or args.run_dir

@@ -489,8 +489,9 @@ class SaliencyConfig(Checked):
 
     RISE settings default to the RISE paper's code (N = 6000 masks on an 8 x 8 grid kept
     with p1 = 0.1), except that each slice draws its own masks (``rise_mask_sets``; the RISE
-    code draws one set for all images, ``"shared"``). The saliency methods cost hundreds to thousands of classifier forward
-    passes per image, so a profile may score them on ``max_images`` abnormal slices per
+    code draws one set for all images, ``"shared"``). The saliency methods cost hundreds to
+    thousands of classifier forward passes per image, so a profile may score them on
+    ``max_images`` abnormal slices per
     split (spread evenly over the split; ``None``: all), stated beside every result, and
     may leave a method out of the tumour track (``tumour_methods``), which Table 1 says.
     """

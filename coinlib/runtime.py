@@ -180,13 +180,18 @@ PRECISIONS = ("auto", "bf16", "fp32")
 _precision_choice = os.environ.get("COIN_PRECISION", "auto")
 
 
+def cpu_bf16_instructions() -> list[str]:
+    """The native bf16 instruction sets of this CPU among AVX512-BF16 and AMX-BF16 (``lscpu`` names)."""
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return [name for name in ("avx512_bf16", "amx_bf16") if capabilities.get(name)]
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16, as ``lscpu`` lists).
+    """Whether this CPU multiplies bf16 natively (:func:`cpu_bf16_instructions` is not empty).
 
     Without it oneDNN emulates bf16 and autocast is slower than fp32, so ``auto`` keeps fp32.
     """
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return bool(cpu_bf16_instructions())
 
 
 def set_precision(choice: str) -> None:
@@ -430,12 +435,11 @@ def hardware_summary(device: torch.device | None = None) -> dict[str, Any]:
     cpu = cpuinfo.get("model name", cpu)
     # "AMD EPYC" names several generations 4x apart in speed; family/model tell them apart.
     model_id = " ".join(f"{key} {cpuinfo[key]}" for key in ("cpu family", "model") if key in cpuinfo)
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     summary = {
         "device": str(device),
         "cpu": cpu,
         "cpu_model_id": model_id or None,
-        "cpu_bf16": [name for name in ("avx512_bf16", "amx_bf16") if capabilities.get(name)],
+        "cpu_bf16": cpu_bf16_instructions(),
         "cpu_cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),

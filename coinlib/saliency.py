@@ -347,11 +347,11 @@ def rise(
     with _eval_mode(model), torch.no_grad():
         for start in range(0, n, per_call):
             chunk = slice(start, start + per_call)
-            m = len(range(n)[chunk])
+            m = min(per_call, n - start)
             masks = _rise_masks(grids[:, chunk].reshape(sets * m, s, s), shifts[:, chunk].reshape(sets * m, 2),
                                 (h, w), cell).view(sets, m, h, w)
             p_abnormal = torch.sigmoid(model(_mask_input(x, masks).to(x.dtype)).float()).view(b, m)
-            if sets == 1:
+            if sets == 1:  # one set: one product for all images (the RISE code's sum, bit for bit)
                 saliency += p_abnormal @ masks.view(m, h * w)
             else:
                 saliency += torch.bmm(p_abnormal[:, None], masks.view(b, m, h * w))[:, 0]
