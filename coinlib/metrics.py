@@ -35,6 +35,7 @@ from coinlib.masks import Morphology, postprocess_masks
 __all__ = [
     "confusion_counts",
     "iou_from_counts",
+    "grouped_iou",
     "IoUAccumulator",
     "counterfactual_validity",
     "sweep_thresholds",
@@ -95,6 +96,34 @@ def iou_from_counts(tp, fp, fn, empty: float = 1.0):
     union = tp + fp + fn
     iou = np.divide(tp, union, out=np.full(union.shape, float(empty)), where=union > 0)
     return float(iou) if iou.ndim == 0 else iou
+
+
+def grouped_iou(groups: Sequence, tp, fp, fn) -> dict:
+    """Eq. (8) accumulated within each group of slices (one scan, one case): ``{group: row}``.
+
+    ``groups[i]`` names the group of slice ``i`` and ``tp``, ``fp``, ``fn`` are its pixel
+    counts (:func:`coinlib.evaluate.per_slice_counts`). Each row holds the group's summed
+    ``tp``, ``fp``, ``fn``, its ``iou``, its ``slices`` and ``share``: its fraction of all
+    lesion pixels (``tp + fn``), which is how much it weighs in the accumulated IoU of Sec.
+    4.2. Groups come in order of first appearance. The pooled IoU rests on few groups when
+    few have most of the share: this is what shows it.
+    """
+    tp, fp, fn = (np.asarray(v, dtype=np.int64).reshape(-1) for v in (tp, fp, fn))
+    if not len(groups) == len(tp) == len(fp) == len(fn):
+        raise ValueError(f"grouped_iou: groups ({len(groups)}), tp ({len(tp)}), fp ({len(fp)}) and fn "
+                         f"({len(fn)}) must have one entry per slice")
+    totals: dict = {}
+    for group, t, p, n in zip(groups, tp.tolist(), fp.tolist(), fn.tolist()):
+        row = totals.setdefault(group, {"tp": 0, "fp": 0, "fn": 0, "slices": 0})
+        row["tp"] += t
+        row["fp"] += p
+        row["fn"] += n
+        row["slices"] += 1
+    lesion = max(int(tp.sum() + fn.sum()), 1)
+    for row in totals.values():
+        row["iou"] = iou_from_counts(row["tp"], row["fp"], row["fn"])
+        row["share"] = (row["tp"] + row["fn"]) / lesion
+    return totals
 
 
 class IoUAccumulator:

@@ -63,7 +63,7 @@ __all__ = [
     "NOISE_REFERENCE_MM", "STRUCTURE_TISSUES", "PhantomVolume", "parse_phases", "draw_phase",
     "phase_hu_ranges", "structure_hu_range", "noise_std",
     "render_totalsegmentator_subject", "render_kits23_case", "generate_totalsegmentator",
-    "generate_kits23", "organ_hu_stats", "axial_view",
+    "generate_kits23", "kits23_lesion_notes", "organ_hu_stats", "axial_view",
 ]
 
 GENERATOR_VERSION = 2  # 2: contrast phases, renal-mass subtypes and sizes, noise per voxel size
@@ -1424,6 +1424,18 @@ def generate_kits23(out_dir: str | os.PathLike, cases: int, seed: int, phases: s
 
 
 # --------------------------------------------------------------------------- analysis
+
+
+def kits23_lesion_notes(root: str | os.PathLike) -> dict[str, str]:
+    """``{case: "papillary 78.7 mm, cyst 34.0 mm"}``: each phantom case's masses as drawn (its
+    ``.phantom.json``), for tables that break a result down by case. Cases without the
+    phantom's record (real KiTS23 scans) are left out; "" marks a control."""
+    notes = {}
+    for marker in sorted(Path(root).glob("case_*/.phantom.json")):
+        lesions = read_json(marker).get("lesions", [])
+        notes[marker.parent.name] = ", ".join(
+            f"{'cyst' if les['kind'] == 'cyst' else les['subtype']} {les['diameter_mm']:.0f} mm" for les in lesions)
+    return notes
 
 
 def axial_view(volume: np.ndarray, k: int) -> np.ndarray:

@@ -173,6 +173,12 @@ def label_rules_line(run_dir: str | os.PathLike, profile: Profile) -> str | None
             "alike): " + "; ".join(parts) + ".")
 
 
+TUMOUR_CASES_CAPTION = (
+    "**Table 1, tumour track, by test case** (notebook 07): each test case with an abnormal slice, its share of "
+    "the lesion pixels (its weight in the accumulated IoU) and each method's IoU on it, mean over seeds with the "
+    "lowest and highest seed; on the phantom, the masses the case was drawn with.")
+
+
 def results_markdown(run_dir: str | os.PathLike) -> str:
     """Markdown summary of what the run produced: profile, hardware, timings, Tables 1-3, verdicts."""
     from .config import get_profile
@@ -241,6 +247,8 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
                 lines += [f"FID: {coin.get('fid_note', 'not computed')}", ""]
             if (rules := label_rules_line(run_dir, profile)) is not None:
                 lines += [rules, ""]
+            if (cases := _table_body(tables / "table1_tumour_cases.md")) is not None:
+                lines += [TUMOUR_CASES_CAPTION, "", cases]
         else:
             budget = (f"Every row trained {_budget(run_dir, profile, True)} on each seed (Table 1's COIN: "
                       f"{_budget(run_dir, profile, False)}); these verdicts are about runs of that length.")

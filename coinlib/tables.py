@@ -47,6 +47,7 @@ __all__ = [
     "table1_rows",
     "table2_rows",
     "table3_rows",
+    "per_case_rows",
     "table1_claims",
     "table2_claims",
     "table3_claims",
@@ -270,6 +271,46 @@ def table1_rows(
                 "slices scored": f"{scored.iou.slices} (val {subset['val']})" if subset else scored.iou.slices,
                 **{f"s / image seed {seed}": value for seed, value in seconds.items()},
             })
+    return rows
+
+
+def per_case_rows(
+    run_dir: str | os.PathLike, profile: Profile, track: str, methods: Sequence[str],
+    scan_of_row: Sequence[str], notes: dict[str, str] | None = None,
+) -> list[dict]:
+    """Table 1's accumulated test IoU broken down by scan: which cases it rests on.
+
+    One row per test scan with an abnormal slice, largest lesion share first: its abnormal
+    slices, its share of all lesion pixels (its weight in the accumulated IoU of Sec. 4.2;
+    :func:`coinlib.metrics.grouped_iou`), each method's IoU on it as the mean over seeds
+    with the lowest and highest seed (None where it scored none of the case's slices), and ``notes[scan]`` (e.g. the phantom's lesions)
+    where given. ``scan_of_row[i]``: the scan of prepared row ``i`` (the prepared folder's
+    ``index``). The scans' counts add up to each seed's Table 1 IoU.
+    """
+    from .metrics import grouped_iou
+
+    per_method: dict[str, list[dict]] = {}
+    for method in methods:
+        scored = scored_method(run_dir, profile, track, method)
+        per_method[method] = []
+        for result in scored.results.values():
+            counts = result["metrics"]["per_slice"]
+            scans = [scan_of_row[row] for row in counts["rows"]]
+            per_method[method].append(grouped_iou(scans, counts["tp"], counts["fp"], counts["fn"]))
+    first = per_method[methods[0]][0]
+    rows = []
+    for scan in sorted(first, key=lambda s: -first[s]["share"]):
+        row: dict[str, Any] = {"scan": scan, "abnormal slices": first[scan]["slices"],
+                               "lesion share": first[scan]["share"]}
+        for method in methods:
+            # a method scored on a subset of the slices (SaliencyConfig.max_images) may miss a case
+            values = [seed[scan]["iou"] for seed in per_method[method] if scan in seed]
+            name = METHOD_NAMES[method].split(" (")[0]
+            row[f"{name} IoU"] = float(np.mean(values)) if values else None
+            row[f"{name} seeds"] = f"[{min(values):.3f}, {max(values):.3f}]" if values else None
+        if notes is not None:
+            row["lesions"] = notes.get(scan, "")
+        rows.append(row)
     return rows
 
 

@@ -24,6 +24,7 @@ from coinlib.metrics import (
     fid_weights_path,
     frechet_distance,
     frechet_distance_from_features,
+    grouped_iou,
     inception_features,
     iou_from_counts,
     sweep_thresholds,
@@ -67,6 +68,19 @@ def test_accumulated_iou_differs_from_the_mean_of_per_image_ious():
     assert (result["n_images"], result["tp"], result["fp"], result["fn"]) == (2, 2, 0, 2)
     acc.reset()
     assert acc.n_images == 0
+
+
+def test_grouped_iou_sums_counts_per_group_and_weights_by_lesion_share():
+    # case a: two slices (TP 3 FP 1 FN 0, TP 1 FP 0 FN 3) -> 4 / 8; case b: one slice missed (FN 8)
+    rows = grouped_iou(["a", "b", "a"], tp=[3, 0, 1], fp=[1, 0, 0], fn=[0, 8, 3])
+    assert list(rows) == ["a", "b"]
+    assert rows["a"] == {"tp": 4, "fp": 1, "fn": 3, "slices": 2, "iou": pytest.approx(0.5), "share": 7 / 15}
+    assert rows["b"]["iou"] == 0.0 and rows["b"]["share"] == pytest.approx(8 / 15)
+    # the groups' counts add up to the accumulated IoU of every slice
+    total = {k: sum(r[k] for r in rows.values()) for k in ("tp", "fp", "fn")}
+    assert iou_from_counts(**total) == pytest.approx(4 / 16)
+    with pytest.raises(ValueError, match="one entry per slice"):
+        grouped_iou(["a"], tp=[1, 2], fp=[0, 0], fn=[0, 0])
 
 
 # ------------------------------------------------------------------------------- CV

@@ -133,6 +133,10 @@ def test_07_to_09_write_the_three_tables_beside_the_papers_numbers(smoke_run):
         with (tables / f"{name}.csv").open() as f:
             assert len(list(csv.DictReader(f))) == rows, name
     assert "0.646" in (tables / "table1.md").read_text()  # the paper's COIN IoU beside ours
+    with (tables / "table1_tumour_cases.csv").open() as f:  # 07: the tumour IoU by test case
+        cases = list(csv.DictReader(f))
+    assert cases and sum(float(c["lesion share"]) for c in cases) == pytest.approx(1.0, abs=1e-6)
+    assert all(c["lesions"] for c in cases)  # the phantom's masses named beside each tumour case
     ablation = json.loads(RunPaths(smoke_run, SEEDS[-1]).result("synthetic", "coin_no_f", ablation=True).read_text())
     assert ablation["budget"] == "ablation" and ablation["config"]["train"]["steps"] == 2
 

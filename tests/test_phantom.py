@@ -336,3 +336,15 @@ def test_pushed_keeps_volume():
     px, py, pz = (np.array([2.0, 0.0, 5.0], np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32))
     sx, _, _ = P._pushed(px, py, pz, [(np.zeros(3), 1.0)])
     np.testing.assert_allclose(sx, [7 ** (1 / 3), 0.0, 124 ** (1 / 3)], rtol=1e-5)
+
+
+def test_kits23_lesion_notes_name_each_case_masses(tmp_path):
+    from coinlib.files import write_json
+    from coinlib.phantom import kits23_lesion_notes
+
+    write_json(tmp_path / "case_00001" / ".phantom.json", {"lesions": [
+        {"kind": "tumour", "subtype": "papillary", "diameter_mm": 78.7},
+        {"kind": "cyst", "subtype": "cyst", "diameter_mm": 34.0}]})
+    write_json(tmp_path / "case_00002" / ".phantom.json", {"lesions": []})
+    (tmp_path / "case_00003").mkdir()  # a real scan: no phantom record
+    assert kits23_lesion_notes(tmp_path) == {"case_00001": "papillary 79 mm, cyst 34 mm", "case_00002": ""}

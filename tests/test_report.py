@@ -79,6 +79,10 @@ def test_readme_shows_the_tables_their_verdicts_and_prose_made_from_them(tmp_pat
     assert "- holds: synthetic: COIN > Singla* (0.600 ± 0.000 [0.579, 0.625] against 0.500 ± 0.000" in block
     assert "- not resolved at this budget: IoU: COIN > lambda_tv = 0 (" in block
     assert "FID unavailable: no weights" in block and "**Table 3.**" not in block
+    assert "by test case" not in block  # notebook 07's per-case table: shown when the run wrote it
+    (run / "tables" / "table1_tumour_cases.md").write_text("title\n\n| scan | COIN IoU |\n|---|---|\n| case_1 | 0.5 |\n")
+    assert "**Table 1, tumour track, by test case**" in results_markdown(run)
+    assert "| case_1 | 0.5 |" in results_markdown(run)
     prose = block[block.index("**Reading the run**"):]
     assert "*Table 1, synthetic track.* Holds (4 of 4): COIN > Singla* (0.600 [0.579, 0.625] " \
            "against 0.500 [0.479, 0.525]);" in prose
@@ -88,7 +92,8 @@ def test_readme_shows_the_tables_their_verdicts_and_prose_made_from_them(tmp_pat
            "0.600 [0.579, 0.625]; COIN higher on 0 of 3 seeds, intervals overlap)" in prose
     assert "Every row trained 7 steps of 4 slices on each seed (Table 1's COIN: 30 steps of 4 slices)" in prose
     copied = publish_tables(run, tmp_path / "tables")
-    assert sorted(p.name for p in copied) == ["table1.csv", "table1.md", "table2.csv", "table2.md"]
+    assert sorted(p.name for p in copied) == ["table1.csv", "table1.md", "table1_tumour_cases.md", "table2.csv",
+                                              "table2.md"]
 
 
 def test_a_weak_classifier_gets_a_caveat_beside_its_claims(tmp_path):

@@ -17,6 +17,7 @@ from coinlib.tables import (
     TABLE1_METHODS,
     TABLE3_COLUMNS,
     claims_markdown,
+    per_case_rows,
     table1_claims,
     table1_rows,
     table2_claims,
@@ -158,3 +159,19 @@ def test_a_profile_that_does_not_train_table3_says_so(tmp_path):
     assert len(rows) == 9 and all(r["slices scored"] == "not trained in profile quick" for r in rows)
     assert rows[0]["paper IoU"] == 0.020
     assert {v.outcome for v in table3_claims(tmp_path, quick)} == {"not checked"}
+
+
+def test_per_case_rows_break_the_accumulated_iou_down_by_scan(run_dir):
+    # the fake run's 12 test slices sit at rows 3, 5, ..., 25: rows below 11 are case "a", the rest "b"
+    scan_of_row = ["a" if row < 11 else "b" for row in range(30)]
+    rows = per_case_rows(run_dir, QUICK, "tumour", ("coin", "rise"), scan_of_row, notes={"a": "papillary 79 mm"})
+    assert [r["scan"] for r in rows] == ["b", "a"]  # the larger lesion share first
+    assert [r["abnormal slices"] for r in rows] == [8, 4] and sum(r["lesion share"] for r in rows) == pytest.approx(1)
+    assert rows[1]["lesions"] == "papillary 79 mm" and rows[0]["lesions"] == ""
+    # each slice has TP + FP = 100 and TP = 100 * IoU - 5, 0, +5 in turn (conftest.write_fake_run):
+    # case a holds offsets -5, 0, +5, -5, case b the other 8 slices' (+0.625 on average)
+    assert rows[1]["COIN IoU"] == pytest.approx(0.61 - 0.0125) and rows[0]["COIN IoU"] == pytest.approx(0.61625)
+    assert rows[0]["COIN seeds"] == "[0.606, 0.626]" and rows[0]["RISE IoU"] < rows[0]["COIN IoU"]
+    # the cases together give Table 1's number: 4 and 8 of the 12 slices, each slice's IoU = TP / 100
+    coin = next(r for r in table1_rows(run_dir, QUICK) if r["method"] == "COIN" and r["data"].startswith("tumours"))
+    assert (4 * rows[1]["COIN IoU"] + 8 * rows[0]["COIN IoU"]) / 12 == pytest.approx(coin["IoU mean"])
