@@ -1427,7 +1427,7 @@ def generate_kits23(out_dir: str | os.PathLike, cases: int, seed: int, phases: s
 
 
 def kits23_lesion_notes(root: str | os.PathLike) -> dict[str, str]:
-    """``{case: "papillary 78.7 mm, cyst 34.0 mm"}``: each phantom case's masses as drawn (its
+    """``{case: "papillary 79 mm, cyst 34 mm"}``: each phantom case's masses as drawn (its
     ``.phantom.json``), for tables that break a result down by case. Cases without the
     phantom's record (real KiTS23 scans) are left out; "" marks a control."""
     notes = {}

@@ -283,8 +283,8 @@ def per_case_rows(
     One row per test scan with an abnormal slice, largest lesion share first: its abnormal
     slices, its share of all lesion pixels (its weight in the accumulated IoU of Sec. 4.2;
     :func:`coinlib.metrics.grouped_iou`), each method's IoU on it as the mean over seeds
-    with the lowest and highest seed (None where it scored none of the case's slices), and ``notes[scan]`` (e.g. the phantom's lesions)
-    where given. ``scan_of_row[i]``: the scan of prepared row ``i`` (the prepared folder's
+    with the lowest and highest seed (None where it scored none of the case's slices), and
+    ``notes[scan]`` (e.g. the phantom's lesions) where given. ``scan_of_row[i]``: the scan of prepared row ``i`` (the prepared folder's
     ``index``). The scans' counts add up to each seed's Table 1 IoU.
     """
     from .metrics import grouped_iou
