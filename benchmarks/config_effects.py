@@ -9,12 +9,13 @@ For each ``--choices`` entry (``SECTION.FIELD=VALUE``, the non-default value) th
 scores COIN on the synthetic track of Table 1 for every seed of the baseline's profile, in a
 run folder of its own under ``--out``, and compares it with the baseline run's COIN by the
 project's verdict rule (:func:`coinlib.verdicts.compare`: every seed and non-overlapping
-bootstrap intervals over test slices). What a choice cannot change is copied from the
-baseline rather than rebuilt: the prepared data always, the classifiers unless the choice is
-an ``anomaly`` field (f is trained on the anomalies), the trained COIN too when the choice is
-an ``eval`` field (only the scoring changes). Prints a Markdown table and writes
-``config_effects.json`` and ``config_effects.md`` under ``--out``. Resumable: a second call
-reuses every finished model and result. A benchmark, not a test: numbers depend on the machine.
+bootstrap intervals over test scans, or slices: ``eval.bootstrap_unit``). What a choice
+cannot change is copied from the baseline rather than rebuilt: the prepared data always, the
+classifiers unless the choice is an ``anomaly`` field (f is trained on the anomalies), the
+trained COIN too when the choice is an ``eval`` field (only the scoring changes). Prints a
+Markdown table and writes ``config_effects.json`` and ``config_effects.md`` under ``--out``.
+Resumable: a second call reuses every finished model and result. A benchmark, not a test:
+numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     from coinlib.cli import parse_overrides
     from coinlib.config import get_profile, to_dict
     from coinlib.files import atomic_path, read_json, write_json
-    from coinlib.pipeline import ensure_results_all, load_results, prepare_track
+    from coinlib.pipeline import ensure_results_all, prepare_track
     from coinlib.provenance import claim_run_folder
-    from coinlib.verdicts import compare, iou_estimate
+    from coinlib.tables import scored_method
+    from coinlib.verdicts import RESAMPLED, compare
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True, help="a finished run folder (its run.json's profile)")
@@ -69,8 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = tuple(base_profile.seeds)
 
     def estimate(run_dir: Path, name: str):
-        per_slice = {s: load_results(run_dir, "synthetic", "coin", seed=s)["metrics"]["per_slice"] for s in seeds}
-        return iou_estimate(name, per_slice)
+        return scored_method(run_dir, base_profile, "synthetic", "coin", name=name).iou
 
     default = estimate(args.baseline, "default")
     rows = []
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                      "slices": other.slices, "verdict": verdict})
 
     lines = [f"COIN, synthetic track, profile {base_profile.name}, seeds {list(seeds)}: test IoU at the "
-             "validation-chosen threshold, mean ± sd over seeds [95 % bootstrap interval over test slices]",
+             f"validation-chosen threshold, mean ± sd over seeds [95 % bootstrap interval over "
+             f"{RESAMPLED[base_profile.eval.bootstrap_unit]}]",
              "", "| field | default | IoU, default | other value | IoU, other | the other value's IoU |",
              "|---|---|---|---|---|---|"]
     lines += [f"| `{r['field']}` | `{r['default']}` | {r['iou_default']} | `{r['other']}` | {r['iou_other']} | "

@@ -199,10 +199,22 @@ def _reusable(path: Path, settings: dict) -> dict | None:
 
 def _write_results(path: Path, fields: dict, prepared: str | os.PathLike, device: torch.device,
                    settings: dict, scored: dict) -> dict:
-    """Write a results JSON with what produced it: data, hardware, commit, settings."""
+    """Write a results JSON with what produced it: data, hardware, commit, settings.
+
+    Each per-slice list of the metrics (``per_slice``, ``per_slice_cv``) gets the scan of
+    every slice (``scans``), so that the tables can resample whole scans
+    (:mod:`coinlib.verdicts`) from the results file alone.
+    """
     from .files import write_json
+    from .prepared import open_prepared
     from .runtime import git_commit, hardware_summary
 
+    metrics = scored.get("metrics", {})
+    if any(key in metrics for key in ("per_slice", "per_slice_cv")):
+        index = open_prepared(prepared).index
+        for key in ("per_slice", "per_slice_cv"):
+            if key in metrics:
+                metrics[key]["scans"] = [index[row]["scan_id"] for row in metrics[key]["rows"]]
     results = {**fields, "data": str(prepared), "hardware": hardware_summary(device), "git_commit": git_commit(),
                "settings": settings, **scored}
     write_json(path, results)

@@ -27,7 +27,7 @@ from typing import Any
 from .config import Profile
 from .files import atomic_path, read_json
 from .tables import markdown_table
-from .verdicts import CONFIDENCE, MIN_SEEDS, Estimate, Verdict, seed_estimate
+from .verdicts import CONFIDENCE, MIN_SEEDS, RESAMPLED, Estimate, Verdict, seed_estimate
 
 __all__ = ["END", "START", "markers", "export_notebooks", "publish_figures", "publish_tables", "reading_the_run",
            "results_markdown", "update_readme"]
@@ -121,7 +121,7 @@ def _short(verdict: Verdict) -> str:
     return f"{claim} ({numbers}{reason})"
 
 
-def reading_the_run(sections: Sequence[tuple[str, Sequence[Verdict], Sequence[str]]]) -> str:
+def reading_the_run(sections: Sequence[tuple[str, Sequence[Verdict], Sequence[str]]], unit: str = "scan") -> str:
     """'Reading the run': a paragraph per table, generated from its verdicts.
 
     ``sections``: (title, verdicts, extra sentences such as caveats and budgets). Each
@@ -129,7 +129,7 @@ def reading_the_run(sections: Sequence[tuple[str, Sequence[Verdict], Sequence[st
     the means and intervals behind each.
     """
     lines = [f"**Reading the run** (generated from the verdicts above). An ordering holds only when it "
-             f"holds on every seed and the {CONFIDENCE:.0%} bootstrap intervals over test slices do not "
+             f"holds on every seed and the {CONFIDENCE:.0%} bootstrap intervals over {RESAMPLED[unit]} do not "
              f"overlap, does not hold only when it fails the same way, and is otherwise not resolved at "
              f"this budget; with fewer than {MIN_SEEDS} seeds none is resolved.", ""]
     for title, verdicts, extra in sections:
@@ -219,7 +219,7 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
             lines += [caveat, ""]
 
     tables = run_dir / "tables"
-    interval = f"its {CONFIDENCE:.0%} bootstrap interval over test slices"
+    interval = f"its {CONFIDENCE:.0%} bootstrap interval over {RESAMPLED[profile.eval.bootstrap_unit]}"
     captions = {
         "table1": (f"**Table 1.** IoU at the threshold chosen on the validation split, mean ± sd over seeds and "
                    f"{interval} beside it; the paper's protocol (best threshold on the test set) and the paper's "
@@ -255,7 +255,7 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
             sections.append((name.replace("table", "Table "), verdicts,
                              [budget, *([caveats["synthetic"]] if "synthetic" in caveats else [])]))
     if sections:
-        lines += [reading_the_run(sections)]
+        lines += [reading_the_run(sections, profile.eval.bootstrap_unit)]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -3,7 +3,7 @@
 Each row reads one method's results JSON of every seed of the profile
 (``results/seed<s>/...``, :func:`coinlib.pipeline.load_results`). In the Markdown, IoU and
 CV are "mean ± sd" over seeds with the bootstrap interval of the seed mean over test
-slices in the next column (:mod:`coinlib.verdicts`); the other measured columns (best
+scans (or slices: ``eval.bootstrap_unit``) in the next column (:mod:`coinlib.verdicts`); the other measured columns (best
 test IoU, t (val), FID, classifier FD, s / image) are seed means; "seeds" and "slices
 scored" say what each row rests on; the paper's numbers sit in adjacent columns.
 
@@ -157,6 +157,20 @@ def _per_slice(results: dict[int, dict], key: str, where: str) -> dict[int, dict
     return {seed: result["metrics"][key] for seed, result in results.items()}
 
 
+def _scans(profile: Profile, per_slice: dict[int, dict], where: str) -> dict[int, str] | None:
+    """``{prepared row: scan}`` of every seed's slices where the profile bootstraps over scans
+    (``eval.bootstrap_unit``), else None (slices drawn one by one)."""
+    if profile.eval.bootstrap_unit == "slice":
+        return None
+    scan_of_row: dict[int, str] = {}
+    for seed, counts in per_slice.items():
+        if "scans" not in counts:
+            raise KeyError(f"results/seed{seed} of {where} lack the scan of each slice (for the scan "
+                           "bootstrap, eval.bootstrap_unit = 'scan'): evaluate it again with this commit")
+        scan_of_row.update(zip(counts["rows"], counts["scans"]))
+    return scan_of_row
+
+
 def scored_method(
     run_dir: str | os.PathLike, profile: Profile, track: str, method: str, ablation: bool = False,
     name: str | None = None,
@@ -173,11 +187,13 @@ def scored_method(
     name = name or CLAIM_NAMES.get(method, method)
     where = f"{track} {method}{' (Table 2/3 run)' if ablation else ''} in {run_dir}"
     results = {seed: load_results(run_dir, track, method, ablation, seed=seed) for seed in profile.seeds}
-    iou = iou_estimate(name, _per_slice(results, "per_slice", where))
+    per_slice = _per_slice(results, "per_slice", where)
+    iou = iou_estimate(name, per_slice, group_of_row=_scans(profile, per_slice, where))
     _agrees(iou, {seed: r["metrics"]["iou"]["iou"] for seed, r in results.items()}, where, "IoU")
     cv = None
     if method in VARIANTS:  # counterfactual methods; saliency methods have no CV
-        cv = cv_estimate(name, _per_slice(results, "per_slice_cv", where))
+        per_slice_cv = _per_slice(results, "per_slice_cv", where)
+        cv = cv_estimate(name, per_slice_cv, group_of_row=_scans(profile, per_slice_cv, where))
         _agrees(cv, {seed: r["metrics"]["cv"] for seed, r in results.items()}, where, "CV")
     return Scored(results, iou, cv)
 

@@ -6,11 +6,14 @@ replicated over seeds, each seed a full replicate (its own classifier, GANs and 
 maps; the test set is the same for all), and each number comes with two spreads:
 
 - over seeds: the per-seed values, their mean and sample standard deviation (ddof 1);
-- over test slices: a percentile bootstrap interval for the seed mean. The abnormal test
+- over the test set: a percentile bootstrap interval for the seed mean. The abnormal test
   slices are resampled with replacement, the *same* resample for every seed; each seed's
   accumulated IoU (Eq. 8: one TP / (TP + FP + FN) over the drawn slices, each drawn slice
   counted as often as it is drawn) is recomputed and the seeds averaged. CV (Sec. 4.2) is
-  bootstrapped alike over the slices with f(x) > tau.
+  bootstrapped alike over the slices with f(x) > tau. Given each slice's scan
+  (``group_of_row``), whole scans are drawn instead (a cluster bootstrap): neighbouring
+  slices of one scan show the same lesion and anatomy, so they are not independent draws,
+  and a slice bootstrap over a test set of 13 scans would understate the uncertainty.
 
 An ordering "A > B" then gets one of three verdicts (:func:`compare`): **holds** only when
 A > B on every seed (paired by seed) and A's interval lies wholly above B's; **does not
@@ -30,6 +33,7 @@ import numpy as np
 __all__ = [
     "MIN_SEEDS",
     "CONFIDENCE",
+    "RESAMPLED",
     "RESAMPLES",
     "Estimate",
     "Verdict",
@@ -45,6 +49,8 @@ MIN_SEEDS = 3  # issue 12: at least 3 seeds for the rows a verdict rests on
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed, so an interval is the same every time it is computed
+# what an interval resamples, by ``EvalConfig.bootstrap_unit``, in the words of a caption
+RESAMPLED = {"scan": "test scans", "slice": "test slices"}
 
 Outcome = Literal["holds", "does not hold", "not resolved", "not checked"]
 
@@ -55,8 +61,10 @@ class Estimate:
 
     ``per_seed[i]`` belongs to ``seeds[i]``; ``low`` / ``high``: the ``confidence`` percentile
     interval over resampled test slices (nan when not bootstrapped, e.g. a classifier's AUC);
-    ``slices``: how many test slices were resampled (0: none); ``undefined_resamples``:
-    resamples in which some seed had no slice to score (left out of the interval).
+    ``slices``: how many test slices were resampled (0: none); ``scans``: how many scans
+    they belong to when whole scans were resampled (0: slices were drawn one by one);
+    ``undefined_resamples``: resamples in which some seed had no slice to score (left out of
+    the interval).
     """
 
     name: str
@@ -67,6 +75,7 @@ class Estimate:
     slices: int = 0
     confidence: float = CONFIDENCE
     undefined_resamples: int = 0
+    scans: int = 0
 
     @property
     def mean(self) -> float:
@@ -120,14 +129,18 @@ def ratio_estimate(
     confidence: float = CONFIDENCE,
     resamples: int = RESAMPLES,
     rng_seed: int = BOOTSTRAP_SEED,
+    group_of_row: Mapping[int, str] | Sequence[str] | None = None,
 ) -> Estimate:
-    """The seed mean of sum(numerator) / sum(denominator), bootstrapped over test slices.
+    """The seed mean of sum(numerator) / sum(denominator), bootstrapped over the test set.
 
     Per seed ``i``: ``rows[i]`` the prepared rows of its slices (ascending), and per slice a
     numerator and a denominator (IoU: TP and TP + FP + FN; CV: flipped and 1). A slice is
     one prepared row of the shared test set: one resample of rows serves every seed, and a
     seed that did not score a drawn row (CV: f(x) <= tau on that seed) gets nothing from it.
     A resample in which a seed's denominator is 0 is left out and counted.
+    ``group_of_row[r]``: the scan of prepared row ``r``; given, each resample draws as many
+    scans as there are, with replacement, and counts every slice of a drawn scan as often as
+    its scan is drawn (cluster bootstrap); None: slices are drawn one by one.
     """
     if not seeds or len({len(seeds), len(rows), len(numerators), len(denominators)}) != 1:
         raise ValueError(f"{name}: need one rows / numerators / denominators entry per seed, "
@@ -139,9 +152,21 @@ def ratio_estimate(
     if len(union) == 0:
         return Estimate(name, tuple(seeds), tuple(per_seed.tolist()), confidence=confidence)
     rng = np.random.default_rng(rng_seed)
-    n = len(union)
-    # draws[b, j]: how often slice j is drawn in resample b (n draws with replacement)
-    draws = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    n, scans = len(union), 0
+    if group_of_row is None:
+        # draws[b, j]: how often slice j is drawn in resample b (n draws with replacement)
+        draws = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    else:
+        scan_names = []
+        for row in union.tolist():
+            try:
+                scan_names.append(str(group_of_row[row]))
+            except (KeyError, IndexError):
+                raise ValueError(f"{name}: row {row} has no scan in group_of_row") from None
+        _, scan_of_slice = np.unique(np.asarray(scan_names), return_inverse=True)
+        scans = int(scan_of_slice.max()) + 1
+        drawn_scans = rng.multinomial(scans, np.full(scans, 1.0 / scans), size=resamples).astype(np.float64)
+        draws = drawn_scans[:, scan_of_slice]  # a slice is drawn as often as its scan
     drawn_num, drawn_den = draws @ num.T, draws @ den.T  # (resamples, seeds)
     ratios = np.divide(drawn_num, drawn_den, out=np.full(drawn_num.shape, np.nan), where=drawn_den > 0)
     seed_mean = ratios.mean(axis=1)  # nan where some seed had nothing to score
@@ -151,7 +176,7 @@ def ratio_estimate(
         tail = 100 * (1 - confidence) / 2
         low, high = (float(v) for v in np.percentile(defined, [tail, 100 - tail]))
     return Estimate(name, tuple(seeds), tuple(per_seed.tolist()), low, high, n, confidence,
-                    resamples - len(defined))
+                    resamples - len(defined), scans)
 
 
 def iou_estimate(name: str, per_slice: Mapping[int, Mapping[str, Sequence]], **bootstrap) -> Estimate:
@@ -160,7 +185,8 @@ def iou_estimate(name: str, per_slice: Mapping[int, Mapping[str, Sequence]], **b
     ``per_slice``: ``{seed: {"rows": [...], "tp": [...], "fp": [...], "fn": [...]}}``, pixel
     counts of the weak mask at the validation-chosen threshold, one entry per abnormal test
     slice. The abnormal test slices are the same on every seed, so their rows must agree.
-    ``bootstrap``: ``confidence``, ``resamples``, ``rng_seed`` of :func:`ratio_estimate`.
+    ``bootstrap``: ``confidence``, ``resamples``, ``rng_seed``, ``group_of_row`` of
+    :func:`ratio_estimate`.
     """
     seeds = sorted(per_slice)
     rows = [list(per_slice[s]["rows"]) for s in seeds]
@@ -220,6 +246,8 @@ class Verdict:
             return ""
         a, b = self.better, self.worse
         slices = f"{a.slices} slices" if a.slices == b.slices else f"{a.slices} and {b.slices} slices"
+        if a.scans or b.scans:
+            slices += f" of {a.scans} scans" if a.scans == b.scans else f" of {a.scans} and {b.scans} scans"
         return (f"{a.summary(digits)} against {b.summary(digits)}; "
                 f"{len(a.seeds)} seed{'s' if len(a.seeds) != 1 else ''}, {slices}")
 

@@ -59,7 +59,8 @@ def write_fake_run(root, seeds=(0, 1, 2), iou=lambda track, method, seed: 0.5, c
 
     Each abnormal test slice has TP + FP = 100 pixels and no FN; TP varies by -5, 0, +5 around
     100 * ``iou(track, method, seed)`` (``slices`` a multiple of 3), so the accumulated IoU is
-    exactly that value. CV: ``round(10 * cv)`` of 10 slices with f(x) > tau flip.
+    exactly that value; two consecutive slices share a scan. CV: ``round(10 * cv)`` of 10
+    slices with f(x) > tau flip.
     """
     from coinlib.config import GANConfig, to_dict
     from coinlib.files import write_json
@@ -69,6 +70,7 @@ def write_fake_run(root, seeds=(0, 1, 2), iou=lambda track, method, seed: 0.5, c
     hardware = {"device": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "threads": 1, "precision": "fp32",
                 "torch": "2.x", "python": "3.11"}
     rows = list(range(3, 3 + 2 * slices, 2))
+    scans = [f"case_{i // 2:05d}" for i in range(slices)]  # two abnormal slices per test scan
 
     def result(track, method, seed, steps):
         value = iou(track, method, seed)
@@ -76,13 +78,14 @@ def write_fake_run(root, seeds=(0, 1, 2), iou=lambda track, method, seed: 0.5, c
         metrics = {"iou": {"iou": sum(tp) / (100 * slices)}, "iou_best_on_test": value + 0.01,
                    "threshold_from_val": 0.2, "fid": None, "fid_note": "FID unavailable: no weights",
                    "classifier_fd": 3.0 + seed, "abnormal_test_slices": slices,
-                   "per_slice": {"rows": rows, "tp": tp, "fp": [100 - t for t in tp], "fn": [0] * slices}}
+                   "per_slice": {"rows": rows, "scans": scans, "tp": tp, "fp": [100 - t for t in tp],
+                                 "fn": [0] * slices}}
         out = {"profile": profile, "hardware": hardware, "git_commit": "abc123", "metrics": metrics,
                "config": {"gan": {**to_dict(GANConfig()), **VARIANTS[method].gan} if method in VARIANTS else {},
                           "train": {"steps": steps, "batch_size": 4}}}
         if method in VARIANTS:
             flipped = [1] * round(10 * cv) + [0] * (10 - round(10 * cv))
-            metrics.update(cv=sum(flipped) / 10, per_slice_cv={"rows": rows[:10], "flipped": flipped})
+            metrics.update(cv=sum(flipped) / 10, per_slice_cv={"rows": rows[:10], "scans": scans[:10], "flipped": flipped})
         else:
             metrics["subset"] = {"test": slices, "val": slices, "max_images": None}
             out["cost"] = {"forward_passes": 250, "seconds_per_image": 0.5}

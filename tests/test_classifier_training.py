@@ -9,6 +9,7 @@ from coinlib.classifier_training import (
     load_classifier,
     random_flips,
     random_intensity,
+    random_noise,
     roc_auc,
     roc_curve,
     train_classifier,
@@ -47,6 +48,21 @@ def test_random_intensity_is_a_seeded_clipped_affine_map_per_image():
         inside = (jittered > -1) & (jittered < 1)
         slope = torch.diff(jittered[inside]) / torch.diff(image[inside])
         assert torch.allclose(slope, slope[0], atol=1e-4) and 0.75 <= slope[0] <= 1.25
+
+
+def test_random_noise_is_seeded_on_the_body_only_with_std_up_to_strength():
+    x = torch.full((64, 1, 32, 32), 0.0)
+    x[:, :, :, :8] = -1  # air and fat: untouched
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert random_noise(x, 0.0, generator) is x and torch.equal(generator.get_state(), state)
+    a = random_noise(x, 0.2, torch.Generator().manual_seed(3))
+    assert torch.equal(a, random_noise(x, 0.2, torch.Generator().manual_seed(3)))
+    assert torch.equal(a[:, :, :, :8], x[:, :, :, :8]) and a.min() >= -1 and a.max() <= 1
+    per_image = (a - x)[:, :, :, 8:].flatten(1).std(1)
+    assert per_image.max() <= 0.2 * 1.1 and per_image.min() < 0.05  # std U(0, 0.2) per image
+    # E[sigma^2] = s^2 / 3 for sigma ~ U(0, s)
+    assert (a - x)[:, :, :, 8:].pow(2).mean().sqrt() == pytest.approx(0.2 / 3 ** 0.5, rel=0.15)
 
 
 def test_random_flips_are_flips_and_seeded():

@@ -93,6 +93,9 @@ def test_03_writes_coin_results_with_protocol_fields_for_every_seed(smoke_run):
         assert results["profile"] == "smoke" and results["variant"] == "coin" and results["seed"] == seed
         assert 0.0 <= metrics["iou"]["iou"] <= 1.0 and 0.0 <= metrics["threshold_from_val"] <= 1.0
         assert metrics["abnormal_test_slices"] == len(metrics["per_slice"]["tp"]) > 0
+        index = open_prepared(results["data"]).index  # each slice's scan, for the scan bootstrap
+        assert metrics["per_slice"]["scans"] == [index[row]["scan_id"] for row in metrics["per_slice"]["rows"]]
+        assert len(metrics["per_slice_cv"]["scans"]) == len(metrics["per_slice_cv"]["rows"])
         assert metrics["fid"] is not None or metrics["fid_note"].startswith("FID unavailable")
         assert metrics["classifier_fd"] >= 0.0
         assert {"hardware", "seed", "git_commit", "config"} <= set(results)
@@ -118,6 +121,8 @@ def test_03_to_05_score_every_table1_method_on_both_tracks_and_seeds(smoke_run):
             for method in ("gradcam", "layercam", "scorecam", "rise"):
                 result = json.loads(paths.result(track, method).read_text())
                 assert result["metrics"]["postprocessed"] is False and result["cost"]["forward_passes"] >= 1
+                per_slice = result["metrics"]["per_slice"]
+                assert len(per_slice["scans"]) == len(per_slice["rows"]) > 0
                 assert len(result["sweep"]["test_iou"]) == len(result["sweep"]["thresholds"]) == 21
                 assert paths.saliency_maps(track, method).is_file()
     for figure in ("singla_vs_coin_synthetic_singla", "saliency_cost", "saliency_maps_tumour", "threshold_sweeps"):

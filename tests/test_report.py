@@ -75,8 +75,8 @@ def test_readme_shows_the_tables_their_verdicts_and_prose_made_from_them(tmp_pat
     write_table(run / "tables" / "table1", table1_rows(run, profile), TABLE1_COLUMNS, title="Table 1 (quick)")
     write_table(run / "tables" / "table2", table2_rows(run, profile), TABLE2_COLUMNS, title="Table 2 (quick)")
     block = results_markdown(run)
-    assert "**Table 1.**" in block and "| COIN | 0.600 ± 0.000 | [0.579, 0.625] | 0.646 |" in block
-    assert "- holds: synthetic: COIN > Singla* (0.600 ± 0.000 [0.579, 0.625] against 0.500 ± 0.000" in block
+    assert "**Table 1.**" in block and "| COIN | 0.600 ± 0.000 | [0.583, 0.617] | 0.646 |" in block
+    assert "- holds: synthetic: COIN > Singla* (0.600 ± 0.000 [0.583, 0.617] against 0.500 ± 0.000" in block
     assert "- not resolved at this budget: IoU: COIN > lambda_tv = 0 (" in block
     assert "FID unavailable: no weights" in block and "**Table 3.**" not in block
     assert "by test case" not in block  # notebook 07's per-case table: shown when the run wrote it
@@ -84,12 +84,12 @@ def test_readme_shows_the_tables_their_verdicts_and_prose_made_from_them(tmp_pat
     assert "**Table 1, tumour track, by test case**" in results_markdown(run)
     assert "| case_1 | 0.5 |" in results_markdown(run)
     prose = block[block.index("**Reading the run**"):]
-    assert "*Table 1, synthetic track.* Holds (4 of 4): COIN > Singla* (0.600 [0.579, 0.625] " \
-           "against 0.500 [0.479, 0.525]);" in prose
-    assert ("*Table 2.* Holds (2 of 4): IoU: COIN > lambda_idt = 0 (0.600 [0.579, 0.625] against 0.300 "
-            "[0.279, 0.325]); IoU: COIN > lambda_f = 0") in prose
-    assert "Not resolved at this budget (2 of 4): IoU: COIN > lambda_tv = 0 (0.600 [0.579, 0.625] against " \
-           "0.600 [0.579, 0.625]; COIN higher on 0 of 3 seeds, intervals overlap)" in prose
+    assert "*Table 1, synthetic track.* Holds (4 of 4): COIN > Singla* (0.600 [0.583, 0.617] " \
+           "against 0.500 [0.483, 0.517]);" in prose
+    assert ("*Table 2.* Holds (2 of 4): IoU: COIN > lambda_idt = 0 (0.600 [0.583, 0.617] against 0.300 "
+            "[0.283, 0.317]); IoU: COIN > lambda_f = 0") in prose
+    assert "Not resolved at this budget (2 of 4): IoU: COIN > lambda_tv = 0 (0.600 [0.583, 0.617] against " \
+           "0.600 [0.583, 0.617]; COIN higher on 0 of 3 seeds, intervals overlap)" in prose
     assert "Every row trained 7 steps of 4 slices on each seed (Table 1's COIN: 30 steps of 4 slices)" in prose
     copied = publish_tables(run, tmp_path / "tables")
     assert sorted(p.name for p in copied) == ["table1.csv", "table1.md", "table1_tumour_cases.md", "table2.csv",

@@ -81,7 +81,7 @@ def test_table1_claims_read_every_seed(run_dir):
     assert outcomes["tumour: Singla* > Grad-CAM"] == "holds"
     markdown = claims_markdown(claims)
     assert markdown.startswith("- holds: synthetic: COIN > Singla* (0.610 ± 0.010 [")
-    assert "; 3 seeds, 12 slices)" in markdown
+    assert "; 3 seeds, 12 slices of 6 scans)" in markdown
 
 
 def test_too_few_seeds_resolve_nothing(tmp_path):
@@ -135,6 +135,23 @@ def test_results_without_or_against_their_per_slice_counts_are_refused(run_dir):
     write_json(path, result)
     with pytest.raises(KeyError, match="results/seed1 of synthetic rise .* lack metrics.per_slice"):
         table1_rows(run_dir, QUICK)
+
+
+def test_intervals_resample_whole_scans_unless_the_profile_says_slices(run_dir):
+    by_scan = next(v for v in table1_claims(run_dir, QUICK) if v.claim == "synthetic: COIN > Singla*")
+    slice_profile = replace(QUICK, eval=replace(QUICK.eval, bootstrap_unit="slice"))
+    by_slice = next(v for v in table1_claims(run_dir, slice_profile) if v.claim == "synthetic: COIN > Singla*")
+    assert by_scan.better.scans == 6 and by_slice.better.scans == 0
+    assert by_scan.better.per_seed == by_slice.better.per_seed  # the same IoU, another interval
+    # scans of two slices (TP -5/0, +5/-5, 0/+5 around the mean) vary less than single slices
+    assert by_scan.better.high - by_scan.better.low < by_slice.better.high - by_slice.better.low
+    path = RunPaths(run_dir, seed=0).result("synthetic", "coin")
+    result = read_json(path)
+    del result["metrics"]["per_slice"]["scans"]
+    write_json(path, result)
+    with pytest.raises(KeyError, match="results/seed0 of synthetic coin .* lack the scan of each slice"):
+        table1_rows(run_dir, QUICK)
+    assert table1_rows(run_dir, slice_profile)  # a slice bootstrap does not need them
 
 
 def test_tables_are_written_as_markdown_and_csv_with_every_seed(tmp_path):

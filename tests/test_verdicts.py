@@ -57,6 +57,33 @@ def test_interval_agrees_with_scipy_bootstrap():
     assert ours.low == pytest.approx(theirs.low, abs=0.01) and ours.high == pytest.approx(theirs.high, abs=0.01)
 
 
+def test_scan_bootstrap_is_the_slice_bootstrap_of_each_scans_totals():
+    # drawing whole scans is drawing one item per scan with the scan's summed counts: with the
+    # same RNG seed both draw the same multinomial counts, so the intervals are equal
+    rng = np.random.default_rng(4)
+    tp, fp, fn = (rng.integers(0, 40, 24) for _ in range(3))
+    scan = np.repeat(np.arange(6), 4)[rng.permutation(24)]  # 6 scans of 4 slices, interleaved rows
+    group_of_row = {row: f"case_{s}" for row, s in enumerate(scan)}
+    ours = iou_estimate("m", {0: _slices(tp.tolist(), fp.tolist(), fn.tolist())}, group_of_row=group_of_row)
+    totals = [np.bincount(scan, weights=v).tolist() for v in (tp, fp, fn)]
+    by_scan = iou_estimate("m", {0: _slices(*totals)})
+    assert (ours.low, ours.high) == pytest.approx((by_scan.low, by_scan.high))
+    assert ours.per_seed == pytest.approx(by_scan.per_seed) and (ours.slices, ours.scans) == (24, 6)
+
+
+def test_scan_bootstrap_is_wider_when_a_scans_slices_move_together():
+    # 4 scans of 10 slices each; within a scan every slice has the same IoU (1, 0.5, 0.5, 0)
+    per_scan = [(4, 0, 0), (2, 1, 1), (2, 1, 1), (0, 2, 2)]
+    tp, fp, fn = (np.repeat([c[i] for c in per_scan], 10).tolist() for i in range(3))
+    counts = {0: _slices(tp, fp, fn)}
+    by_slice = iou_estimate("m", counts)
+    by_scan = iou_estimate("m", counts, group_of_row=[f"s{i // 10}" for i in range(40)])
+    assert by_scan.high - by_scan.low > 2 * (by_slice.high - by_slice.low)
+    assert by_slice.scans == 0 and by_scan.scans == 4
+    with pytest.raises(ValueError, match="row 39 has no scan"):
+        iou_estimate("m", counts, group_of_row=[f"s{i // 10}" for i in range(39)])
+
+
 def test_cv_resamples_the_union_of_each_seeds_slices():
     # seed 0 sees rows 1-3 (2 of 3 flipped), seed 1 rows 2-5 (3 of 4): its own classifier
     estimate = cv_estimate("COIN", {0: {"rows": [1, 2, 3], "flipped": [1, 1, 0]},
