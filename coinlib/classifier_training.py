@@ -52,6 +52,7 @@ __all__ = [
     "random_shift_scale_rotate",
     "random_intensity",
     "random_noise",
+    "add_body_noise",
     "refresh_batchnorm",
 ]
 
@@ -109,15 +110,26 @@ def random_noise(x: torch.Tensor, strength: float, generator: torch.Generator | 
 
     Augmentation on the [-1, 1] scale, clipped back to it. Scans differ in noise (dose, body
     size; the phantom draws ``noise_hu`` per subject), and a classifier trained on few scans
-    can read a noisy slice as a heterogeneous mass (README, "Where the tumour IoU is lost").
-    ``strength`` 0 returns ``x`` unchanged and draws nothing from ``generator``.
+    can read a noisy slice as a heterogeneous mass (README, "Why the tumour track's f is
+    trained with added noise"). ``strength`` 0 returns ``x`` unchanged and draws nothing from
+    ``generator``.
     """
     if strength <= 0:
         return x
-    sigma = torch.rand(x.shape[0], generator=generator, device="cpu").mul(strength).view(-1, 1, 1, 1)
+    sigma = torch.rand(x.shape[0], generator=generator, device="cpu").mul(strength)
+    return add_body_noise(x, sigma, generator)
+
+
+def add_body_noise(x: torch.Tensor, sigma: torch.Tensor | float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x`` plus white Gaussian noise of std ``sigma`` (one value, or one per image) on the body.
+
+    The body is every pixel above -1 (air and the field outside the scan stay black); the
+    result is clipped to [-1, 1]. :func:`random_noise` draws ``sigma``;
+    ``benchmarks/noise_sensitivity.py`` fixes it to see how f's score moves with noise.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1, 1, 1, 1)
     noise = torch.randn(x.shape, generator=generator, device="cpu") * sigma
-    body = x > -1
-    return torch.where(body, x + noise.to(x.device, x.dtype), x).clamp(-1, 1)
+    return torch.where(x > -1, x + noise.to(x.device, x.dtype), x).clamp(-1, 1)
 
 
 def random_shift_scale_rotate(x: torch.Tensor, generator: torch.Generator | None = None, shift: float = 0.0625,

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from coinlib.classifier_training import (
+    add_body_noise,
     epoch_learning_rate,
     load_classifier,
     random_flips,
@@ -63,6 +64,21 @@ def test_random_noise_is_seeded_on_the_body_only_with_std_up_to_strength():
     assert per_image.max() <= 0.2 * 1.1 and per_image.min() < 0.05  # std U(0, 0.2) per image
     # E[sigma^2] = s^2 / 3 for sigma ~ U(0, s)
     assert (a - x)[:, :, :, 8:].pow(2).mean().sqrt() == pytest.approx(0.2 / 3 ** 0.5, rel=0.15)
+
+
+def test_add_body_noise_has_the_given_std_per_image_and_spares_the_background():
+    x = torch.full((2, 1, 64, 64), -0.2)
+    x[:, :, :8] = -1
+    a = add_body_noise(x, torch.tensor([0.05, 0.2]), torch.Generator().manual_seed(0))
+    assert torch.equal(a[:, :, :8], x[:, :, :8])
+    stds = (a - x)[:, :, 8:].flatten(1).std(1)
+    assert stds[0] == pytest.approx(0.05, rel=0.05) and stds[1] == pytest.approx(0.2, rel=0.05)
+    assert torch.equal(add_body_noise(x, 0.1, torch.Generator().manual_seed(1)),
+                       add_body_noise(x, torch.tensor([0.1, 0.1]), torch.Generator().manual_seed(1)))
+    # random_noise is add_body_noise with sigma ~ U(0, s) drawn first from the same generator
+    g = torch.Generator().manual_seed(4)
+    sigma = torch.rand(2, generator=g) * 0.3
+    assert torch.equal(random_noise(x, 0.3, torch.Generator().manual_seed(4)), add_body_noise(x, sigma, g))
 
 
 def test_random_flips_are_flips_and_seeded():
