@@ -1,19 +1,20 @@
-"""What each "paper or the authors' code" choice does to COIN's synthetic-track IoU (issue 12, sec. 4).
+"""What each "paper or the authors' code" choice does to COIN's Table 1 IoU (issue 12, sec. 4).
 
     python benchmarks/config_effects.py --baseline runs/quick            # after `make reproduce`
     python benchmarks/config_effects.py --baseline runs/quick --choices eval.morphology=implementation
+    python benchmarks/config_effects.py --baseline runs/quick --track tumour --choices eval.morphology=implementation
 
 The README's "Where the authors' code differs from the paper" lists the choices, each a
 config field with the paper's (or, where the paper is silent, the code's) value as default.
 For each ``--choices`` entry (``SECTION.FIELD=VALUE``, the non-default value) this trains and
-scores COIN on the synthetic track of Table 1 for every seed of the baseline's profile, in a
+scores COIN on one track of Table 1 (``--track``, default synthetic) for every seed of the baseline's profile, in a
 run folder of its own under ``--out``, and compares it with the baseline run's COIN by the
 project's verdict rule (:func:`coinlib.verdicts.compare`: every seed and non-overlapping
 bootstrap intervals over test scans, or slices: ``eval.bootstrap_unit``). What a choice
 cannot change is copied from the baseline rather than rebuilt: the prepared data always, the
 classifiers unless the choice is an ``anomaly`` field (f is trained on the anomalies), the
 trained COIN too when the choice is an ``eval`` field (only the scoring changes). Prints a
-Markdown table and writes ``config_effects.json`` and ``config_effects.md`` under ``--out``.
+Markdown table and writes ``config_effects_<track>.json`` and ``.md`` under ``--out``.
 Resumable: a second call reuses every finished model and result. A benchmark, not a test:
 numbers depend on the machine.
 """
@@ -33,19 +34,20 @@ def _copy_missing(source: Path, target: Path) -> None:
         shutil.copytree(source, target, symlinks=True)
 
 
-def seed_out(baseline: Path, out: Path, section: str, seeds: tuple[int, ...]) -> None:
-    """Copy into ``out`` what the choice of ``section`` leaves as the baseline built it."""
-    from coinlib.pipeline import RunPaths
+def seed_out(baseline: Path, out: Path, section: str, seeds: tuple[int, ...], track: str = "synthetic") -> None:
+    """Copy into ``out`` what the choice of ``section`` leaves of ``track`` as the baseline built it."""
+    from coinlib.pipeline import LAYOUT_OF_TRACK, RunPaths
 
-    _copy_missing(baseline / "data" / "phantom" / "totalsegmentator", out / "data" / "phantom" / "totalsegmentator")
-    for prepared in (baseline / "data" / "prepared").glob("phantom_totalsegmentator_*"):
+    layout = LAYOUT_OF_TRACK[track]
+    _copy_missing(baseline / "data" / "phantom" / layout, out / "data" / "phantom" / layout)
+    for prepared in (baseline / "data" / "prepared").glob(f"phantom_{layout}_*"):
         _copy_missing(prepared, out / "data" / "prepared" / prepared.name)
     for seed in seeds:
         source, target = RunPaths(baseline, seed), RunPaths(out, seed)
         if section != "anomaly":
-            _copy_missing(source.classifier("synthetic"), target.classifier("synthetic"))
+            _copy_missing(source.classifier(track), target.classifier(track))
         if section == "eval":
-            _copy_missing(source.counterfactual("synthetic", "coin"), target.counterfactual("synthetic", "coin"))
+            _copy_missing(source.counterfactual(track, "coin"), target.counterfactual(track, "coin"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,8 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True, help="a finished run folder (its run.json's profile)")
     parser.add_argument("--choices", nargs="+", default=list(DEFAULT_CHOICES), metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--track", choices=["synthetic", "tumour"], default="synthetic")
     parser.add_argument("--out", type=Path, default=Path("runs/config_effects"))
     args = parser.parse_args(argv)
+    if args.track == "tumour" and any(choice.startswith("anomaly.") for choice in args.choices):
+        parser.error("--choices anomaly.*: the synthetic anomalies do not reach the tumour track")
 
     claim = args.baseline / "run.json"
     if not claim.is_file():
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = tuple(base_profile.seeds)
 
     def estimate(run_dir: Path, name: str):
-        return scored_method(run_dir, base_profile, "synthetic", "coin", name=name).iou
+        return scored_method(run_dir, base_profile, args.track, "coin", name=name).iou
 
     default = estimate(args.baseline, "default")
     rows = []
@@ -84,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         if to_dict(getattr(profile, section))[field] == default_value:
             raise SystemExit(f"--choices {choice}: that is the default of profile {base_profile.name}")
         run_dir = args.out / base_profile.name / choice.replace("/", "_")
-        seed_out(args.baseline, run_dir, section, seeds)
-        prepared = prepare_track(profile, run_dir, "synthetic", "phantom", progress=False)
-        ensure_results_all(profile, run_dir, {"synthetic": prepared}, ("coin",), progress=True)
+        seed_out(args.baseline, run_dir, section, seeds, args.track)
+        prepared = prepare_track(profile, run_dir, args.track, "phantom", progress=False)
+        ensure_results_all(profile, run_dir, {args.track: prepared}, ("coin",), progress=True)
         other = estimate(run_dir, choice)
         higher, lower = compare(f"{choice} above the default", other, default), compare(
             f"{choice} below the default", default, other)
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                      "per_seed_default": list(default.per_seed), "per_seed_other": list(other.per_seed),
                      "slices": other.slices, "verdict": verdict})
 
-    lines = [f"COIN, synthetic track, profile {base_profile.name}, seeds {list(seeds)}: test IoU at the "
+    lines = [f"COIN, {args.track} track, profile {base_profile.name}, seeds {list(seeds)}: test IoU at the "
              f"validation-chosen threshold, mean ± sd over seeds [95 % bootstrap interval over "
              f"{RESAMPLED[base_profile.eval.bootstrap_unit]}]",
              "", "| field | default | IoU, default | other value | IoU, other | the other value's IoU |",
@@ -107,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "config_effects.json", {"baseline": str(args.baseline), "rows": rows})
-    with atomic_path(args.out / "config_effects.md") as tmp:
+    write_json(args.out / f"config_effects_{args.track}.json",
+               {"baseline": str(args.baseline), "track": args.track, "rows": rows})
+    with atomic_path(args.out / f"config_effects_{args.track}.md") as tmp:
         tmp.write_text(text + "\n")
 
 

@@ -80,7 +80,8 @@ def per_slice_counts(maps: np.ndarray, masks_true: np.ndarray, threshold: float,
     """
     if not len(maps):
         return {"tp": [], "fp": [], "fn": []}
-    pred = weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius)
+    pred = weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius,
+                     config.morphology)
     tp, fp, fn = confusion_counts(pred, masks_true, per_image=True)
     return {"tp": tp.astype(int).tolist(), "fp": fp.astype(int).tolist(), "fn": fn.astype(int).tolist()}
 

@@ -91,7 +91,8 @@ def slice_score(diff_map: np.ndarray, mask_true: np.ndarray, threshold: float,
                 config: EvalConfig = EvalConfig(), postprocess: bool = True) -> SliceScore:
     """``diff_map (H, W) in [0, 1] > threshold``, post-processed as in Sec. 5 (counterfactual
     methods) or not (saliency maps), scored against ``mask_true (H, W)``."""
-    pred = weak_mask(np.asarray(diff_map), threshold, postprocess, config.closing_radius, config.opening_radius)
+    pred = weak_mask(np.asarray(diff_map), threshold, postprocess, config.closing_radius, config.opening_radius,
+                     config.morphology)
     tp, fp, fn = confusion_counts(pred, mask_true)
     return SliceScore(pred, tp, fp, fn, iou_from_counts(tp, fp, fn))
 
@@ -103,7 +104,7 @@ def set_iou(diff_maps: np.ndarray, masks_true: np.ndarray, threshold: float,
     ``diff_maps``, ``masks_true``: (N, H, W); equals ``threshold_sweep`` at that threshold.
     """
     return float(threshold_sweep(diff_maps, masks_true, [threshold], postprocess,
-                                 config.closing_radius, config.opening_radius)[0])
+                                 config.closing_radius, config.opening_radius, morphology=config.morphology)[0])
 
 
 def rows_by_scan(scan_ids: Sequence[str], slice_indices: Sequence[int]) -> dict[str, list[int]]:

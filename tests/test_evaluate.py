@@ -59,6 +59,9 @@ def test_the_morphology_of_the_eval_config_reaches_every_mask():
     code = score_maps((maps, truth), EvalConfig(morphology="implementation"), None, postprocess=True)["metrics"]
     assert paper["iou"]["iou"] == 0.0 and paper["iou_best_on_test"] == 0.0
     assert code["iou"]["iou"] == pytest.approx(1.0) and code["iou_best_on_test"] == pytest.approx(1.0)
+    # the per-slice counts behind the intervals and the per-case table are those of the same masks
+    assert sum(paper["per_slice"]["tp"]) == 0 and sum(code["per_slice"]["tp"]) == int(truth.sum())
+    assert sum(code["per_slice"]["fp"]) == 0 and sum(code["per_slice"]["fn"]) == 0
 
 
 class _Labelled(torch.utils.data.Dataset):

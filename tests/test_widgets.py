@@ -42,6 +42,17 @@ def test_slice_score_post_processes_as_the_evaluation():
     assert score.tp == tp and score.fp == int(score.mask_pred.sum()) - tp and score.fn == int(truth.sum()) - tp
 
 
+def test_slice_score_and_set_iou_follow_the_configs_morphology():
+    # a 4 x 4 lesion: the paper's radius-2 opening erases it, the implementation's 3 x 3 keeps it
+    diff = np.zeros((1, 16, 16))
+    diff[0, 6:10, 6:10] = 0.9
+    truth = diff > 0.5
+    code = EvalConfig(morphology="implementation")
+    assert slice_score(diff[0], truth[0], 0.5).iou == 0.0 and set_iou(diff, truth, 0.5) == 0.0
+    assert slice_score(diff[0], truth[0], 0.5, code).iou == pytest.approx(1.0)
+    assert set_iou(diff, truth, 0.5, code) == pytest.approx(1.0)
+
+
 def test_set_iou_is_one_count_over_all_slices_not_a_mean():
     diff = np.zeros((2, 4, 4))
     truth = np.zeros((2, 4, 4), bool)
