@@ -28,8 +28,8 @@ import torch
 class NoisySlices(torch.utils.data.Dataset):
     """The items of ``dataset`` with noise of std ``sigma`` on the body, seeded by the prepared row."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset, sigma: float, seed: int = 0) -> None:
-        self.dataset, self.sigma, self.seed = dataset, float(sigma), int(seed)
+    def __init__(self, dataset: torch.utils.data.Dataset, sigma: float) -> None:
+        self.dataset, self.sigma = dataset, float(sigma)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -38,7 +38,7 @@ class NoisySlices(torch.utils.data.Dataset):
         from coinlib.classifier_training import add_body_noise
 
         item = dict(self.dataset[i])
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(item["index"]))
+        generator = torch.Generator().manual_seed(int(item["index"]))
         item["image"] = add_body_noise(item["image"][None], self.sigma, generator)[0]
         return item
 

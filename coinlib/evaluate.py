@@ -20,6 +20,7 @@ given too, labelled as such, because the paper reports that.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from .progress import tqdm
 from .runtime import autocast
 
 __all__ = [
+    "config_mask",
     "iou_at",
     "sweep",
     "abnormal_maps",
@@ -58,16 +60,18 @@ __all__ = [
 ]
 
 
+def config_mask(maps: np.ndarray, threshold: float, config: EvalConfig, postprocess: bool = True) -> np.ndarray:
+    """:func:`coinlib.masks.weak_mask` with ``config``'s post-processing (Sec. 5: radii and
+    ``morphology``): every weak mask that is scored is made here, so none can miss a setting."""
+    return weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius, config.morphology)
+
+
 def iou_at(maps: np.ndarray, masks_true: np.ndarray, threshold: float, config: EvalConfig,
            postprocess: bool = True) -> dict[str, float]:
     """IoU (accumulated and mean per image) of ``maps > threshold`` (abnormal slices only)."""
     accumulator = IoUAccumulator()
     if len(maps):
-        accumulator.update(
-            weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius,
-                      config.morphology),
-            masks_true,
-        )
+        accumulator.update(config_mask(maps, threshold, config, postprocess), masks_true)
     return accumulator.compute()
 
 
@@ -80,16 +84,16 @@ def per_slice_counts(maps: np.ndarray, masks_true: np.ndarray, threshold: float,
     """
     if not len(maps):
         return {"tp": [], "fp": [], "fn": []}
-    pred = weak_mask(maps, threshold, postprocess, config.closing_radius, config.opening_radius,
-                     config.morphology)
+    pred = config_mask(maps, threshold, config, postprocess)
     tp, fp, fn = confusion_counts(pred, masks_true, per_image=True)
     return {"tp": tp.astype(int).tolist(), "fp": fp.astype(int).tolist(), "fn": fn.astype(int).tolist()}
 
 
 def sweep(maps: np.ndarray, masks_true: np.ndarray, config: EvalConfig,
-          postprocess: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(thresholds, IoUs) over ``config.sweep_points`` thresholds in [0, 1] (Sec. 5)."""
-    thresholds = sweep_thresholds(config.sweep_points)
+          postprocess: bool = True, thresholds: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds, IoUs) over ``config.sweep_points`` thresholds in [0, 1] (Sec. 5), or over
+    ``thresholds``; post-processed with ``config``'s settings as :func:`config_mask`."""
+    thresholds = sweep_thresholds(config.sweep_points) if thresholds is None else np.asarray(thresholds)
     ious = threshold_sweep(maps, masks_true, thresholds, postprocess=postprocess,
                            closing_radius=config.closing_radius, opening_radius=config.opening_radius,
                            morphology=config.morphology)

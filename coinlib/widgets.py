@@ -40,8 +40,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .config import EvalConfig
-from .masks import difference_map, weak_mask
-from .metrics import confusion_counts, iou_from_counts, sweep_thresholds, threshold_sweep
+from .evaluate import config_mask, sweep
+from .masks import difference_map
+from .metrics import confusion_counts, iou_from_counts, sweep_thresholds
 from .plots import OUTCOME_CAPTION, OUTCOME_COLOURS, outcome_rgba
 
 __all__ = [
@@ -91,8 +92,7 @@ def slice_score(diff_map: np.ndarray, mask_true: np.ndarray, threshold: float,
                 config: EvalConfig = EvalConfig(), postprocess: bool = True) -> SliceScore:
     """``diff_map (H, W) in [0, 1] > threshold``, post-processed as in Sec. 5 (counterfactual
     methods) or not (saliency maps), scored against ``mask_true (H, W)``."""
-    pred = weak_mask(np.asarray(diff_map), threshold, postprocess, config.closing_radius, config.opening_radius,
-                     config.morphology)
+    pred = config_mask(np.asarray(diff_map), threshold, config, postprocess)
     tp, fp, fn = confusion_counts(pred, mask_true)
     return SliceScore(pred, tp, fp, fn, iou_from_counts(tp, fp, fn))
 
@@ -101,10 +101,9 @@ def set_iou(diff_maps: np.ndarray, masks_true: np.ndarray, threshold: float,
             config: EvalConfig = EvalConfig(), postprocess: bool = True) -> float:
     """IoU of a set of slices at ``threshold``: one TP/FP/FN count over all of them (Sec. 4.2).
 
-    ``diff_maps``, ``masks_true``: (N, H, W); equals ``threshold_sweep`` at that threshold.
+    ``diff_maps``, ``masks_true``: (N, H, W); the Sec. 5 sweep (:func:`coinlib.evaluate.sweep`) at that threshold.
     """
-    return float(threshold_sweep(diff_maps, masks_true, [threshold], postprocess,
-                                 config.closing_radius, config.opening_radius, morphology=config.morphology)[0])
+    return float(sweep(diff_maps, masks_true, config, postprocess, thresholds=[threshold])[1][0])
 
 
 def rows_by_scan(scan_ids: Sequence[str], slice_indices: Sequence[int]) -> dict[str, list[int]]:
@@ -218,8 +217,7 @@ def threshold_slider(
     """
     x, x_cf, truth = _stack(x), _stack(x_cf), _stack(mask_true).astype(bool)
     diff = difference_map(x, x_cf)
-    thresholds = sweep_thresholds(config.sweep_points)
-    curve = threshold_sweep(diff, truth, thresholds, postprocess, config.closing_radius, config.opening_radius)
+    thresholds, curve = sweep(diff, truth, config, postprocess)
 
     def draw(threshold: float, index: int) -> plt.Figure:
         score = slice_score(diff[index], truth[index], threshold, config, postprocess)
