@@ -12,7 +12,9 @@ On CUDA, under ``torchrun``, or with one worker, the jobs run one after another 
 process. ``COIN_JOBS`` (default: cores / threads per job on the CPU) caps the workers.
 A job is a module-level function and its arguments (pickled to the worker); a job that
 fails stops the stage with an error naming it, after the jobs already running finish, so
-their checkpoints are complete and a re-run resumes.
+their checkpoints are complete and a re-run resumes. A job's ``cost`` (any relative estimate
+of its work) orders the pool's queue, longest first, so that no long job starts last while the
+other core idles; results keep the order of the list, and the numbers are the same in any order.
 """
 
 from __future__ import annotations
@@ -32,17 +34,19 @@ import torch
 from .progress import tqdm
 from .runtime import job_threads, positive_int_from_env
 
-__all__ = ["Job", "JobFailed", "job_workers", "run_jobs"]
+__all__ = ["Job", "JobFailed", "job_workers", "run_jobs", "submission_order"]
 
 
 @dataclass(frozen=True)
 class Job:
-    """``function(*args, **kwargs)``, described by ``name`` in progress and errors."""
+    """``function(*args, **kwargs)``, described by ``name`` in progress and errors; ``cost``:
+    a relative estimate of its work (only the order of the costs matters)."""
 
     name: str
     function: Callable[..., Any]
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    cost: float = 1.0
 
     def __call__(self) -> Any:
         return self.function(*self.args, **self.kwargs)
@@ -107,7 +111,8 @@ def run_jobs(jobs: Sequence[Job], device: torch.device | str | None = None, desc
                 bar.update(1)
             return results
         pool = _pool(workers)
-        pending = {pool.submit(job.function, *job.args, **job.kwargs): i for i, job in enumerate(jobs)}
+        pending = {pool.submit(jobs[i].function, *jobs[i].args, **jobs[i].kwargs): i
+                   for i in submission_order(jobs)}
         failure: tuple[Job, BaseException] | None = None
         for done in futures.as_completed(pending):
             i = pending[done]
@@ -132,6 +137,12 @@ def run_jobs(jobs: Sequence[Job], device: torch.device | str | None = None, desc
         return results
     finally:
         bar.close()
+
+
+def submission_order(jobs: Sequence[Job]) -> list[int]:
+    """Indices of ``jobs``, longest first (greedy longest-processing-time scheduling); ties keep
+    the list's order."""
+    return sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)
 
 
 def _run_here(job: Job) -> Any:

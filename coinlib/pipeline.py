@@ -585,13 +585,38 @@ def evaluate_classifier(
 
 
 def _seed_jobs(profile: Profile, label: str, function, tracks_and_data: list[tuple[Track, os.PathLike]],
-               run_dir: str | os.PathLike, *args, **kwargs) -> list:
+               run_dir: str | os.PathLike, *args, cost=None, **kwargs) -> list:
+    """One job per track and seed; ``cost(track)``, if given, is each job's scheduling estimate."""
     from .config import with_seed
     from .jobs import Job
 
     return [Job(f"{label}, {track} track, seed {seed}", function,
-                (with_seed(profile, seed), run_dir, track, prepared, *args), {**kwargs, "progress": False})
+                (with_seed(profile, seed), run_dir, track, prepared, *args), {**kwargs, "progress": False},
+                cost=cost(track) if cost is not None else 1.0)
             for track, prepared in tracks_and_data for seed in profile.seeds]
+
+
+def _forward_cost(profile: Profile, track: Track) -> float:
+    """A relative cost of one forward pass of the track's classifier, for ordering jobs only: a
+    ResNet18's convolutions grow with the square of its width (EfficientNetV2-S, which the CPU
+    profiles do not train, counts as full width)."""
+    config, _ = track_settings(profile, track)
+    return float(config.width if config.arch == "resnet18" else 64) ** 2
+
+
+def _classifier_training_cost(profile: Profile, track: Track) -> float:
+    """Forward-pass cost times the most training images (early stopping may stop sooner)."""
+    config, _ = track_settings(profile, track)
+    return _forward_cost(profile, track) * config.max_epochs * config.steps_per_epoch * config.batch_size
+
+
+def _saliency_cost(profile: Profile, track: Track, method: str) -> float:
+    """Forward passes per slice times their cost (RISE: its masks; ScoreCAM: 1 + the target
+    layer's channels, 8 x width for ResNet18; the CAMs: a forward and a backward)."""
+    config, _ = track_settings(profile, track)
+    passes = {"rise": profile.saliency.rise_masks,
+              "scorecam": 1 + (8 * config.width if config.arch == "resnet18" else 1280)}.get(method, 3)
+    return _forward_cost(profile, track) * passes
 
 
 def ensure_classifiers_all(profile: Profile, run_dir: str | os.PathLike, prepared: dict[Track, os.PathLike],
@@ -599,8 +624,9 @@ def ensure_classifiers_all(profile: Profile, run_dir: str | os.PathLike, prepare
     """Every seed's classifier of every track in ``prepared`` (``{track: prepared folder}``)."""
     from .jobs import run_jobs
 
-    run_jobs(_seed_jobs(profile, "classifier", ensure_classifier, list(prepared.items()), run_dir,
-                        device=device), device, desc="classifiers", progress=progress)
+    run_jobs(_seed_jobs(profile, "classifier", ensure_classifier, list(prepared.items()), run_dir, device=device,
+                        cost=lambda track: _classifier_training_cost(profile, track)),
+             device, desc="classifiers", progress=progress)
 
 
 def evaluate_classifier_all(profile: Profile, run_dir: str | os.PathLike, prepared: dict[Track, os.PathLike],
@@ -677,7 +703,8 @@ def evaluate_saliency_all(profile: Profile, run_dir: str | os.PathLike, prepared
     jobs: list[Job] = []
     for track, method in plan:
         jobs += _seed_jobs(profile, METHOD_LABELS.get(method, method), evaluate_saliency,
-                           [(track, prepared[track])], run_dir, method, device=device)
+                           [(track, prepared[track])], run_dir, method, device=device,
+                           cost=lambda track, method=method: _saliency_cost(profile, track, method))
     done = run_jobs(jobs, device, desc="saliency maps", progress=progress)
     count = len(profile.seeds)
     out: dict[Track, dict[str, list[dict]]] = {track: {} for track in prepared}

@@ -1,4 +1,5 @@
-"""Independent jobs side by side (coinlib.jobs): order kept, failures named, one worker in-process."""
+"""Independent jobs side by side (coinlib.jobs): order kept, longest queued first, failures named,
+one worker in-process."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import pytest
 
 from coinlib.config import get_profile
-from coinlib.jobs import Job, JobFailed, job_workers, run_jobs
+from coinlib.jobs import Job, JobFailed, job_workers, run_jobs, submission_order
 
 NAMES = ("smoke", "quick", "paper", "lesson")
 
@@ -36,3 +37,24 @@ def test_one_worker_or_one_job_runs_in_this_process(monkeypatch):
     monkeypatch.setenv("COIN_JOBS", "0")
     with pytest.raises(ValueError, match="COIN_JOBS must be at least 1"):
         job_workers("cpu", 4)
+
+
+def test_the_longest_jobs_are_queued_first_and_results_keep_the_list_order(monkeypatch):
+    jobs = [Job(f"profile {n}", get_profile, (n,), cost=cost) for n, cost in zip(NAMES, (1.0, 5.0, 3.0, 5.0))]
+    assert submission_order(jobs) == [1, 3, 2, 0]  # ties keep the list's order
+    assert submission_order([Job("a", os.getpid), Job("b", os.getpid)]) == [0, 1]
+    monkeypatch.setenv("COIN_JOBS", "2")
+    assert [p.name for p in run_jobs(jobs, "cpu", progress=False)] == list(NAMES)
+
+
+def test_the_pipeline_queues_the_tumour_classifiers_and_the_costly_saliency_first():
+    from coinlib.pipeline import _classifier_training_cost, _saliency_cost
+
+    quick = get_profile("quick")
+    # the quick tumour f: half width (4x the convolutions), 20 full epochs against at most 8
+    assert _classifier_training_cost(quick, "tumour") > 4 * _classifier_training_cost(quick, "synthetic")
+    costs = {(track, method): _saliency_cost(quick, track, method)
+             for track in ("synthetic", "tumour") for method in quick.saliency.methods}
+    assert sorted(costs, key=costs.get, reverse=True)[:2] == [("tumour", "scorecam"), ("tumour", "rise")]
+    assert max(costs[t, m] for t in ("synthetic", "tumour") for m in ("gradcam", "layercam")) < min(
+        costs[t, m] for t in ("synthetic", "tumour") for m in ("rise", "scorecam"))
