@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from coinlib.classifier import build_classifier
 from coinlib.config import get_profile, table3_profile
-from coinlib.pipeline import track_settings
+from coinlib.pipeline import scorecam_channels, track_settings
 from coinlib.prepared import open_prepared
 from coinlib.variants import (
     TABLE1_VARIANTS,
@@ -46,11 +46,6 @@ DEFAULT_GAN_IMG_PER_S = 492.0
 # TotalSegmentator-layout subjects; 1753 from 40 KiTS-layout cases, 266 with tumour)
 PHANTOM_SLICES_PER_SCAN = {"synthetic": 78.0, "tumour": 43.8}
 TUMOUR_SHARE = 321 / 1746  # any tumour pixel; the authors' area rule keeps fewer (give --tumour-data)
-
-
-def scorecam_channels(config) -> int:
-    """Channels of the CAM target layer: ResNet18's layer4 (8 x width), EfficientNetV2-S's 1280."""
-    return 8 * config.width if config.arch == "resnet18" else 1280
 
 
 def forward_flops(arch_config, image_size: int) -> float:
