@@ -29,9 +29,9 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from coinlib.classifier import build_classifier
+from coinlib.classifier import build_classifier, target_layer_channels
 from coinlib.config import get_profile, table3_profile
-from coinlib.pipeline import scorecam_channels, track_settings
+from coinlib.pipeline import track_settings
 from coinlib.prepared import open_prepared
 from coinlib.variants import (
     TABLE1_VARIANTS,
@@ -76,7 +76,7 @@ def slice_counts(profile, track: str, prepared: str | None) -> dict[str, float]:
 def saliency_passes(profile, track: str, config, abnormal: float) -> float:
     """Forward-pass equivalents of every saliency method on a track (a backward counts 2)."""
     saliency = profile.saliency
-    per_image = {"gradcam": 3, "layercam": 3, "scorecam": 1 + scorecam_channels(config),
+    per_image = {"gradcam": 3, "layercam": 3, "scorecam": 1 + target_layer_channels(config),
                  "rise": saliency.rise_masks}
     images = abnormal if saliency.max_images is None else min(abnormal, 2 * saliency.max_images)
     return images * sum(per_image[m] for m in saliency.methods_for(track))

@@ -32,6 +32,7 @@ __all__ = [
     "BinaryClassifier",
     "build_classifier",
     "classifier_target_layer",
+    "target_layer_channels",
     "classifier_features",
     "freeze",
 ]
@@ -131,6 +132,12 @@ def build_classifier(config: ClassifierConfig) -> BinaryClassifier:
     if config.weights_path is not None:
         load_weights(config.weights_path, model, name="classifier")
     return model
+
+
+def target_layer_channels(config: ClassifierConfig) -> int:
+    """Channels of :func:`classifier_target_layer` for ``config``, without building the model:
+    ResNet18's layer4 has 8 x width, EfficientNetV2-S's last block 1280 (what ScoreCAM's cost scales with)."""
+    return 8 * config.width if config.arch == "resnet18" else 1280
 
 
 def classifier_target_layer(model: BinaryClassifier, arch: str | None = None) -> nn.Module:

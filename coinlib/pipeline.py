@@ -610,16 +610,13 @@ def _classifier_training_cost(profile: Profile, track: Track) -> float:
     return _forward_cost(profile, track) * config.max_epochs * config.steps_per_epoch * config.batch_size
 
 
-def scorecam_channels(config) -> int:
-    """Channels of the CAM target layer: ResNet18's layer4 (8 x width), EfficientNetV2-S's 1280."""
-    return 8 * config.width if config.arch == "resnet18" else 1280
-
-
 def _saliency_cost(profile: Profile, track: Track, method: str) -> float:
     """Forward passes per slice times their cost (RISE: its masks; ScoreCAM: 1 + the target
     layer's channels, 8 x width for ResNet18; the CAMs: a forward and a backward)."""
+    from .classifier import target_layer_channels
+
     config, _ = track_settings(profile, track)
-    passes = {"rise": profile.saliency.rise_masks, "scorecam": 1 + scorecam_channels(config)}.get(method, 3)
+    passes = {"rise": profile.saliency.rise_masks, "scorecam": 1 + target_layer_channels(config)}.get(method, 3)
     return _forward_cost(profile, track) * passes
 
 

@@ -10,6 +10,7 @@ from coinlib.classifier import (
     classifier_features,
     classifier_target_layer,
     freeze,
+    target_layer_channels,
 )
 from coinlib.config import ClassifierConfig
 from coinlib.runtime import CheckpointError, save_checkpoint
@@ -47,6 +48,7 @@ def test_forward_shapes_target_layer_and_features(arch, dims):
         model(x)
     handle.remove()
     assert seen == [(2, dims, 2, 2)]  # H / 32
+    assert target_layer_channels(ClassifierConfig(arch=arch)) == dims
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_v2_s"])
