@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from coinlib.config import get_profile, with_seed
     from coinlib.jobs import Job, run_jobs
     from coinlib.pipeline import prepare_track
+    from coinlib.tables import seed_range
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick")
@@ -95,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     for k, step in enumerate(next(iter(curves.values()))["steps"]):
         cells = []
         for curve in curves.values():
-            values = np.array(curve["val_iou"])[:, k]
-            cells.append(f"{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]")
+            cells.append(seed_range(np.array(curve["val_iou"])[:, k]))
         print(f"| {step} | " + " | ".join(cells) + " |")
 
     import matplotlib.pyplot as plt

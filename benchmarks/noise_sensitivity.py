@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -50,14 +49,14 @@ def score_noise(run_dir: str, track: str, classifier_seed: int, sigmas: list[flo
     from coinlib.data import evaluation_set
     from coinlib.files import read_json
     from coinlib.pipeline import RunPaths, prepare_track, track_settings
+    from coinlib.provenance import recorded_profile
 
     model_dir = RunPaths(run_dir, classifier_seed).classifier(track)
     # the checkpoint's own noise jitter: a folder made with --set ...noise_jitter=V differs from the
     # named profile there (a checkpoint from before the field had none)
     noise_jitter = read_json(model_dir / "classifier.json")["classifier"].get("noise_jitter", 0.0)
     section = "tumour_classifier" if track == "tumour" else "classifier"
-    profile_name = read_json(Path(run_dir) / "run.json")["profile"]
-    profile = with_seed(get_profile(profile_name, {section: {"noise_jitter": noise_jitter}}), classifier_seed)
+    profile = with_seed(get_profile(recorded_profile(run_dir), {section: {"noise_jitter": noise_jitter}}), classifier_seed)
     _, anomaly = track_settings(profile, track)
     prepared = prepare_track(profile, run_dir, track, "phantom", progress=False)
     test = evaluation_set(prepared, "test", anomaly)
@@ -75,6 +74,7 @@ def score_noise(run_dir: str, track: str, classifier_seed: int, sigmas: list[flo
 def main(argv: list[str] | None = None) -> None:
     from coinlib.files import write_json
     from coinlib.jobs import Job, run_jobs
+    from coinlib.tables import seed_range
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dirs", type=Path, nargs="+", default=[Path("runs/quick")],
@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         for k, sigma in enumerate(args.sigmas):
             cells = []
             for key in ("p_normal", "p_abnormal", "auc"):
-                values = np.array([r["rows"][k][key] for r in mine])
-                cells.append(f"{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]")
+                cells.append(seed_range([r["rows"][k][key] for r in mine]))
             print(f"| {run_dir} | {mine[0]['noise_jitter']} | {sigma} | " + " | ".join(cells) + " |")
 
 

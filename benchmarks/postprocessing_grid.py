@@ -22,8 +22,6 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 IMPLEMENTATION = "implementation"
 
 
@@ -48,14 +46,14 @@ def score_grid(run_dir: str, track: str, variant: str, seed: int, grid: list[dic
     from coinlib.counterfactual import generate_counterfactuals, load_generator
     from coinlib.data import evaluation_set
     from coinlib.evaluate import abnormal_indices, abnormal_maps, score_maps
-    from coinlib.files import read_json
     from coinlib.pipeline import RunPaths, prepare_track, track_settings
+    from coinlib.provenance import recorded_profile
     from coinlib.runtime import use_job_threads
     from coinlib.variants import apply_variant
 
     device = torch.device("cpu")
     use_job_threads(device)
-    profile = with_seed(get_profile(read_json(Path(run_dir) / "run.json")["profile"]), seed)
+    profile = with_seed(get_profile(recorded_profile(run_dir)), seed)
     eval_config = apply_variant(track_profile(profile, track), variant).eval
     _, anomaly = track_settings(profile, track)
     prepared = prepare_track(profile, run_dir, track, "phantom", progress=False)
@@ -77,14 +75,10 @@ def score_grid(run_dir: str, track: str, variant: str, seed: int, grid: list[dic
             "abnormal_val_slices": int(len(maps["val"][0])), "rows": rows}
 
 
-def spread(values: list[float]) -> str:
-    values = np.asarray(values)
-    return f"{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]"
-
-
 def main(argv: list[str] | None = None) -> None:
     from coinlib.files import write_json
     from coinlib.jobs import Job, run_jobs
+    from coinlib.tables import seed_range
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/quick"), help="a finished run")
@@ -118,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         for k, setting in enumerate(grid):
             val = [r["rows"][k]["val_iou"] for r in mine]
             test = [r["rows"][k]["test_iou"] for r in mine]
-            print(f"| {variant} | {label(setting)} | {spread(val)} | {spread(test)} |")
+            print(f"| {variant} | {label(setting)} | {seed_range(val)} | {seed_range(test)} |")
 
 
 if __name__ == "__main__":

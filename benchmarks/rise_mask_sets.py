@@ -50,9 +50,10 @@ def score_rise(run_dir: str, prepared: str, profile_name: str, track: str, class
 
 def main(argv: list[str] | None = None) -> None:
     from coinlib.config import get_profile
-    from coinlib.files import read_json, write_json
+    from coinlib.files import write_json
     from coinlib.jobs import Job, run_jobs
     from coinlib.pipeline import prepare_track
+    from coinlib.provenance import recorded_profile
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/quick"), help="a finished reproduce run")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: the run folder")
     args = parser.parse_args(argv)
 
-    profile_name = read_json(args.run_dir / "run.json")["profile"]
+    profile_name = recorded_profile(args.run_dir)
     # the embedded phantom's prepared slices of the run (reused, as the notebooks made them)
     prepared = str(prepare_track(get_profile(profile_name), args.run_dir, args.track, "phantom", progress=False))
     plan = [(c, kind, m) for c in args.classifier_seeds for kind in args.mask_sets for m in args.mask_seeds]

@@ -36,6 +36,7 @@ __all__ = [
     "weights_id",
     "run_differences",
     "check_trained_on",
+    "recorded_profile",
 ]
 
 RUN_RECORD = "run.json"
@@ -80,6 +81,15 @@ def _adopt_new_keys(saved: dict, current: dict) -> bool:
         elif isinstance(saved[key], dict) and isinstance(value, dict):
             added |= _adopt_new_keys(saved[key], value)
     return added
+
+
+def recorded_profile(run_dir: str | os.PathLike) -> str:
+    """The name of the profile that ``run_dir``'s ``run.json`` records (:func:`claim_run_folder`)."""
+    record = Path(run_dir) / RUN_RECORD
+    if not record.is_file():
+        raise FileNotFoundError(f"{record}: no run record; give a run folder that a stage has written into "
+                                "(e.g. runs/quick after `make reproduce`)")
+    return read_json(record)["profile"]
 
 
 def claim_run_folder(profile: Profile, run_dir: str | os.PathLike) -> Path:

@@ -52,6 +52,7 @@ __all__ = [
     "table2_claims",
     "table3_claims",
     "claims_markdown",
+    "seed_range",
 ]
 
 
@@ -66,6 +67,12 @@ def format_value(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}"
     return str(value)
+
+
+def seed_range(values: Sequence[float], digits: int = 3) -> str:
+    """``mean [min, max]`` of ``values`` (one number per seed): the spread the benchmarks print."""
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.{digits}f} [{values.min():.{digits}f}, {values.max():.{digits}f}]"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits: int = 3) -> str:

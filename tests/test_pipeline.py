@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from coinlib.config import get_profile
 from coinlib.counterfactual import history
 from coinlib.pipeline import RunPaths, ensure_counterfactual
+from coinlib.provenance import claim_run_folder, recorded_profile
 
 
 def test_rows_with_their_own_budget_skip_the_in_training_validation(tiny_prepared, tmp_path):
@@ -31,3 +34,10 @@ def test_default_run_dir_is_at_the_repository_root_wherever_the_kernel_starts(tm
     assert repository_root() == root
     assert default_run_dir("lesson") == root / "runs" / "lesson"
     assert default_run_dir(get_profile("smoke")) == root / "runs" / "smoke"
+
+
+def test_recorded_profile_reads_the_claim_and_names_a_missing_record(tmp_path):
+    claim_run_folder(get_profile("smoke"), tmp_path / "run")
+    assert recorded_profile(tmp_path / "run") == "smoke"
+    with pytest.raises(FileNotFoundError, match="empty.*run.json"):
+        recorded_profile(tmp_path / "empty")

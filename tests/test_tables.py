@@ -18,6 +18,7 @@ from coinlib.tables import (
     TABLE3_COLUMNS,
     claims_markdown,
     per_case_rows,
+    seed_range,
     table1_claims,
     table1_rows,
     table2_claims,
@@ -192,3 +193,8 @@ def test_per_case_rows_break_the_accumulated_iou_down_by_scan(run_dir):
     # the cases together give Table 1's number: 4 and 8 of the 12 slices, each slice's IoU = TP / 100
     coin = next(r for r in table1_rows(run_dir, QUICK) if r["method"] == "COIN" and r["data"].startswith("tumours"))
     assert (4 * rows[1]["COIN IoU"] + 8 * rows[0]["COIN IoU"]) / 12 == pytest.approx(coin["IoU mean"])
+
+
+def test_seed_range_prints_mean_and_extremes():
+    assert seed_range([0.2975, 0.3273, 0.1808]) == "0.269 [0.181, 0.327]"
+    assert seed_range([0.5], digits=2) == "0.50 [0.50, 0.50]"
