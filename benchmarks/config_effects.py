@@ -12,8 +12,8 @@ run folder of its own under ``--out``, and compares it with the baseline run's C
 project's verdict rule (:func:`coinlib.verdicts.compare`: every seed and non-overlapping
 bootstrap intervals over test scans, or slices: ``eval.bootstrap_unit``). What a choice
 cannot change is copied from the baseline rather than rebuilt: the prepared data always, the
-classifiers unless the choice is an ``anomaly`` field (f is trained on the anomalies), the
-trained COIN too when the choice is an ``eval`` field (only the scoring changes). Prints a
+classifiers unless the choice is an ``anomaly`` field (f is trained on the anomalies) or a
+classifier's (``classifier.*``, ``tumour_classifier.*``: f itself changes), the trained COIN too when the choice is an ``eval`` field (only the scoring changes). Prints a
 Markdown table and writes ``config_effects_<track>.json`` and ``.md`` under ``--out``.
 Resumable: a second call reuses every finished model and result. A benchmark, not a test:
 numbers depend on the machine.
@@ -25,6 +25,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+# a choice in these sections retrains f (the anomalies are what f learns from)
+CLASSIFIER_SECTIONS = ("anomaly", "classifier", "tumour_classifier")
 DEFAULT_CHOICES = ("anomaly.rule=continuous", "eval.morphology=implementation", "train.kl_target_normal=f(x)")
 
 
@@ -44,7 +46,7 @@ def seed_out(baseline: Path, out: Path, section: str, seeds: tuple[int, ...], tr
         _copy_missing(prepared, out / "data" / "prepared" / prepared.name)
     for seed in seeds:
         source, target = RunPaths(baseline, seed), RunPaths(out, seed)
-        if section != "anomaly":
+        if section not in CLASSIFIER_SECTIONS:
             _copy_missing(source.classifier(track), target.classifier(track))
         if section == "eval":
             _copy_missing(source.counterfactual(track, "coin"), target.counterfactual(track, "coin"))

@@ -52,6 +52,7 @@ __all__ = [
     "random_shift_scale_rotate",
     "random_intensity",
     "random_noise",
+    "random_hide_patches",
     "add_body_noise",
     "refresh_batchnorm",
 ]
@@ -130,6 +131,29 @@ def add_body_noise(x: torch.Tensor, sigma: torch.Tensor | float, generator: torc
     sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1, 1, 1, 1)
     noise = torch.randn(x.shape, generator=generator, device="cpu") * sigma
     return torch.where(x > -1, x + noise.to(x.device, x.dtype), x).clamp(-1, 1)
+
+
+def random_hide_patches(x: torch.Tensor, grid: int, probability: float,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Hide-and-Seek (Singh and Lee, ICCV 2017): split each image into ``grid`` x ``grid``
+    cells and replace each cell, with probability ``probability``, by the image's mean.
+
+    A classifier trained from image labels tends to rest on the most discriminative part of an
+    object; hiding random parts during training makes it find the evidence elsewhere too, so
+    its decision spreads over the whole object, which is what weakly supervised localisation
+    needs (README, "Why the tumour track's f hides patches"). The paper fills with the
+    dataset's mean pixel so that a hidden cell looks, to the first convolution, like an average
+    one; the image's own mean serves the same end without a pass over the data. Cells are
+    ``ceil(H / grid)`` pixels (the last row and column may be smaller). ``grid`` 0 returns
+    ``x`` unchanged and draws nothing from ``generator``.
+    """
+    if grid <= 0:
+        return x
+    b, _, h, w = x.shape
+    hidden = torch.rand(b, 1, grid, grid, generator=generator, device="cpu").lt(probability).to(x.device)
+    cell = (math.ceil(h / grid), math.ceil(w / grid))
+    hidden = hidden.repeat_interleave(cell[0], dim=2).repeat_interleave(cell[1], dim=3)[..., :h, :w]
+    return torch.where(hidden, x.mean(dim=(1, 2, 3), keepdim=True), x)
 
 
 def random_shift_scale_rotate(x: torch.Tensor, generator: torch.Generator | None = None, shift: float = 0.0625,
@@ -281,6 +305,7 @@ def train_classifier(
                 x = random_shift_scale_rotate(x, flip_rng)
             x = random_intensity(x, config.intensity_jitter, flip_rng)
             x = random_noise(x, config.noise_jitter, flip_rng)
+            x = random_hide_patches(x, config.hide_grid, config.hide_probability, flip_rng)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 logits = parallel(x)

@@ -341,6 +341,8 @@ class ClassifierConfig(Checked):
         "steps_per_epoch": _COUNT,
         "intensity_jitter": _UNIT,
         "noise_jitter": _UNIT,
+        "hide_grid": _NON_NEGATIVE,
+        "hide_probability": _UNIT,
         "threshold": _UNIT,
         "seed": _SEED,
     }
@@ -363,6 +365,11 @@ class ClassifierConfig(Checked):
     # augmentation: white Gaussian noise of std U(0, j) per slice on the body, on [-1, 1] (0: off).
     # Makes f read a mass rather than a scan's noise level (README, "Where the tumour IoU is lost").
     noise_jitter: float = 0.0
+    # augmentation: Hide-and-Seek, each of hide_grid x hide_grid cells replaced by the image's
+    # mean with probability hide_probability (0: off), so that f rests on the whole mass
+    # (classifier_training.random_hide_patches; README, "Why the tumour track's f hides patches")
+    hide_grid: int = 0
+    hide_probability: float = 0.5
     threshold: float = 0.5  # t in Sec. 3.1
     # learning rate over the epochs: "constant" (the authors' Adam), or "cosine", annealed from
     # ``lr`` towards 0 at ``max_epochs`` (set at the start of each epoch, so a resumed run gets

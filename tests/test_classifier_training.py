@@ -9,6 +9,7 @@ from coinlib.classifier_training import (
     epoch_learning_rate,
     load_classifier,
     random_flips,
+    random_hide_patches,
     random_intensity,
     random_noise,
     roc_auc,
@@ -64,6 +65,26 @@ def test_random_noise_is_seeded_on_the_body_only_with_std_up_to_strength():
     assert per_image.max() <= 0.2 * 1.1 and per_image.min() < 0.05  # std U(0, 0.2) per image
     # E[sigma^2] = s^2 / 3 for sigma ~ U(0, s)
     assert (a - x)[:, :, :, 8:].pow(2).mean().sqrt() == pytest.approx(0.2 / 3 ** 0.5, rel=0.15)
+
+
+def test_random_hide_patches_hides_whole_cells_with_the_image_mean_at_the_given_rate():
+    x = torch.randn(400, 1, 12, 12)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert random_hide_patches(x, 0, 0.5, generator) is x and torch.equal(generator.get_state(), state)
+    a = random_hide_patches(x, 4, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(a, random_hide_patches(x, 4, 0.3, torch.Generator().manual_seed(1)))
+    mean = x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    hidden = a == mean
+    # every 3 x 3 cell is hidden whole or not at all, and only hidden pixels change
+    cells = hidden.view(400, 4, 3, 4, 3).permute(0, 1, 3, 2, 4).flatten(3)
+    assert torch.equal(cells.all(-1), cells.any(-1))
+    assert torch.equal(a[~hidden], x[~hidden])
+    assert cells.all(-1).float().mean() == pytest.approx(0.3, abs=0.03)  # 6400 cells at p = 0.3
+    assert torch.equal(random_hide_patches(x, 4, 0.0, torch.Generator()), x)
+    # cells of ceil(H / grid) pixels: a 10-pixel side in a grid of 4 gives cells of 3, 3, 3, 1
+    b = random_hide_patches(torch.randn(1, 1, 10, 10), 4, 1.0)
+    assert torch.all(b == b[0, 0, 0, 0])
 
 
 def test_add_body_noise_has_the_given_std_per_image_and_spares_the_background():
