@@ -366,8 +366,8 @@ class ClassifierConfig(Checked):
     # Makes f read a mass rather than a scan's noise level (README, "Where the tumour IoU is lost").
     noise_jitter: float = 0.0
     # augmentation: Hide-and-Seek, each of hide_grid x hide_grid cells replaced by the image's
-    # mean with probability hide_probability (0: off), so that f rests on the whole mass
-    # (classifier_training.random_hide_patches; README, "Why the tumour track's f hides patches")
+    # mean with probability hide_probability (0: off, every profile: it cost f AUC and COIN IoU on
+    # the tumour track; classifier_training.random_hide_patches; README, "Hiding patches from f")
     hide_grid: int = 0
     hide_probability: float = 0.5
     threshold: float = 0.5  # t in Sec. 3.1
