@@ -12,9 +12,9 @@ run folder of its own under ``--out``, and compares it with the baseline run's C
 project's verdict rule (:func:`coinlib.verdicts.compare`: every seed and non-overlapping
 bootstrap intervals over test scans, or slices: ``eval.bootstrap_unit``). What a choice
 cannot change is copied from the baseline rather than rebuilt: the prepared data always, the
-classifiers unless the choice is an ``anomaly`` field (f is trained on the anomalies) or a
-classifier's (``classifier.*``, ``tumour_classifier.*``: f itself changes), the trained COIN too when the choice is an ``eval`` field (only the scoring changes). Prints a
-Markdown table and writes ``config_effects_<track>.json`` and ``.md`` under ``--out``.
+classifiers unless the choice is in :data:`CLASSIFIER_SECTIONS` (f itself, or the anomalies f
+learns from, changes), the trained COIN too when the choice is an ``eval`` field (only the
+scoring changes). Prints a Markdown table and writes ``config_effects_<track>.json`` and ``.md`` under ``--out``.
 Resumable: a second call reuses every finished model and result. A benchmark, not a test:
 numbers depend on the machine.
 """

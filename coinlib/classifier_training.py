@@ -143,11 +143,11 @@ def random_hide_patches(x: torch.Tensor, grid: int, probability: float,
     its decision spreads over the whole object, which is what weakly supervised localisation
     needs. On the tumour track at the quick budget it did not help: f lost AUC and COIN's IoU
     fell on every seed (README, "Hiding patches from f does not make COIN cover the mass"), so
-    every profile leaves it off. The paper fills with the
-    dataset's mean pixel so that a hidden cell looks, to the first convolution, like an average
-    one; the image's own mean serves the same end without a pass over the data. Cells are
-    ``ceil(H / grid)`` pixels (the last row and column may be smaller). ``grid`` 0 returns
-    ``x`` unchanged and draws nothing from ``generator``.
+    every profile leaves it off. The paper fills with the dataset's mean pixel so that a hidden
+    cell looks, to the first convolution, like an average one; the image's own mean serves the
+    same end without a pass over the data. Cells are ``ceil(H / grid)`` pixels (the last row and
+    column may be smaller). ``grid`` 0 returns ``x`` unchanged and draws nothing from
+    ``generator``.
     """
     if grid <= 0:
         return x
