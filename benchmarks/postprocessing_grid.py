@@ -39,33 +39,11 @@ def label(setting: dict) -> str:
 
 def score_grid(run_dir: str, track: str, variant: str, seed: int, grid: list[dict]) -> dict:
     """Validation and test IoU of ``variant``'s seed-``seed`` model under each post-processing setting."""
-    import torch
+    from coinlib.evaluate import abnormal_maps, score_maps
+    from coinlib.pipeline import abnormal_counterfactuals
 
-    from coinlib.classifier_training import load_classifier
-    from coinlib.config import get_profile, track_profile, with_seed
-    from coinlib.counterfactual import generate_counterfactuals, load_generator
-    from coinlib.data import evaluation_set
-    from coinlib.evaluate import abnormal_indices, abnormal_maps, score_maps
-    from coinlib.pipeline import RunPaths, prepare_track, track_settings
-    from coinlib.provenance import recorded_profile
-    from coinlib.runtime import use_job_threads
-    from coinlib.variants import apply_variant
-
-    device = torch.device("cpu")
-    use_job_threads(device)
-    profile = with_seed(get_profile(recorded_profile(run_dir)), seed)
-    eval_config = apply_variant(track_profile(profile, track), variant).eval
-    _, anomaly = track_settings(profile, track)
-    prepared = prepare_track(profile, run_dir, track, "phantom", progress=False)
-    paths = RunPaths(run_dir, seed)
-    classifier = load_classifier(paths.classifier(track), device)
-    generator, gan = load_generator(paths.counterfactual(track, variant), device)
-    maps = {}
-    for split in ("val", "test"):
-        dataset = evaluation_set(prepared, split, anomaly)
-        abnormal = torch.utils.data.Subset(dataset, abnormal_indices(dataset).tolist())
-        maps[split] = abnormal_maps(generate_counterfactuals(generator, classifier, abnormal, gan,
-                                                             eval_config.batch_size, device))
+    arrays, eval_config = abnormal_counterfactuals(run_dir, track, variant, seed)
+    maps = {split: abnormal_maps(values) for split, values in arrays.items()}
     rows = []
     for setting in grid:
         metrics = score_maps(maps["test"], replace(eval_config, **setting), maps["val"])["metrics"]

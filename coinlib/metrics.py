@@ -36,6 +36,7 @@ __all__ = [
     "confusion_counts",
     "iou_from_counts",
     "grouped_iou",
+    "mask_location",
     "IoUAccumulator",
     "counterfactual_validity",
     "sweep_thresholds",
@@ -96,6 +97,32 @@ def iou_from_counts(tp, fp, fn, empty: float = 1.0):
     union = tp + fp + fn
     iou = np.divide(tp, union, out=np.full(union.shape, float(empty)), where=union > 0)
     return float(iou) if iou.ndim == 0 else iou
+
+
+def mask_location(mask_pred, lesion, organ) -> dict[str, float]:
+    """Where a weak mask's pixels lie: on the lesion, on the organ around it, or elsewhere.
+
+    Eq. (8) counts every false-positive pixel alike; this splits them by place, summed over
+    the stack as Eq. (8) sums its counts. ``mask_pred``, ``lesion`` and ``organ`` (the kidney
+    mask, which may include the lesion) have the same (..., H, W) shape. Returns the
+    fractions of the predicted pixels ``on_lesion`` (TP), ``on_organ`` (organ outside the
+    lesion) and ``elsewhere`` (they add up to 1; NaN when nothing is predicted), ``recall``
+    (TP over lesion pixels) and the ``predicted`` and ``lesion`` pixel counts.
+    """
+    pred, true, around = _image_stack(mask_pred), _image_stack(lesion), _image_stack(organ)
+    if not pred.shape == true.shape == around.shape:
+        raise ValueError(f"mask_pred {np.shape(mask_pred)}, lesion {np.shape(lesion)} and organ "
+                         f"{np.shape(organ)} must have one shape")
+    predicted, lesion_pixels = int(pred.sum()), int(true.sum())
+    on_lesion = int((pred & true).sum())
+    on_organ = int((pred & around & ~true).sum())
+
+    def share(count: int, total: int) -> float:
+        return count / total if total else float("nan")
+
+    return {"on_lesion": share(on_lesion, predicted), "on_organ": share(on_organ, predicted),
+            "elsewhere": share(predicted - on_lesion - on_organ, predicted),
+            "recall": share(on_lesion, lesion_pixels), "predicted": predicted, "lesion": lesion_pixels}
 
 
 def grouped_iou(groups: Sequence, tp, fp, fn) -> dict:

@@ -63,6 +63,7 @@ __all__ = [
     "load_results",
     "load_classifier_results",
     "load_saliency_maps",
+    "abnormal_counterfactuals",
     "saliency_maps_path",
     "ensure_classifiers_all",
     "ensure_results_all",
@@ -234,6 +235,43 @@ def load_saliency_maps(run_dir: str | os.PathLike, track: Track, method: str,
         raise FileNotFoundError(f"{path} is missing: run notebook 05 (saliency baselines)")
     with np.load(path) as saved:
         return {int(i): m.astype(np.float32) for i, m in zip(saved["index"], saved["maps"])}
+
+
+def abnormal_counterfactuals(run_dir: str | os.PathLike, track: Track, variant: str, seed: int,
+                             splits: tuple[str, ...] = ("val", "test"), device: torch.device | str = "cpu",
+                             prepared: str | os.PathLike | None = None, overrides: dict | None = None):
+    """The trained ``variant`` of replicate ``seed`` of a finished run, on the abnormal slices of
+    each split: ``({split: arrays of generate_counterfactuals}, eval config)``.
+
+    For benchmarks that re-score a run's counterfactuals (other post-processing, where the
+    masks lie): the run folder's recorded profile (with the ``--set`` ``overrides`` it was run
+    with, :func:`coinlib.cli.parse_overrides`), its prepared data (``prepared``, or the
+    phantom's), f and generator, and the eval config the variant is scored with (Sec. 5).
+    """
+    from .classifier_training import load_classifier
+    from .config import get_profile, with_seed
+    from .counterfactual import generate_counterfactuals, load_generator
+    from .data import evaluation_set
+    from .evaluate import abnormal_indices
+    from .provenance import recorded_profile
+    from .runtime import pick_device, use_job_threads
+    from .variants import apply_variant
+
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    use_job_threads(device)
+    profile = with_seed(get_profile(recorded_profile(run_dir), overrides), seed)
+    eval_config = apply_variant(track_profile(profile, track), variant).eval
+    _, anomaly = track_settings(profile, track)
+    prepared = prepared or prepare_track(profile, run_dir, track, "phantom", progress=False)
+    paths = RunPaths(run_dir, seed)
+    classifier = load_classifier(paths.classifier(track), device)
+    generator, gan = load_generator(paths.counterfactual(track, variant), device)
+    arrays = {}
+    for split in splits:
+        dataset = evaluation_set(prepared, split, anomaly)
+        abnormal = torch.utils.data.Subset(dataset, abnormal_indices(dataset).tolist())
+        arrays[split] = generate_counterfactuals(generator, classifier, abnormal, gan, eval_config.batch_size, device)
+    return arrays, eval_config
 
 
 def load_results(run_dir: str | os.PathLike, track: Track, method: str, ablation: bool = False,

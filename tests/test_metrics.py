@@ -27,6 +27,7 @@ from coinlib.metrics import (
     grouped_iou,
     inception_features,
     iou_from_counts,
+    mask_location,
     sweep_thresholds,
     threshold_sweep,
 )
@@ -81,6 +82,28 @@ def test_grouped_iou_sums_counts_per_group_and_weights_by_lesion_share():
     assert iou_from_counts(**total) == pytest.approx(4 / 16)
     with pytest.raises(ValueError, match="one entry per slice"):
         grouped_iou(["a"], tp=[1, 2], fp=[0, 0], fn=[0, 0])
+
+
+def test_mask_location_splits_predicted_pixels_into_lesion_organ_and_elsewhere():
+    # one 6x6 slice: lesion 2x2, kidney 4x4 around it; the mask covers the lesion's top row (2),
+    # 4 kidney pixels outside the lesion, 2 pixels outside the kidney
+    lesion = np.zeros((1, 6, 6), bool)
+    lesion[0, 2:4, 2:4] = True
+    kidney = np.zeros_like(lesion)
+    kidney[0, 1:5, 1:5] = True
+    pred = np.zeros_like(lesion)
+    pred[0, 2, 2:4] = True
+    pred[0, 1, 1:5] = True
+    pred[0, 5, 0:2] = True
+    where = mask_location(pred, lesion, kidney)
+    assert where == {"on_lesion": 0.25, "on_organ": 0.5, "elsewhere": 0.25, "recall": 0.5,
+                     "predicted": 8, "lesion": 4}
+    # summed over the stack: an empty second slice changes nothing, a second mask adds its pixels
+    assert mask_location(np.concatenate([pred, np.zeros_like(pred)]), np.concatenate([lesion, lesion]),
+                         np.concatenate([kidney, kidney]))["recall"] == 0.25
+    assert np.isnan(mask_location(np.zeros_like(pred), lesion, kidney)["on_lesion"])
+    with pytest.raises(ValueError, match="one shape"):
+        mask_location(pred, lesion, kidney[0, :5])
 
 
 # ------------------------------------------------------------------------------- CV

@@ -6,7 +6,7 @@ import pytest
 
 from coinlib.config import get_profile
 from coinlib.counterfactual import history
-from coinlib.pipeline import RunPaths, ensure_counterfactual
+from coinlib.pipeline import RunPaths, abnormal_counterfactuals, ensure_counterfactual
 from coinlib.provenance import claim_run_folder, recorded_profile
 
 
@@ -41,3 +41,24 @@ def test_recorded_profile_reads_the_claim_and_names_a_missing_record(tmp_path):
     assert recorded_profile(tmp_path / "run") == "smoke"
     with pytest.raises(FileNotFoundError, match="empty.*run.json"):
         recorded_profile(tmp_path / "empty")
+
+
+def test_abnormal_counterfactuals_are_the_trained_models_on_every_abnormal_slice(tiny_prepared, tmp_path):
+    """What the benchmarks re-score: the run's own generator, on each split's abnormal slices only."""
+    import numpy as np
+
+    from coinlib.config import track_profile
+    from coinlib.data import evaluation_set
+    from coinlib.evaluate import abnormal_indices
+    from coinlib.pipeline import track_settings
+
+    profile = get_profile("smoke", {"train": {"batch_size": 4}, "classifier": {"batch_size": 4}})
+    ensure_counterfactual(profile, tmp_path, "synthetic", tiny_prepared, "coin", progress=False)
+    arrays, eval_config = abnormal_counterfactuals(tmp_path, "synthetic", "coin", 0, prepared=tiny_prepared)
+    assert eval_config == track_profile(profile, "synthetic").eval
+    for split in ("val", "test"):
+        dataset = evaluation_set(tiny_prepared, split, track_settings(profile, "synthetic")[1])
+        abnormal = abnormal_indices(dataset)
+        assert len(abnormal) > 0 and np.all(arrays[split]["label"] == 1)
+        assert arrays[split]["index"].tolist() == [int(dataset.rows[i]) for i in abnormal]
+        assert np.abs(arrays[split]["x_cf"]).max() <= 1 and not np.array_equal(arrays[split]["x_cf"], arrays[split]["x"])
