@@ -14,7 +14,9 @@ bootstrap intervals over test scans, or slices: ``eval.bootstrap_unit``). What a
 cannot change is copied from the baseline rather than rebuilt: the prepared data always, the
 classifiers unless the choice is in :data:`CLASSIFIER_SECTIONS` (f itself, or the anomalies f
 learns from, changes), the trained COIN too when the choice is an ``eval`` field (only the
-scoring changes). Prints a Markdown table and writes ``config_effects_<track>.json`` and ``.md`` under ``--out``.
+scoring changes). ``--also singla rise`` scores those methods too in each choice's run folder (a GAN variant retrained,
+a saliency method on the choice's f) and compares COIN with each there, as Table 1 does.
+Prints a Markdown table and writes ``config_effects_<track>.json`` and ``.md`` under ``--out``.
 Resumable: a second call reuses every finished model and result. A benchmark, not a test:
 numbers depend on the machine.
 """
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     from coinlib.cli import parse_overrides
     from coinlib.config import get_profile, to_dict
     from coinlib.files import atomic_path, read_json, write_json
-    from coinlib.pipeline import ensure_results_all, prepare_track
+    from coinlib.pipeline import ensure_results_all, evaluate_saliency_all, prepare_track
+    from coinlib.variants import VARIANTS
     from coinlib.provenance import claim_run_folder
     from coinlib.tables import scored_method
     from coinlib.verdicts import RESAMPLED, compare
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="a finished run folder (its run.json's profile)")
     parser.add_argument("--choices", nargs="+", default=list(DEFAULT_CHOICES), metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--track", choices=["synthetic", "tumour"], default="synthetic")
+    parser.add_argument("--also", nargs="*", default=[], metavar="METHOD",
+                        help="other methods to score in each choice's run folder (e.g. singla rise)")
     parser.add_argument("--out", type=Path, default=Path("runs/config_effects"))
     args = parser.parse_args(argv)
     if args.track == "tumour" and any(choice.startswith("anomaly.") for choice in args.choices):
@@ -77,8 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     claim_run_folder(base_profile, args.baseline)  # refuses a baseline run with --set overrides
     seeds = tuple(base_profile.seeds)
 
-    def estimate(run_dir: Path, name: str):
-        return scored_method(run_dir, base_profile, args.track, "coin", name=name).iou
+    def estimate(run_dir: Path, name: str, method: str = "coin"):
+        return scored_method(run_dir, base_profile, args.track, method, name=name).iou
+
+    others = []
 
     default = estimate(args.baseline, "default")
     rows = []
@@ -95,6 +102,18 @@ def main(argv: list[str] | None = None) -> None:
         prepared = prepare_track(profile, run_dir, args.track, "phantom", progress=False)
         ensure_results_all(profile, run_dir, {args.track: prepared}, ("coin",), progress=True)
         other = estimate(run_dir, choice)
+        gans = tuple(m for m in args.also if m in VARIANTS)
+        if gans:
+            ensure_results_all(profile, run_dir, {args.track: prepared}, gans, progress=True)
+        saliency = tuple(m for m in args.also if m not in VARIANTS)
+        if saliency:
+            evaluate_saliency_all(profile, run_dir, {args.track: prepared}, progress=True, methods=saliency)
+        for method in args.also:
+            there = estimate(run_dir, f"{method}, {choice}", method)
+            coin_above = compare(f"COIN > {method}, {choice}", other, there)
+            others.append({"choice": choice, "method": method, "iou": there.summary(),
+                           "per_seed": list(there.per_seed), "coin_above": coin_above.outcome,
+                           "reason": coin_above.reason})
         higher, lower = compare(f"{choice} above the default", other, default), compare(
             f"{choice} below the default", default, other)
         verdict = ("higher" if higher.outcome == "holds" else "lower" if lower.outcome == "holds"
@@ -111,11 +130,17 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---|---|---|---|"]
     lines += [f"| `{r['field']}` | `{r['default']}` | {r['iou_default']} | `{r['other']}` | {r['iou_other']} | "
               f"{r['verdict']} |" for r in rows]
+    if others:
+        lines += ["", "Other methods in each choice's run folder, and COIN against them there:", "",
+                  "| choice | method | IoU | per seed | COIN above it |", "|---|---|---|---|---|"]
+        lines += [f"| `{o['choice']}` | {o['method']} | {o['iou']} | "
+                  f"{' / '.join(f'{v:.3f}' for v in o['per_seed'])} | {o['coin_above']} ({o['reason']}) |"
+                  for o in others]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"config_effects_{args.track}.json",
-               {"baseline": str(args.baseline), "track": args.track, "rows": rows})
+               {"baseline": str(args.baseline), "track": args.track, "rows": rows, "others": others})
     with atomic_path(args.out / f"config_effects_{args.track}.md") as tmp:
         tmp.write_text(text + "\n")
 

@@ -732,13 +732,14 @@ def evaluate_any_lesion_all(profile: Profile, run_dir: str | os.PathLike, prepar
 
 
 def evaluate_saliency_all(profile: Profile, run_dir: str | os.PathLike, prepared: dict[Track, os.PathLike],
-                          device: torch.device | str | None = None, progress: bool = True
-                          ) -> dict[Track, dict[str, list[dict]]]:
-    """Every saliency method of the profile on every track and seed: ``{track: {method: [per seed]}}``."""
+                          device: torch.device | str | None = None, progress: bool = True,
+                          methods: tuple[str, ...] | None = None) -> dict[Track, dict[str, list[dict]]]:
+    """Every saliency method of the profile (or of ``methods``) on every track and seed:
+    ``{track: {method: [per seed]}}``."""
     from .jobs import Job, run_jobs
 
     ensure_classifiers_all(profile, run_dir, prepared, device, progress)
-    plan = [(track, method) for track in prepared for method in profile.saliency.methods_for(track)]
+    plan = [(track, method) for track in prepared for method in (methods or profile.saliency.methods_for(track))]
     jobs: list[Job] = []
     for track, method in plan:
         jobs += _seed_jobs(profile, METHOD_LABELS.get(method, method), evaluate_saliency,
