@@ -56,7 +56,7 @@ def seed_out(baseline: Path, out: Path, section: str, seeds: tuple[int, ...], tr
 
 def main(argv: list[str] | None = None) -> None:
     from coinlib.cli import parse_overrides
-    from coinlib.config import get_profile, to_dict
+    from coinlib.config import get_profile, to_dict, track_profile
     from coinlib.files import atomic_path, read_json, write_json
     from coinlib.pipeline import ensure_results_all, evaluate_saliency_all, prepare_track
     from coinlib.variants import VARIANTS
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         default_value = to_dict(getattr(base_profile, section))[field]
         if to_dict(getattr(profile, section))[field] == default_value:
             raise SystemExit(f"--choices {choice}: that is the default of profile {base_profile.name}")
+        if track_profile(profile, args.track) == track_profile(base_profile, args.track):
+            raise SystemExit(f"--choices {choice}: does not reach the {args.track} track, which takes that "
+                             f"setting from tumour_protocol or tumour_classifier (coinlib.config.track_profile)")
         run_dir = args.out / base_profile.name / choice.replace("/", "_")
         seed_out(args.baseline, run_dir, section, seeds, args.track)
         prepared = prepare_track(profile, run_dir, args.track, "phantom", progress=False)

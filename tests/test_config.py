@@ -73,6 +73,11 @@ def test_track_profile_applies_the_tumour_protocol_only_to_the_tumour_track():
     assert tumour.data.min_lesion_area_mm2 == protocol.min_lesion_area_mm2 > 0
     assert tumour.data.image_size == quick.data.image_size and quick.data.min_lesion_area_mm2 == 0
     assert track_profile(tumour, "tumour") == tumour
+    # lambda_idt: quick's own choice on the tumour track; None keeps train's (paper: 1, the authors')
+    assert (protocol.lambda_idt, tumour.train.lambda_idt, quick.train.lambda_idt) == (5.0, 5.0, 1.0)
+    paper = get_profile("paper")
+    assert paper.tumour_protocol.lambda_idt is None
+    assert track_profile(paper, "tumour").train.lambda_idt == paper.train.lambda_idt == 1.0
     with pytest.raises(ValueError, match="track"):
         track_profile(quick, "liver")
 def test_lesson_profile_is_quick_on_the_synthetic_track_with_fewer_scans():
