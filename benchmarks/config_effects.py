@@ -16,6 +16,10 @@ classifiers unless the choice is in :data:`CLASSIFIER_SECTIONS` (f itself, or th
 learns from, changes), the trained COIN too when the choice is an ``eval`` field (only the
 scoring changes). ``--also singla rise`` scores those methods too in each choice's run folder (a GAN variant retrained,
 a saliency method on the choice's f) and compares COIN with each there, as Table 1 does.
+``--seeds 3 4 5`` checks the choices on replicates other than the baseline's (seeds no choice was
+made on): the default configuration is then trained for those seeds too, f included, in a folder
+of its own beside the choices' (the baseline's prepared data reused), and is what each choice is
+compared with.
 Prints a Markdown table and writes ``config_effects_<track>.json`` and ``.md`` under ``--out``.
 Resumable: a second call reuses every finished model and result. A benchmark, not a test:
 numbers depend on the machine.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 # a choice in these sections retrains f (the anomalies are what f learns from)
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--track", choices=["synthetic", "tumour"], default="synthetic")
     parser.add_argument("--also", nargs="*", default=[], metavar="METHOD",
                         help="other methods to score in each choice's run folder (e.g. singla rise)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="replicates other than the baseline's: the default is trained for them too")
     parser.add_argument("--out", type=Path, default=Path("runs/config_effects"))
     args = parser.parse_args(argv)
     if args.track == "tumour" and any(choice.startswith("anomaly.") for choice in args.choices):
@@ -80,28 +87,38 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--baseline {args.baseline}: no run.json; give a finished run folder (make reproduce)")
     base_profile = get_profile(read_json(claim)["profile"])
     claim_run_folder(base_profile, args.baseline)  # refuses a baseline run with --set overrides
-    seeds = tuple(base_profile.seeds)
+    seeds = tuple(base_profile.seeds) if args.seeds is None else tuple(args.seeds)
+    out_root = args.out / base_profile.name
+    reference = args.baseline
+    if args.seeds is not None:
+        # the default retrained, f too, on seeds the baseline does not have: choices compare with it
+        base_profile = replace(base_profile, seeds=seeds)
+        out_root = out_root / ("seeds_" + "-".join(map(str, seeds)))
+        reference = out_root / "default"
+        seed_out(args.baseline, reference, CLASSIFIER_SECTIONS[0], seeds, args.track)  # data only
+        prepared = prepare_track(base_profile, reference, args.track, "phantom", progress=False)
+        ensure_results_all(base_profile, reference, {args.track: prepared}, ("coin",), progress=True)
 
     def estimate(run_dir: Path, name: str, method: str = "coin"):
         return scored_method(run_dir, base_profile, args.track, method, name=name).iou
 
     others = []
 
-    default = estimate(args.baseline, "default")
+    default = estimate(reference, "default")
     rows = []
     for choice in args.choices:
         overrides = parse_overrides([choice])
         (section, values), = overrides.items()
         (field, value), = values.items()
-        profile = get_profile(base_profile.name, overrides)
+        profile = replace(get_profile(base_profile.name, overrides), seeds=seeds)
         default_value = to_dict(getattr(base_profile, section))[field]
         if to_dict(getattr(profile, section))[field] == default_value:
             raise SystemExit(f"--choices {choice}: that is the default of profile {base_profile.name}")
         if track_profile(profile, args.track) == track_profile(base_profile, args.track):
             raise SystemExit(f"--choices {choice}: does not reach the {args.track} track, which takes that "
                              f"setting from tumour_protocol or tumour_classifier (coinlib.config.track_profile)")
-        run_dir = args.out / base_profile.name / choice.replace("/", "_")
-        seed_out(args.baseline, run_dir, section, seeds, args.track)
+        run_dir = out_root / choice.replace("/", "_")
+        seed_out(reference, run_dir, section, seeds, args.track)
         prepared = prepare_track(profile, run_dir, args.track, "phantom", progress=False)
         ensure_results_all(profile, run_dir, {args.track: prepared}, ("coin",), progress=True)
         other = estimate(run_dir, choice)
@@ -141,10 +158,12 @@ def main(argv: list[str] | None = None) -> None:
                   for o in others]
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"config_effects_{args.track}.json",
-               {"baseline": str(args.baseline), "track": args.track, "rows": rows, "others": others})
-    with atomic_path(args.out / f"config_effects_{args.track}.md") as tmp:
+    report_dir = args.out if args.seeds is None else out_root
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_json(report_dir / f"config_effects_{args.track}.json",
+               {"baseline": str(reference), "track": args.track, "seeds": list(seeds), "rows": rows,
+                "others": others})
+    with atomic_path(report_dir / f"config_effects_{args.track}.md") as tmp:
         tmp.write_text(text + "\n")
 
 

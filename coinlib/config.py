@@ -557,7 +557,7 @@ class TumourProtocol(Checked):
     ``lambda_idt`` (Eq. 1's weight of Eq. 4-5) is not the authors' choice but this project's:
     ``None`` keeps the profile's ``train.lambda_idt`` (1, the paper's and the authors' value,
     as in ``paper``); ``quick`` sets 5, chosen on the validation IoU among 1, 3, 5 and 10 on 3
-    seeds (README, "A larger lambda_idt lifts COIN's tumour IoU"). When a field is set here,
+    seeds (README, "lambda_idt = 5 on the tumour track"). When a field is set here,
     ``train.<field>`` does not reach the tumour track: change ``tumour_protocol.<field>``.
     """
 
@@ -699,7 +699,7 @@ PROFILES: dict[str, Profile] = {
         # (21 GANs with their seeds) do not fit in 45 minutes: `cpu-full` trains them.
         ablation=AblationConfig(table3_seeds=()),
         # lambda_idt 5 on the tumour track: mean validation IoU 0.329 / 0.386 / 0.396 / 0.385 for
-        # 1 / 3 / 5 / 10 on 3 seeds, test IoU 0.269 -> 0.322 (README, "A larger lambda_idt")
+        # 1 / 3 / 5 / 10 on 3 seeds, test IoU 0.269 -> 0.322 (README, "lambda_idt = 5 on the tumour track")
         tumour_protocol=TumourProtocol(lambda_idt=5.0),
     ),
     "paper": Profile(
