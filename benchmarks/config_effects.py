@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         base_profile = replace(base_profile, seeds=seeds)
         out_root = out_root / ("seeds_" + "-".join(map(str, seeds)))
         reference = out_root / "default"
-        seed_out(args.baseline, reference, CLASSIFIER_SECTIONS[0], seeds, args.track)  # data only
+        seed_out(args.baseline, reference, "classifier", seeds, args.track)  # a classifier section: data only, f retrained
         prepared = prepare_track(base_profile, reference, args.track, "phantom", progress=False)
         ensure_results_all(base_profile, reference, {args.track: prepared}, ("coin",), progress=True)
 
