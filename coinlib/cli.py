@@ -27,7 +27,7 @@ from pathlib import Path
 __all__ = ["main", "build_parser", "parse_overrides"]
 
 
-def _integer_at_least(low: int):
+def _integer_at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -35,9 +35,11 @@ def _integer_at_least(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value} is above {high}")
         return value
 
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer >= {low}" if high is None else f"integer in [{low}, {high}]"
     return parse
 
 
@@ -80,7 +82,9 @@ def _device(text: str) -> str:
     return text
 
 
-_COUNT, _SEED = _integer_at_least(1), _integer_at_least(0)
+# the same bounds as the config fields they set (coinlib.config: seeds, image and batch sizes)
+_COUNT, _SEED = _integer_at_least(1), _integer_at_least(0, 2**32 - 1)
+_IMAGE_SIZE, _BATCH = _integer_at_least(8, 2048), _integer_at_least(1, 65536)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, variant: bool = False) -> None:
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--layout", required=True, choices=["totalsegmentator", "kits23", "auto"])
     prepare.add_argument("--src", type=Path, required=True)
     prepare.add_argument("--out", type=Path, required=True)
-    prepare.add_argument("--image-size", type=_COUNT, default=256)
+    prepare.add_argument("--image-size", type=_IMAGE_SIZE, default=256)
     prepare.add_argument("--split-source", default="random", choices=["random", "meta"],
                          help="TotalSegmentator: the paper's random 80/20 split or meta.csv's split")
     prepare.add_argument("--seed", type=_SEED, default=0, help="split seed")
@@ -163,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder for the masks, sidecars and labels.csv")
     label.add_argument("--track", default="synthetic", choices=["synthetic", "tumour"])
     label.add_argument("--variant", default="coin", help="coin, singla or another trained variant")
-    label.add_argument("--batch-size", type=_COUNT, default=32, help="axial slices per forward pass")
+    label.add_argument("--batch-size", type=_BATCH, default=32, help="axial slices per forward pass")
     label.add_argument("--device", type=_device, default=None, help="cpu | cuda | cuda:N (default: CUDA if present)")
     label.add_argument("--threshold", type=_unit_interval, default=None,
                        help="mask threshold on |x - x_cf| in [0, 1] (default: the run's validation choice)")

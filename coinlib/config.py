@@ -190,8 +190,12 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-_SEED = "[0, inf)"
+# Upper bounds catch a typo before any work: a seed must fit numpy's and torch's 32-bit seeding,
+# a batch or slice size what any one device can hold (a 100 000-px slice is 40 GB per image).
+_SEED = "[0, 4294967295]"
 _COUNT = "[1, inf)"
+_BATCH = "[1, 65536]"
+_IMAGE_SIZE = "[8, 2048]"
 _POSITIVE = "(0, inf)"
 _NON_NEGATIVE = "[0, inf)"
 _UNIT = "[0, 1]"
@@ -228,7 +232,7 @@ class DataConfig(Checked):
     """Slice extraction and normalisation (paper Sec. 4.1, 4.3; FACTS "Data")."""
 
     RANGES: ClassVar[dict[str, str]] = {
-        "image_size": _COUNT,
+        "image_size": _IMAGE_SIZE,
         "min_kidney_pixels": _NON_NEGATIVE,
         "test_fraction": "[0, 1)",
         "val_fraction": "[0, 1)",
@@ -236,6 +240,9 @@ class DataConfig(Checked):
         "percentiles": "[0, 100]",
         "min_kidney_area_mm2": _NON_NEGATIVE,
         "min_lesion_area_mm2": _NON_NEGATIVE,
+        # a fill must be a value CT takes: from below air (-1000 HU) to beyond dense bone and
+        # iodine (about 3000 HU); coinlib.prepare.FILL_HU_RANGE
+        "fill_nonfinite_hu": "[-2000, 4000]",
     }
 
     def check(self) -> None:
@@ -335,7 +342,7 @@ class ClassifierConfig(Checked):
         "width": _COUNT,
         "lr": _POSITIVE,
         "weight_decay": _NON_NEGATIVE,
-        "batch_size": _COUNT,
+        "batch_size": _BATCH,
         "max_epochs": _COUNT,
         "patience": _COUNT,
         "steps_per_epoch": _COUNT,
@@ -424,7 +431,7 @@ class CounterfactualConfig(Checked):
     RANGES: ClassVar[dict[str, str]] = {
         "lr": _POSITIVE,
         "betas": "[0, 1)",
-        "batch_size": _COUNT,
+        "batch_size": _BATCH,
         "steps": _COUNT,
         "generator_every": _COUNT,
         "lambda_adv": _NON_NEGATIVE,
@@ -477,7 +484,7 @@ class EvalConfig(Checked):
         "opening_radius": _NON_NEGATIVE,
         "sweep_points": "[2, inf)",
         "fid_dims": _COUNT,
-        "batch_size": _COUNT,
+        "batch_size": _BATCH,
     }
 
     threshold: float = 0.25  # on |x - x_cf| in [0, 1]
@@ -515,8 +522,8 @@ class SaliencyConfig(Checked):
         "rise_masks": _COUNT,
         "rise_grid": _COUNT,
         "rise_p1": "(0, 1)",
-        "rise_batch_size": _COUNT,
-        "scorecam_batch_size": _COUNT,
+        "rise_batch_size": _BATCH,
+        "scorecam_batch_size": _BATCH,
         "max_images": _COUNT,
         "seed": _SEED,
     }
@@ -585,7 +592,7 @@ class AblationConfig(Checked):
 
     RANGES: ClassVar[dict[str, str]] = {
         "steps": _COUNT,
-        "batch_size": _COUNT,
+        "batch_size": _BATCH,
         "table3_seeds": _SEED,
     }
 

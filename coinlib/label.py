@@ -130,6 +130,7 @@ CSV_COLUMNS = [
     "mask_margin_mm", "classifier_threshold", "mask_threshold", "threshold_source",
 ]
 EVERY_SLICE = "every axial slice (no organ masks)"
+WRITTEN_BY = "coin label"  # every sidecar says so: the files coin label may update are the ones it wrote
 T = TypeVar("T")
 
 
@@ -494,12 +495,48 @@ def output_paths(scan: Scan, out_dir: Path) -> tuple[Path, Path]:
     return out_dir / f"{scan.name}{MASK_SUFFIX}", out_dir / f"{scan.name}{SIDECAR_SUFFIX}"
 
 
+def _our_sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar at ``path`` when coin label wrote it (it says so, or it has the record's
+    shape: a status of ours and the settings), else None (a user's file of that name)."""
+    try:
+        saved = read_json(path)
+    except (ValueError, OSError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    if saved.get("written_by") == WRITTEN_BY:
+        return saved
+    older = saved.get("status") in ("labelled", "unreadable") and isinstance(saved.get("settings"), dict)
+    return saved if older else None
+
+
+def _csv_header() -> str:
+    return ",".join(CSV_COLUMNS)
+
+
+def _check_csv_is_ours(path: Path, force: bool) -> None:
+    """``labels.csv`` may be replaced only when coin label wrote it (its header is ours)."""
+    if force or not (path.exists() or path.is_symlink()):
+        return
+    try:
+        with open(path, newline="") as handle:
+            first = handle.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError):
+        first = None
+    if not path.is_file() or path.is_symlink() or first != _csv_header():
+        raise ValueError(f"{path} exists and was not written by coin label (its first line is not coin label's "
+                         "header); move it away, choose another --out, or pass --force to replace it")
+
+
 def _status(mask_path: Path, sidecar_path: Path, settings: dict[str, Any], force: bool) -> str:
     """'todo' or 'done' for one scan; raises when finishing it would overwrite without ``force``."""
     if force:
         return "todo"
-    if sidecar_path.is_file():
-        saved = read_json(sidecar_path)
+    if sidecar_path.exists() or sidecar_path.is_symlink():
+        saved = _our_sidecar(sidecar_path) if sidecar_path.is_file() and not sidecar_path.is_symlink() else None
+        if saved is None:
+            raise ValueError(f"{sidecar_path} exists and was not written by coin label; move it away, choose "
+                             "another --out, or pass --force to replace it")
         if saved.get("status") == "unreadable":
             return "todo"  # our record of a failure: try again
         if mask_path.is_file():
@@ -644,6 +681,7 @@ def label_folder(
     model = load_label_model(run_dir, track, variant, device, threshold)
     settings = {**model.settings, "organ_masks": str(organ_masks.resolve()) if organ_masks else None,
                 "mask_margin_mm": mask_margin_mm}
+    _check_csv_is_ours(out_dir / CSV_NAME, force)
     mine = shard(scans, rank, world_size)
     todo, skipped = [], []
     for scan in mine:
@@ -659,15 +697,21 @@ def label_folder(
     bar = tqdm(total=len(todo), desc="coin label", unit="scan", disable=not progress)
     for scan, pending in _prefetched(todo, read):
         mask_path, sidecar_path = output_paths(scan, out_dir)
-        record = {"file": scan.display, "format": scan.kind, "series_uid": scan.series_uid}
+        record = {"written_by": WRITTEN_BY, "file": scan.display, "format": scan.kind,
+                  "series_uid": scan.series_uid}
         try:
             inputs = pending.result()
         except UnreadableScan as err:
-            failed.append((scan, str(err)))
-            write_json(sidecar_path, {**record, "status": "unreadable", "error": str(err), "settings": settings})
+            reason = " ".join(str(err).split())  # one line: a CSV field and a line on stderr
+            failed.append((scan, reason))
+            write_json(sidecar_path, {**record, "status": "unreadable", "error": reason, "settings": settings})
             bar.update(1)
             continue
         mask, numbers = label_volume(inputs.image, inputs.volume, model, batch_size, inputs.kidney, mask_margin_mm)
+        if inputs.kidney is not None and numbers["classified_slices"] == 0:
+            warnings.warn(f"{scan.display}: no axial slice has >= {model.min_kidney_pixels} kidney pixels in its "
+                          f"organ masks ({inputs.selection}), so no slice was classified and its mask is empty; "
+                          "are they the kidney masks of this scan?", stacklevel=2)
         _write_mask(mask_path, mask, inputs.image)
         write_json(sidecar_path, {
             **record,

@@ -87,6 +87,9 @@ __all__ = [
     "ScanFiles",
     "load_canonical",
     "check_finite",
+    "check_plausible",
+    "integer_labels",
+    "HU_LIMIT",
     "kidney_slice_indices",
     "sample_foreground",
     "compute_fingerprint",
@@ -106,6 +109,12 @@ LAYOUTS: tuple[str, ...] = ("totalsegmentator", "kits23")
 PREPARE_VERSION = 2  # bump when the algorithm changes (2: anti-aliased resize): older folders then count as stale
 FINGERPRINT_VOXELS_PER_SCAN = 200_000  # foreground voxels sampled per training scan
 KITS_LABELS = {"background": 0, "kidney": 1, "tumour": 2, "cyst": 3}
+# A voxel beyond +-HU_LIMIT is not CT: scanners store HU as 16-bit integers (-32768..32767, or
+# an extended scale of the same order), so such a value is a broken or foreign file (say,
+# float64 noise near 1e303, which float32 would turn into infinities).
+HU_LIMIT = 100_000.0
+FILL_HU_RANGE = (-2000.0, 4000.0)  # what --fill-nonfinite may put in place of NaN (DataConfig's range)
+LABEL_TOLERANCE = 1e-3  # a float label file's values must be this close to integers
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
 _LAYOUT_HELP = (
     "neither TotalSegmentator (sXXXX/ct.nii.gz + segmentations/) nor KiTS23 "
@@ -134,22 +143,57 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
 
 
 def check_finite(data: np.ndarray, path: Path, fill: float | None = None) -> tuple[np.ndarray, int]:
-    """``(data, n)``: ``data`` with its ``n`` NaN / infinite voxels checked.
+    """``(data, n)``: ``data`` with its ``n`` NaN / infinite voxels checked, and every value
+    within +-:data:`HU_LIMIT` (anything beyond is not CT: ``ValueError`` naming ``path``).
 
-    ``fill`` None: any such voxel raises ``ValueError`` naming ``path`` and the count. A
-    number: they are set to ``fill`` (HU) and counted. Integer arrays cannot hold them.
+    ``fill`` None: any NaN / infinite voxel raises ``ValueError`` naming ``path`` and the
+    count. A number in :data:`FILL_HU_RANGE`: they are set to ``fill`` (HU) and counted.
+    Integer arrays cannot hold them.
     """
-    if data.dtype.kind not in "fc" or np.isfinite(data.sum(dtype=np.float64)):  # one pass, no mask
-        return data, 0
-    bad = ~np.isfinite(data)
-    count = int(np.count_nonzero(bad))
-    if fill is None:
-        raise ValueError(
-            f"{path}: {count} of {data.size} voxels ({count / data.size:.2%}) are NaN or infinite; "
-            "fix the file, or let `coin prepare --fill-nonfinite HU` (DataConfig.fill_nonfinite_hu) "
-            "set them to a value, which the manifest then counts"
-        )
-    return np.where(bad, np.asarray(fill, dtype=data.dtype), data), count
+    count = 0
+    if data.dtype.kind in "fc" and not np.isfinite(data.sum(dtype=np.float64)):  # one pass, no mask
+        bad = ~np.isfinite(data)
+        count = int(np.count_nonzero(bad))
+        if count and fill is None:
+            raise ValueError(
+                f"{path}: {count} of {data.size} voxels ({count / data.size:.2%}) are NaN or infinite; "
+                "fix the file, or let `coin prepare --fill-nonfinite HU` (DataConfig.fill_nonfinite_hu) "
+                "set them to a value, which the manifest then counts"
+            )
+        if count:
+            if not FILL_HU_RANGE[0] <= fill <= FILL_HU_RANGE[1]:
+                raise ValueError(f"fill value {fill} HU for the non-finite voxels of {path} is not a CT value; "
+                                 f"give one in [{FILL_HU_RANGE[0]:g}, {FILL_HU_RANGE[1]:g}] HU")
+            data = np.where(bad, np.asarray(fill, dtype=data.dtype), data)
+    check_plausible(data, path)
+    return data, count
+
+
+def check_plausible(data: np.ndarray, path: Path) -> None:
+    """Every value within +-:data:`HU_LIMIT` (integer types that cannot exceed it pass unread)."""
+    if data.size == 0 or data.dtype.kind == "b":
+        return
+    if data.dtype.kind in "iu" and np.iinfo(data.dtype).max <= HU_LIMIT and np.iinfo(data.dtype).min >= -HU_LIMIT:
+        return
+    low, high = float(data.min()), float(data.max())
+    if low < -HU_LIMIT or high > HU_LIMIT:
+        outside = int(np.count_nonzero((data < -HU_LIMIT) | (data > HU_LIMIT)))
+        raise ValueError(f"{path}: {outside} voxels lie outside +-{HU_LIMIT:g} (values from {low:.3g} to "
+                         f"{high:.3g}), which no CT scanner writes; this is not a CT volume in HU (or a "
+                         "label file) that the project can read")
+
+
+def integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
+    """A label file's values as integers: float values must be integers (within
+    :data:`LABEL_TOLERANCE`), else ``ValueError`` naming ``path`` (1.5 is no label)."""
+    if data.dtype.kind != "f":
+        return data
+    rounded = np.rint(data)
+    off = np.abs(data - rounded) > LABEL_TOLERANCE
+    if off.any():
+        raise ValueError(f"{path}: {int(np.count_nonzero(off))} voxels hold non-integer label values "
+                         f"(e.g. {float(data[off][0]):g}); a label file holds integers")
+    return rounded.astype(np.int64)
 
 
 def _read_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
@@ -576,7 +620,7 @@ def _read_label_masks(
         if layout == "totalsegmentator":
             kidney |= data > 0
         else:
-            labels = np.rint(data).astype(np.int16) if data.dtype.kind == "f" else data
+            labels = integer_labels(data, path)
             if labels.size and (labels.min() < 0 or labels.max() > max(KITS_LABELS.values())):
                 unknown = np.setdiff1d(np.unique(labels), list(KITS_LABELS.values()))
                 raise ValueError(f"{path} holds labels {unknown.tolist()}; KiTS23 labels are {KITS_LABELS}")
@@ -631,7 +675,7 @@ def _scan_foreground_sample(layout: str, scan: ScanFiles, cap: int, seed: int,
         label_image = _open_nifti(path)
         _check_same_grid(image, scan.image, label_image, path)
         data = _read_finite(label_image, path)
-        foreground |= (np.rint(data) == KITS_LABELS["tumour"]) if lesion_only else data > 0
+        foreground |= (integer_labels(data, path) == KITS_LABELS["tumour"]) if lesion_only else data > 0
     hu = _read_finite(image, scan.image, fill)
     rng = np.random.default_rng([seed, zlib.crc32(scan.scan_id.encode())])
     return sample_foreground(hu, foreground, cap, rng)

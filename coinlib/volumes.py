@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ from .prepare import (
     _check_same_grid,
     _open_nifti,
     _read_data,
+    check_plausible,
+    integer_labels,
 )
 
 __all__ = [
@@ -81,7 +84,18 @@ LABEL_FOLDERS = frozenset({"segmentations", "instances"})  # TotalSegmentator, K
 KIDNEY_FILES = ("kidney_left.nii.gz", "kidney_right.nii.gz")
 TOTAL_KIDNEY_LABELS = {2: "kidney_right", 3: "kidney_left"}  # TotalSegmentator "total" task, v1 and v2
 SLICE_SPACING_TOLERANCE = 0.01  # relative: gaps may differ by 1 % (rounded positions), not more
-_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "modality": "0008|0060"}
+_TAGS = {"position": "0020|0032", "orientation": "0020|0037", "modality": "0008|0060",
+         "sop_class": "0008|0016", "image_type": "0008|0008"}
+# The CT image storage classes (CT, Enhanced CT, Legacy Converted Enhanced CT): a file of any
+# other class (Secondary Capture, MR, ...) among a series' slices is not a CT slice.
+CT_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
+NOT_AXIAL_IMAGE_TYPES = frozenset({"LOCALIZER", "SCREEN SAVE"})  # scouts and screenshots, not slices
+# Tags that one acquisition's slices share: two series with an empty SeriesInstanceUID that
+# differ in any of them are not one volume, whatever their positions.
+SERIES_TAGS = {"StudyInstanceUID": "0020|000d", "SeriesNumber": "0020|0011", "FrameOfReferenceUID": "0020|0052",
+               "PixelSpacing": "0028|0030", "Rows": "0028|0010", "Columns": "0028|0011",
+               "SliceThickness": "0018|0050", "ConvolutionKernel": "0018|1210"}
+POSITION_TOLERANCE_MM = 0.1  # slice origins must lie on one line (a stack, possibly tilted) within this
 
 
 class UnreadableScan(ValueError):
@@ -198,13 +212,20 @@ def find_scans(source: str | os.PathLike, exclude: str | os.PathLike | None = No
         subfolders[:] = sorted(s for s in subfolders if s not in LABEL_FOLDERS)
         for file in sorted(files):
             is_label = file in LABEL_FILE_NAMES or file.endswith(MASK_SUFFIX)
-            if file.endswith(NIFTI_SUFFIX) and not is_label and (folder / file).is_file():
-                found.append(Scan((relative / file[: -len(NIFTI_SUFFIX)]).as_posix(), folder / file, "nifti"))
+            if not file.endswith(NIFTI_SUFFIX) or is_label:
+                continue
+            path = folder / file
+            if not path.is_file():
+                warnings.warn(f"skipping {path}: a symlink to nothing (its target {os.readlink(path)!r} is "
+                              "missing)" if path.is_symlink() else f"skipping {path}: not a file", stacklevel=2)
+                continue
+            found.append(Scan((relative / file[: -len(NIFTI_SUFFIX)]).as_posix(), path, "nifti"))
         if any(looks_like_dicom(folder / f) for f in files):
             found += _dicom_scans(folder, source.name if relative == Path(".") else relative.as_posix())
     if not found:
         raise ValueError(f"no CT scans (*{NIFTI_SUFFIX} files or DICOM series; label files excluded) "
                          f"found under {source}")
+    found = _one_per_file(found)
     names: dict[str, Scan] = {}
     for scan in found:
         if scan.name in names:
@@ -214,15 +235,38 @@ def find_scans(source: str | os.PathLike, exclude: str | os.PathLike | None = No
     return sorted(found)
 
 
+def _one_per_file(scans: list[Scan]) -> list[Scan]:
+    """NIfTI scans that are the same file (symlinks, hard links) kept once, by the first name
+    in sorted order; each one left out is warned about (prepare counts such a scan once too)."""
+    seen: dict[tuple[int, int], Scan] = {}
+    kept = []
+    for scan in sorted(scans):
+        if scan.kind == "nifti":
+            stat = scan.path.stat()  # follows symlinks: the file itself
+            key = (stat.st_dev, stat.st_ino)
+            if key in seen:
+                warnings.warn(f"skipping {scan.path}: the same file as {seen[key].path} (a symlink or hard "
+                              "link); it is labelled once", stacklevel=3)
+                continue
+            seen[key] = scan
+        kept.append(scan)
+    return kept
+
+
 # --------------------------------------------------------------------------- reading volumes
 
 
 def _finite(data: np.ndarray, where: Path | str) -> np.ndarray:
+    """``data`` when every voxel is finite and within CT's range (:func:`coinlib.prepare.check_plausible`)."""
     if data.dtype.kind in "fc":
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
             raise UnreadableScan(f"{where} holds {bad} non-finite voxels (NaN or infinite) of {data.size}; "
                                  "fix or fill them before labelling")
+    try:
+        check_plausible(data, Path(where))
+    except ValueError as err:
+        raise UnreadableScan(str(err)) from None
     return data
 
 
@@ -284,9 +328,8 @@ def _check_slices(files: list[Path], reader: Any, folder: Path, series_uid: str)
     def tag(k: int, key: str) -> str:
         return reader.GetMetaData(k, key) if reader.HasMetaDataKey(k, key) else ""
 
-    modality = tag(0, _TAGS["modality"]).strip()
-    if modality and modality != "CT":
-        raise UnreadableScan(f"{folder}: modality {modality} ({files[0].name}); coin label's models read CT")
+    _check_every_file_is_ct(files, tag, folder)
+    _check_one_acquisition(files, tag, folder, series_uid)
     missing = [f.name for k, f in enumerate(files) if not tag(k, _TAGS["position"]) or not tag(k, _TAGS["orientation"])]
     if missing:
         raise UnreadableScan(f"{folder / missing[0]}: no ImagePositionPatient/ImageOrientationPatient; "
@@ -307,6 +350,8 @@ def _check_slices(files: list[Path], reader: Any, folder: Path, series_uid: str)
             f"{folder}: {len(files) - len(positions)} files lie at the slice position of another (e.g. {a} and "
             f"{b}): two series mixed in one folder with nothing to tell them apart (SeriesInstanceUID "
             f"{series_uid!r} for all); put each series in a folder of its own")
+    _check_collinear(files, [_floats(tag(k, _TAGS["position"]), 3, "ImagePositionPatient", f)
+                             for k, f in enumerate(files)], along, folder, series_uid)
     gaps = np.diff(along)
     spread = np.abs(gaps - np.median(gaps))
     if spread.max() > SLICE_SPACING_TOLERANCE * abs(np.median(gaps)):
@@ -314,6 +359,52 @@ def _check_slices(files: list[Path], reader: Any, folder: Path, series_uid: str)
         raise UnreadableScan(
             f"{folder}: slices unevenly spaced ({abs(gaps[k]):.3g} mm between {files[k].name} and "
             f"{files[k + 1].name}, {abs(np.median(gaps)):.3g} mm elsewhere): a slice missing?")
+
+
+def _check_every_file_is_ct(files: list[Path], tag: Any, folder: Path) -> None:
+    """Each file's modality, SOP class and image type, where present, say CT axial slice."""
+    for k, path in enumerate(files):
+        modality = tag(k, _TAGS["modality"]).strip()
+        if modality and modality != "CT":
+            raise UnreadableScan(f"{path}: modality {modality}, in the series of {folder}; coin label reads CT "
+                                 "only (move the file out, or the series to a folder of its own)")
+        sop_class = tag(k, _TAGS["sop_class"]).strip().rstrip("\0")
+        if sop_class and sop_class not in CT_SOP_CLASSES:
+            raise UnreadableScan(f"{path}: SOP class {sop_class} is not a CT image (e.g. a secondary capture), "
+                                 f"in the series of {folder}; move the file out")
+        image_type = {v.strip().upper() for v in tag(k, _TAGS["image_type"]).split("\\")}
+        if image_type & NOT_AXIAL_IMAGE_TYPES:
+            raise UnreadableScan(f"{path}: ImageType {tag(k, _TAGS['image_type']).strip()} is not a CT slice "
+                                 f"(a scout or screenshot), in the series of {folder}; move the file out")
+
+
+def _check_one_acquisition(files: list[Path], tag: Any, folder: Path, series_uid: str) -> None:
+    """The tags one acquisition's slices share (:data:`SERIES_TAGS`) agree across the files."""
+    for name, key in SERIES_TAGS.items():
+        values = [tag(k, key).strip() for k in range(len(files))]
+        differ = [k for k, v in enumerate(values) if v != values[0]]
+        if differ:
+            k = differ[0]
+            raise UnreadableScan(
+                f"{folder}: {name} differs between {files[0].name} ({values[0] or 'empty'}) and {files[k].name} "
+                f"({values[k] or 'empty'}): two series that cannot be told apart (SeriesInstanceUID "
+                f"{series_uid!r} for both) are mixed in one folder; put each series in a folder of its own")
+
+
+def _check_collinear(files: list[Path], origins: list[np.ndarray], along: np.ndarray, folder: Path,
+                     series_uid: str) -> None:
+    """Slice origins lie on one line (a straight or gantry-tilted stack), within
+    :data:`POSITION_TOLERANCE_MM`; interleaved series with shifted origins do not."""
+    origins_mm = np.asarray(origins)
+    design = np.stack([np.ones_like(along), along], axis=1)
+    fit, *_ = np.linalg.lstsq(design, origins_mm, rcond=None)
+    off = np.linalg.norm(origins_mm - design @ fit, axis=1)
+    if off.max() > POSITION_TOLERANCE_MM:
+        k = int(off.argmax())
+        raise UnreadableScan(
+            f"{folder}: the slice origin of {files[k].name} lies {off[k]:.3g} mm off the line of the others "
+            f"(ImagePositionPatient): two series that cannot be told apart (SeriesInstanceUID {series_uid!r}) "
+            "are mixed in one folder; put each series in a folder of its own")
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None) -> nib.Nifti1Image:
@@ -449,7 +540,7 @@ def read_kidney_mask(location: str | os.PathLike, image: nib.Nifti1Image, scan: 
             raise UnreadableScan(f"{location}: its label table names no kidney_left/kidney_right "
                                  f"(labels {sorted(table)[:8]}...)")
         source = "its label table" if table else "TotalSegmentator's total class map (no label table in the file)"
-        values = np.rint(_finite(data, location)).astype(np.int64) if data.dtype.kind == "f" else data
+        values = integer_labels(_finite(data, location), location)
         return np.isin(values, labels), f"labels {sorted(labels)} of {location} ({source})"
     except UnreadableScan:
         raise

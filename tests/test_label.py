@@ -243,6 +243,44 @@ def test_never_overwrites_without_force(run_dir, scans, tmp_path):
         "--threshold"
 
 
+def test_files_a_user_wrote_under_our_names_are_never_replaced(run_dir, scans, tmp_path):
+    """labels.csv and <scan>_coin_mask.json are updated only when coin label wrote them."""
+    users_csv = tmp_path / "labels.csv"
+    users_csv.write_text("patient,finding\np1,cyst\n")
+    with pytest.raises(ValueError, match=r"labels.csv exists and was not written by coin label.*--force"):
+        label_folder(run_dir, scans / "ras.nii.gz", tmp_path, device="cpu", progress=False)
+    assert users_csv.read_text() == "patient,finding\np1,cyst\n" and not (tmp_path / "ras_coin_mask.nii.gz").exists()
+    users_csv.unlink()
+    users_json = tmp_path / "ras_coin_mask.json"
+    users_json.write_text('{"my": "notes"}')
+    with pytest.raises(ValueError, match=r"ras_coin_mask.json exists and was not written by coin label"):
+        label_folder(run_dir, scans / "ras.nii.gz", tmp_path, device="cpu", progress=False)
+    assert users_json.read_text() == '{"my": "notes"}'
+    users_json.unlink()
+    label_folder(run_dir, scans / "ras.nii.gz", tmp_path, device="cpu", progress=False)
+    assert json.loads(users_json.read_text())["written_by"] == "coin label"
+    again = label_folder(run_dir, scans / "ras.nii.gz", tmp_path, device="cpu", progress=False)  # ours: updated
+    assert again.skipped and read_csv(users_csv)[0]["status"] == "labelled"
+    users_csv.write_text("mine\n")
+    forced = label_folder(run_dir, scans / "ras.nii.gz", tmp_path, device="cpu", force=True, progress=False)
+    assert forced.labelled and read_csv(users_csv)[0]["file"] == "ras.nii.gz"
+
+
+def test_a_scan_linked_twice_is_labelled_once_and_a_dangling_link_is_named(run_dir, scans, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(scans / "ras.nii.gz", source / "a.nii.gz")
+    (source / "b.nii.gz").symlink_to(source / "a.nii.gz")
+    (source / "c.nii.gz").symlink_to(source / "a.nii.gz")
+    (source / "d.nii.gz").symlink_to(source / "gone.nii.gz")
+    with pytest.warns(UserWarning) as caught:
+        done = label_folder(run_dir, source, tmp_path / "out", device="cpu", progress=False)
+    said = " | ".join(str(w.message) for w in caught)
+    assert paths(done.labelled) == [source / "a.nii.gz"] and done.total == 1, said
+    assert "b.nii.gz: the same file as" in said and "c.nii.gz: the same file as" in said
+    assert "d.nii.gz: a symlink to nothing" in said
+
+
 def test_output_folder_may_be_the_input_folder(run_dir, scans, tmp_path):
     shutil.copy(scans / "ras.nii.gz", tmp_path / "ras.nii.gz")
     first = label_folder(run_dir, tmp_path, tmp_path, device="cpu", progress=False)
@@ -351,6 +389,18 @@ def test_organ_masks_restrict_the_classified_slices_and_the_mask(run_dir, scans,
     # within 2 mm of the kidney run (y spacing 0.9 mm): rows 18..22 only
     assert set(np.flatnonzero(near.any(axis=(0, 2)))) <= {18, 19, 20, 21, 22}
     assert read_csv(margin.csv)[0]["mask_margin_mm"] == "2.0"
+
+
+def test_empty_organ_masks_are_said_not_silently_labelled(run_dir, scans, tmp_path):
+    masks = tmp_path / "ts"
+    masks.mkdir()
+    empty = np.zeros(nib.load(scans / "ras.nii.gz").shape, np.uint8)
+    for name in ("kidney_left.nii.gz", "kidney_right.nii.gz"):
+        nib.save(nib.Nifti1Image(empty, AFFINE), masks / name)
+    with pytest.warns(UserWarning, match=r"ras.nii.gz: no axial slice has >= 32 kidney pixels .* mask is empty"):
+        done = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "out", device="cpu", organ_masks=masks,
+                            progress=False)
+    assert read_csv(done.csv)[0]["classified_slices"] == "0"
 
 
 def test_organ_masks_on_another_grid_or_missing_name_the_file(run_dir, scans, tmp_path):

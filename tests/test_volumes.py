@@ -42,6 +42,7 @@ def copy_series(folder: Path, files=SERIES, names=None) -> Path:
 def rewrite(source: Path, target: Path, tags: dict[str, str], uid_suffix: str) -> None:
     """``source`` (HU as SimpleITK reads it) written again as a DICOM file with ``tags`` changed;
     the writer stores (HU - intercept) / slope for the RescaleIntercept/Slope given."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.ReadImage(str(source))
     image.SetMetaData("0008|0016", CT_IMAGE_STORAGE)  # the anonymised sample leaves the SOP UIDs empty
     image.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.8.498.{uid_suffix}")
@@ -206,6 +207,49 @@ def test_a_nifti_with_non_finite_voxels_is_unreadable(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "bad.nii.gz")
     with pytest.raises(UnreadableScan, match=r"bad.nii.gz holds 2 non-finite voxels"):
         read_scan(find_scans(tmp_path)[0])
+
+
+def test_values_no_ct_scanner_writes_are_refused_naming_the_file(tmp_path):
+    data = np.zeros((4, 4, 3), np.float64)
+    data[1, 2, 0] = 1e303  # finite in float64, infinite once read as float32
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "huge.nii.gz")
+    with pytest.raises(UnreadableScan, match=r"huge.nii.gz: 1 voxels lie outside \+-100000"):
+        read_scan(find_scans(tmp_path)[0])
+
+
+@pytest.mark.parametrize("tags, refusal", [
+    ({"0008|0060": "OT", "0008|0016": "1.2.840.10008.5.1.4.1.1.7"}, "modality OT"),
+    ({"0008|0060": "MR"}, "modality MR"),
+    ({"0008|0016": "1.2.840.10008.5.1.4.1.1.7"}, "SOP class 1.2.840.10008.5.1.4.1.1.7 is not a CT image"),
+    ({"0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER"}, "is not a CT slice"),
+])
+def test_a_file_that_is_not_a_ct_slice_among_a_series_is_named(tmp_path, tags, refusal):
+    """Every file is checked, not only the first: one foreign file among CT slices."""
+    folder = tmp_path / "series"
+    for k, path in enumerate(SERIES):
+        rewrite(path, folder / path.name, tags if k == 11 else {}, f"5.{k}")
+    with pytest.raises(UnreadableScan, match=rf"series/{SERIES[11].name}: .*{refusal}"):
+        read_scan(find_scans(folder)[0])
+
+
+def test_interleaved_series_without_a_series_uid_are_refused(tmp_path):
+    """Two series with an empty SeriesInstanceUID whose slices interleave: positions alone look
+    like one evenly spaced stack, so the tags they differ in, or their origins, must tell."""
+    kernels = tmp_path / "kernels"
+    for k, path in enumerate(SERIES):
+        rewrite(path, kernels / path.name, {"0018|1210": "B70f" if k % 2 else "B30f"}, f"6.{k}")
+    with pytest.raises(UnreadableScan, match=r"kernels: ConvolutionKernel differs .*cannot be told apart"):
+        read_scan(find_scans(kernels)[0])
+    shifted = tmp_path / "shifted"
+    for k, path in enumerate(SERIES):
+        x, y, z = single_slice(path)[1] * [-1, -1, 1]  # back to LPS, as the tag stores it
+        position = f"{x + (5.0 if k % 2 else 0.0):.4f}\\{y:.4f}\\{z:.4f}"
+        rewrite(path, shifted / path.name, {"0020|0032": position}, f"7.{k}")
+    with pytest.raises(UnreadableScan, match=r"shifted: the slice origin of .* mm off the line"):
+        read_scan(find_scans(shifted)[0])
+    for k, path in enumerate(SERIES):  # the same files rewritten unchanged are one series
+        rewrite(path, tmp_path / "same" / path.name, {}, f"8.{k}")
+    assert read_scan(find_scans(tmp_path / "same")[0])[0].shape == (512, 512, 20)
 
 
 # --------------------------------------------------------------------------- kidney masks
