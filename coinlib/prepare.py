@@ -475,10 +475,20 @@ def split_from_meta(scan_ids: Sequence[str], meta_path: str | os.PathLike) -> di
         fields = [f.strip() for f in reader.fieldnames or []]
         if "image_id" not in fields or "split" not in fields:
             raise ValueError(f"{meta_path} needs ';'-separated columns image_id and split, found {fields}")
-        table = {}
-        for row in reader:
+        table: dict[str, str] = {}
+        repeated = []
+        for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            table[row["image_id"]] = row["split"]
+            scan_id, split = row["image_id"], row["split"]
+            if scan_id in table:
+                if table[scan_id] != split:
+                    raise ValueError(f"{meta_path} line {line}: {scan_id} is listed again with split {split!r} "
+                                     f"after {table[scan_id]!r}; list each scan once")
+                repeated.append(scan_id)
+            table[scan_id] = split
+    if repeated:
+        warnings.warn(f"{meta_path} lists {len(repeated)} scan(s) twice with the same split (e.g. {repeated[0]}); "
+                      "each is counted once", stacklevel=2)
     missing = [s for s in scan_ids if s not in table]
     if missing:
         more = " ..." if len(missing) > 10 else ""
@@ -488,6 +498,35 @@ def split_from_meta(scan_ids: Sequence[str], meta_path: str | os.PathLike) -> di
     if bad:
         raise ValueError(f"{meta_path}: split values {bad} are not in {list(SPLITS)}")
     return splits
+
+
+def validation_from_train(split: dict[str, str], val_fraction: float, seed: int) -> list[str]:
+    """For a ``meta.csv`` without ``val`` rows (TotalSegmentator's releases after v2.0.1 list
+    train and test only): ``round(n * val_fraction)`` of its train scans (at least one, and at
+    least one left to train; n = all scans) drawn with ``seed`` become ``val``, in place.
+    Returns the ids moved, sorted; nothing is moved when ``val`` rows exist."""
+    if "val" in split.values():
+        return []
+    train = sorted(s for s, v in split.items() if v == "train")
+    wanted = max(1, math.floor(len(split) * val_fraction + 0.5))
+    count = min(wanted, len(train) - 1)
+    if count < 1:
+        raise ValueError(f"meta.csv lists no val scans and only {len(train)} train scan(s): none can be drawn "
+                         "for validation with one left to train")
+    rng = np.random.default_rng([seed, 0x7A1])
+    moved = sorted(rng.choice(np.array(train, dtype=object), size=count, replace=False).tolist())
+    for scan_id in moved:
+        split[scan_id] = "val"
+    return moved
+
+
+def _check_meta(meta: Path, scans: list[ScanFiles]) -> None:
+    """Before any scan is read: ``meta.csv`` lists every scan and puts some in train and in test."""
+    split = split_from_meta([s.scan_id for s in scans], meta)
+    for needed in ("train", "test"):
+        if needed not in split.values():
+            raise ValueError(f"{meta} puts none of the {len(scans)} scans in {needed}; the split needs "
+                             "train and test scans (val ones are drawn from train when there are none)")
 
 
 # --------------------------------------------------------------------------- layouts
@@ -815,6 +854,8 @@ def prepare_dataset(
     meta = src / "meta.csv"
     if config.split_source == "meta" and not meta.is_file():
         raise FileNotFoundError(f"split_source='meta' needs {meta} (TotalSegmentator meta.csv)")
+    if config.split_source == "meta":
+        _check_meta(meta, scans)
     settings = _settings(layout, src, config)
     sources = _sources(src, scans, [meta] if config.split_source == "meta" else [])  # before reading
     reason = "force=True" if force else _why_rebuild(out, settings, sources)
@@ -865,14 +906,26 @@ def _build(
 
     # split by scan
     if config.split_source == "meta":
-        split = split_from_meta(ids, src / "meta.csv")
-        if "train" not in split.values():
-            raise ValueError(f"{src / 'meta.csv'} puts none of the usable scans in train")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # repeated rows: said once already, before any scan was read
+            split = split_from_meta(ids, src / "meta.csv")
+        for needed in ("train", "test"):
+            if needed not in split.values():
+                raise ValueError(f"{src / 'meta.csv'} puts none of the usable scans (with kidney slices) in {needed}")
+        try:
+            val_from_train = validation_from_train(split, config.val_fraction, config.split_seed)
+        except ValueError as err:
+            raise ValueError(f"{src / 'meta.csv'}: {err}") from None
+        if val_from_train:
+            _say(f"{src / 'meta.csv'} lists no val scans (a TotalSegmentator release after v2.0.1?): "
+                 f"{len(val_from_train)} of its train scans drawn for validation with seed {config.split_seed}: "
+                 f"{', '.join(val_from_train[:5])}{' ...' if len(val_from_train) > 5 else ''}", progress)
         stratified_by = None
     else:
         tumour = [m.tumour_ml for m in kept] if layout == "kits23" else None
         split = split_scans(ids, config.test_fraction, config.val_fraction, config.split_seed, tumour)
         stratified_by = "tumour_ml" if layout == "kits23" else None
+        val_from_train = []
 
     # pass 2: fingerprint on the training scans
     by_id = {s.scan_id: s for s in scans}
@@ -962,6 +1015,7 @@ def _build(
                 "test_fraction": config.test_fraction,
                 "val_fraction": config.val_fraction,
                 "stratified_by": stratified_by,
+                "val_drawn_from_train": val_from_train,
                 "scans": {s: [i for i in ids if split[i] == s] for s in SPLITS},
             },
             "fingerprint": {k: stats[k] for k in ("p_low", "p_high", "percentiles", "voxels")},

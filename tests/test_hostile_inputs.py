@@ -266,7 +266,7 @@ def test_a_permission_error_is_one_line_and_debug_shows_the_traceback(capsys, mo
 
 def test_bad_devices_and_sizes_are_refused_before_any_work(capsys):
     assert "'foo' is not a device" in parse_error(capsys, "train", "--device", "foo")
-    assert "--image-size: 0 is below 1" in parse_error(capsys, "prepare", "--layout", "auto", "--src", "a",
+    assert "--image-size: 0 is below 8" in parse_error(capsys, "prepare", "--layout", "auto", "--src", "a",
                                                         "--out", "b", "--image-size", 0)
     assert "--subjects: 0 is below 1" in parse_error(capsys, "phantom", "--out", "a", "--subjects", 0)
     if not torch.cuda.is_available():
@@ -302,10 +302,13 @@ def test_a_singular_affine_names_the_file(capsys, ts, tmp_path):
 @pytest.mark.parametrize("setting, message", [
     ("train.batch_size=abc", "CounterfactualConfig.batch_size = 'abc': expected an integer"),
     ("train.lr=fast", "CounterfactualConfig.lr = 'fast': expected a finite number"),
-    ("train.batch_size=0", "CounterfactualConfig.batch_size = 0: must lie in [1, inf)"),
+    ("train.batch_size=0", "CounterfactualConfig.batch_size = 0: must lie in [1, 65536]"),
     ("train.steps=-1", "CounterfactualConfig.steps = -1: must lie in [1, inf)"),
     ("classifier.lr=NaN", "ClassifierConfig.lr = nan: expected a finite number"),
     ("data.image_size=48", "multiple of 32"),
+    ("train.batch_size=100000000", "CounterfactualConfig.batch_size = 100000000: must lie in [1, 65536]"),
+    ("data.image_size=100000", "DataConfig.image_size = 100000: must lie in [8, 2048]"),
+    ("train.seed=99999999999999999999", "CounterfactualConfig.seed = 99999999999999999999: must lie in"),
 ])
 def test_bad_settings_stop_before_any_work(capsys, monkeypatch, tmp_path, setting, message):
     def work(*args, **kwargs):
@@ -425,3 +428,93 @@ def test_run_record_names_the_profile(run):
     assert record["profile"] == "smoke" and record["settings"]["phantom"]["subjects"] == 4
     assert "compile" not in record["settings"]["train"]  # speed only: not part of a run's identity
     assert "seed" not in record["settings"]["train"]  # a replicate's: replicates share the folder
+
+
+# --------------------------------------------------------------------------- values that cannot be CT, labels, meta.csv
+
+
+def test_sizes_and_seeds_beyond_any_machine_are_refused_before_work_and_not_recorded(capsys, tmp_path):
+    assert "--seed: 99999999999999999999 is above 4294967295" in parse_error(
+        capsys, "train", "--seed", "99999999999999999999")
+    assert "--image-size: 100000 is above 2048" in parse_error(
+        capsys, "prepare", "--layout", "auto", "--src", "a", "--out", "b", "--image-size", 100000)
+    assert "--batch-size: 100000000 is above 65536" in parse_error(
+        capsys, "label", "--model", "a", "--in", "b", "--out", "c", "--batch-size", 100000000)
+    line = refused(capsys, "train", "--profile", "smoke", "--run-dir", tmp_path / "run", "--set",
+                   "train.batch_size=100000000")
+    assert "train" in line and not (tmp_path / "run").exists()  # nothing written, run.json included
+
+
+def test_values_no_ct_scanner_writes_are_refused_and_fills_must_be_hu(capsys, ts, tmp_path):
+    src = copy(ts, tmp_path / "ts")
+    path = src / "s0001" / "ct.nii.gz"
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=np.float64).copy()
+    data[data > 100] = 1e303  # finite as float64, infinite as float32
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+    line = refused(capsys, "prepare", "--layout", "totalsegmentator", "--src", src, "--out", tmp_path / "out",
+                   "--image-size", 32)
+    assert str(path) in line and "no CT scanner writes" in line and not (tmp_path / "out").exists()
+    line = refused(capsys, "prepare", "--layout", "totalsegmentator", "--src", ts, "--out", tmp_path / "out",
+                   "--image-size", 32, "--fill-nonfinite", 1e300)
+    assert "DataConfig.fill_nonfinite_hu = 1e+300: must lie in [-2000, 4000]" in line
+
+
+def test_a_label_value_between_labels_is_refused_naming_the_file(capsys, tmp_path):
+    root = P.generate_kits23(tmp_path / "kits", 3, 0, **KITS_COARSE)
+    path = root / "case_00001" / "segmentation.nii.gz"
+    image = nib.load(path)
+    labels = np.asarray(image.dataobj, dtype=np.float32).copy()
+    labels[labels == 1] = 1.5  # not kidney (1) and not tumour (2): no label at all
+    nib.save(nib.Nifti1Image(labels, image.affine), path)
+    line = refused(capsys, "prepare", "--layout", "kits23", "--src", root, "--out", tmp_path / "out",
+                   "--image-size", 32)
+    assert str(path) in line and "non-integer label values (e.g. 1.5)" in line
+
+
+def _write_meta(src: Path, rows: list[tuple[str, str]]) -> Path:
+    meta = src / "meta.csv"
+    meta.write_text("image_id;age;gender;split\n" + "".join(f"{i};60;m;{split}\n" for i, split in rows))
+    return meta
+
+
+def test_a_meta_without_val_rows_draws_validation_from_its_train_scans(capsys, ts, tmp_path):
+    """TotalSegmentator's releases after v2.0.1 list train and test only."""
+    src = copy(ts, tmp_path / "ts")
+    _write_meta(src, [("s0000", "train"), ("s0001", "train"), ("s0002", "test")])
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["prepare", "--layout", "totalsegmentator", "--src", str(src), "--out", str(out),
+                 "--image-size", "32", "--split-source", "meta"]) == 0
+    said = capsys.readouterr()
+    split = open_prepared(out).manifest["split"]
+    assert split["scans"]["test"] == ["s0002"] and len(split["scans"]["val"]) == 1
+    assert split["val_drawn_from_train"] == split["scans"]["val"]
+    assert "lists no val scans" in said.out + said.err
+    again = tmp_path / "again"
+    assert coin(capsys, "prepare", "--layout", "totalsegmentator", "--src", src, "--out", again,
+                "--image-size", 32, "--split-source", "meta")[0] == 0
+    assert open_prepared(again).manifest["split"]["scans"] == split["scans"]  # seeded
+
+
+def test_a_meta_without_test_rows_or_with_conflicting_rows_is_refused_before_reading(capsys, ts, tmp_path,
+                                                                                      monkeypatch):
+    import coinlib.prepare
+
+    def work(*args, **kwargs):
+        raise AssertionError("scans read")
+
+    monkeypatch.setattr(coinlib.prepare, "_build", work)
+    src = copy(ts, tmp_path / "ts")
+    args = ["prepare", "--layout", "totalsegmentator", "--src", src, "--out", tmp_path / "out", "--image-size", 32,
+            "--split-source", "meta"]
+    meta = _write_meta(src, [("s0000", "train"), ("s0001", "train"), ("s0002", "val")])
+    line = refused(capsys, *args)
+    assert str(meta) in line and "none of the 3 scans in test" in line
+    _write_meta(src, [("s0000", "train"), ("s0001", "val"), ("s0002", "test"), ("s0001", "test")])
+    line = refused(capsys, *args)
+    assert f"{meta} line 5: s0001 is listed again with split 'test' after 'val'" in line
+    _write_meta(src, [("s0000", "train"), ("s0001", "val"), ("s0002", "test"), ("s0001", "val")])
+    with pytest.warns(UserWarning, match="lists 1 scan.s. twice with the same split"):
+        with pytest.raises(AssertionError, match="scans read"):
+            main(["--debug", *map(str, args)])
