@@ -32,6 +32,7 @@ from .prepared import PreparedSlices, open_prepared
 from .progress import tqdm
 from .provenance import run_differences
 from .runtime import (
+    CheckpointError,
     ResumableSampler,
     autocast,
     distributed_context,
@@ -39,6 +40,7 @@ from .runtime import (
     pick_device,
     save_checkpoint,
     seed_everything,
+    unreadable_checkpoint,
     use_job_threads,
 )
 
@@ -276,6 +278,9 @@ def train_classifier(
             )
         state = {k: saved[k] for k in state}
         if state["finished"]:
+            if (broken := unreadable_checkpoint(out / BEST)) is not None:
+                raise CheckpointError(f"the trained classifier is broken: {broken}; it holds the best epoch's "
+                                      f"weights, which {out / LAST} does not: delete {out} to train it again")
             return out / BEST
 
     seed = config.seed

@@ -29,6 +29,7 @@ bin(1 - f(x)), the identity for bin(f(x)) (Eq. 9-10).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ from .runtime import (
     pick_device,
     save_checkpoint,
     seed_everything,
+    unreadable_checkpoint,
     use_job_threads,
 )
 
@@ -362,8 +364,13 @@ def train_counterfactual(
                 f"use a new output folder, or delete {out} to retrain"
             )
         step, history = saved["step"], saved["history"]
-    if step >= train.steps and (out / FINAL).is_file():
-        return out / FINAL
+    if step >= train.steps:
+        broken = unreadable_checkpoint(out / FINAL) if (out / FINAL).exists() else None
+        if (out / FINAL).exists() and broken is None:
+            return out / FINAL
+        if broken is not None:  # the loop below runs no step and writes it again from the last checkpoint
+            warnings.warn(f"{broken}; rebuilding it from {out / LAST}, which holds the same final weights",
+                          stacklevel=2)
 
     dataset = SliceDataset(prepared, "train", anomaly, fresh_anomalies=True, seed=train.seed)
     sampler = ResumableSampler(len(dataset), seed=train.seed, rank=ctx.rank, num_replicas=ctx.world_size,

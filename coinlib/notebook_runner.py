@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .files import atomic_path, write_json
 
-__all__ = ["NOTEBOOK_DIR", "list_notebooks", "run_notebooks"]
+__all__ = ["NOTEBOOK_DIR", "list_notebooks", "check_inputs", "run_notebooks"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -36,6 +36,21 @@ def list_notebooks(selected: list[str] | None = None, notebook_dir: Path = NOTEB
     return notebooks
 
 
+def check_inputs(profile: str, run_dir: Path, data: str, tumour_data: str) -> None:
+    """Before any kernel starts: the profile exists and fits the run folder, and each track's
+    data is the phantom or a folder in its layout (errors name the option)."""
+    from .config import get_profile
+    from .pipeline import check_source
+    from .provenance import check_run_folder
+
+    check_run_folder(get_profile(profile), run_dir)
+    for option, track, source in (("--data", "synthetic", data), ("--tumour-data", "tumour", tumour_data)):
+        try:
+            check_source(track, source)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"{option} {source}: {err}") from None
+
+
 def run_notebooks(
     profile: str,
     run_dir: str | os.PathLike,
@@ -48,6 +63,8 @@ def run_notebooks(
     import papermill
 
     run_dir = Path(run_dir).resolve()
+    notebooks = list_notebooks(selected, notebook_dir)
+    check_inputs(profile, run_dir, data, tumour_data)
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": profile, "run_dir": str(run_dir), "data": str(data), "tumour_data": str(tumour_data)}
@@ -55,7 +72,7 @@ def run_notebooks(
     os.environ["COIN_TEXT_PROGRESS"] = "1"  # kernels inherit it: text bars show in the log
     # and static widgets: an executed copy keeps a figure a repository viewer can show
     os.environ["COIN_STATIC_WIDGETS"] = "1"
-    for notebook in list_notebooks(selected, notebook_dir):
+    for notebook in notebooks:
         print(f"==> {notebook.name} (profile {profile})", flush=True)
         start = time.perf_counter()
         with atomic_path(out_dir / notebook.name) as tmp:

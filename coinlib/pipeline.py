@@ -50,6 +50,7 @@ __all__ = [
     "RunPaths",
     "default_run_dir",
     "repository_root",
+    "check_source",
     "prepare_track",
     "track_settings",
     "ensure_classifier",
@@ -308,6 +309,21 @@ def track_settings(profile: Profile, track: Track) -> tuple[ClassifierConfig, An
     return seen.classifier, seen.anomaly if track == "synthetic" else None
 
 
+def check_source(track: Track, source: str | os.PathLike) -> Path | None:
+    """The dataset folder of ``source`` for ``track`` (None for "phantom"), after checking
+    that it exists and is in the track's real layout; raises naming it otherwise."""
+    from .prepare import detect_layout
+
+    if str(source) == "phantom":
+        return None
+    src = Path(source)
+    found = detect_layout(src)
+    layout = LAYOUT_OF_TRACK[track]
+    if found != layout:
+        raise ValueError(f"{src} is in the {found} layout; the {track} track needs {layout}")
+    return src
+
+
 def prepare_track(
     profile: Profile,
     run_dir: str | os.PathLike,
@@ -337,10 +353,7 @@ def prepare_track(
             generate_kits23(src, ph.kits_cases, ph.seed, phases=ph.kits_phases, **extra)
         name = f"phantom_{layout}"
     else:
-        src = Path(source)
-        found = detect_layout(src)
-        if found != layout:
-            raise ValueError(f"{src} is in the {found} layout; the {track} track needs {layout}")
+        src = check_source(track, source)
         name = f"{layout}_{src.resolve().name}"
     data = track_profile(profile, track).data
     return prepare_dataset(layout, src, paths.prepared(name, data.image_size), data, progress=progress)

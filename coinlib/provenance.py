@@ -32,6 +32,7 @@ __all__ = [
     "RUN_RECORD",
     "REPLICATE_SEEDS",
     "run_settings",
+    "check_run_folder",
     "claim_run_folder",
     "weights_id",
     "run_differences",
@@ -92,25 +93,25 @@ def recorded_profile(run_dir: str | os.PathLike) -> str:
     return read_json(record)["profile"]
 
 
-def claim_run_folder(profile: Profile, run_dir: str | os.PathLike) -> Path:
-    """Record ``profile`` as ``run_dir``'s owner, or check that it is; returns ``run.json``.
+def check_run_folder(profile: Profile, run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """Check, writing nothing, that ``run_dir`` may hold a run of ``profile``: its ``run.json``
+    records the same profile and settings (returns that record), or there is none yet (None)
+    and no result of another profile lies there.
 
     Raises ``ValueError`` naming the folder, both profiles and the first differences when
     the folder was written with another profile or other settings.
     """
     run_dir = Path(run_dir)
     path = run_dir / RUN_RECORD
-    current = run_settings(profile)
     if not path.is_file():
         if run_dir.exists() and not run_dir.is_dir():
             raise ValueError(f"--run-dir {run_dir} exists and is not a folder")
         _check_older_results(run_dir, profile.name)
-        write_json(path, {"profile": profile.name, "settings": current,
-                          "note": "this run folder's profile and settings: every stage run in it must match"})
-        return path
+        return None
     record = read_json(path)
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
         raise ValueError(f"{path} is not a run record of coinlib (no 'settings'); use another --run-dir")
+    current = run_settings(profile)
     changed = sorted(_shared_differences(record["settings"], current), key=lambda line: not line.startswith("name:"))
     if changed:
         shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
@@ -119,7 +120,19 @@ def claim_run_folder(profile: Profile, run_dir: str | os.PathLike) -> Path:
             f"this run asks for profile {profile.name!r} with other settings ({shown}). "
             f"Give it a run folder of its own (--run-dir), or repeat the folder's --profile and --set"
         )
-    if _adopt_new_keys(record["settings"], current):
+    return record
+
+
+def claim_run_folder(profile: Profile, run_dir: str | os.PathLike) -> Path:
+    """Record ``profile`` as ``run_dir``'s owner, or check that it is (:func:`check_run_folder`);
+    returns ``run.json``."""
+    path = Path(run_dir) / RUN_RECORD
+    record = check_run_folder(profile, run_dir)
+    current = run_settings(profile)
+    if record is None:
+        write_json(path, {"profile": profile.name, "settings": current,
+                          "note": "this run folder's profile and settings: every stage run in it must match"})
+    elif _adopt_new_keys(record["settings"], current):
         write_json(path, record)
     return path
 

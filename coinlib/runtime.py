@@ -64,6 +64,7 @@ __all__ = [
     "git_commit",
     "hardware_summary",
     "load_checkpoint",
+    "unreadable_checkpoint",
     "load_weights",
     "local_module",
     "pick_device",
@@ -313,6 +314,18 @@ def _read_checkpoint(path: Path, map_location: Any) -> dict[str, Any]:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 -- torch raises several types for truncated or foreign files
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def unreadable_checkpoint(path: str | os.PathLike) -> str | None:
+    """None when the checkpoint at ``path`` loads (a finished model is one that loads), else
+    why not: missing, truncated by an interrupted copy, or not a checkpoint of ours."""
+    try:
+        payload = _read_checkpoint(Path(path), "cpu")
+    except CheckpointError as err:
+        return str(err)
+    if not isinstance(payload, dict) or not isinstance(payload.get("modules"), dict):
+        return f"{path} is not a checkpoint written by this project (no module weights in it)"
+    return None
 
 
 def _load_module(module: nn.Module, state_dict: dict[str, Any], where: str) -> None:

@@ -518,3 +518,41 @@ def test_a_meta_without_test_rows_or_with_conflicting_rows_is_refused_before_rea
     with pytest.warns(UserWarning, match="lists 1 scan.s. twice with the same split"):
         with pytest.raises(AssertionError, match="scans read"):
             main(["--debug", *map(str, args)])
+
+
+# --------------------------------------------------------------------------- a broken file is never taken as done
+
+
+def test_a_truncated_final_model_is_rebuilt_and_a_truncated_classifier_refused(capsys, run, tmp_path):
+    moved = copy(run, tmp_path / "run")
+    model = coin_model(moved)
+    whole = model.read_bytes()
+    model.write_bytes(whole[: len(whole) // 3])  # an interrupted copy
+    with pytest.warns(UserWarning, match=r"cannot read checkpoint .*counterfactual.pt.*rebuilding it from"):
+        assert coin(capsys, "train", *SMOKE, "--run-dir", moved)[0] == 0
+    assert model.read_bytes() != whole[: len(whole) // 3]
+    assert torch.load(model, weights_only=True)["modules"]["generator"].keys()  # loads again
+    classifier = pipeline.RunPaths(moved).classifier("synthetic") / "classifier.pt"
+    classifier.write_bytes(classifier.read_bytes()[:100])
+    line = refused(capsys, "train-classifier", *SMOKE, "--run-dir", moved)
+    assert str(classifier) in line and "broken" in line
+
+
+# --------------------------------------------------------------------------- coin reproduce checks before a kernel starts
+
+
+def test_reproduce_checks_its_inputs_before_any_kernel(capsys, run, tmp_path, monkeypatch):
+    import papermill
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("a kernel started")
+
+    monkeypatch.setattr(papermill, "execute_notebook", kernel)
+    fresh = tmp_path / "fresh"
+    line = refused(capsys, "reproduce", "--profile", "smoke", "--run-dir", fresh, "--data", tmp_path / "missing")
+    assert line.startswith(f"coin reproduce: error: --data {tmp_path / 'missing'}: dataset folder not found")
+    assert len(line) < 300 and not fresh.exists()
+    line = refused(capsys, "reproduce", "--profile", "smoke", "--run-dir", fresh, "--notebooks", "99")
+    assert "no notebook starts with ['99']" in line and not fresh.exists()
+    line = refused(capsys, "reproduce", "--profile", "quick", "--run-dir", run)
+    assert "belongs to profile 'smoke'" in line and not (run / "notebooks").exists()
