@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from .config import DataConfig, get_profile, with_seed
+    from .provenance import using_run_folder
 
     if args.command == "phantom":
         from .phantom import KITS23_PHASES, TOTALSEGMENTATOR_PHASES, generate_kits23, generate_totalsegmentator
@@ -299,6 +300,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile, overrides)
     profile = with_seed(profile, profile.seeds[0] if args.seed is None else args.seed)
     run_dir = args.run_dir or Path("runs") / args.profile
+    with using_run_folder(run_dir, f"coin {args.command} --track {args.track}"):
+        return _run_stage(args, profile, run_dir)
+
+
+def _run_stage(args: argparse.Namespace, profile, run_dir: Path) -> int:
+    from . import pipeline
+
     prepared = pipeline.prepare_track(profile, run_dir, args.track, args.data)
     if args.command == "train-classifier":
         print(pipeline.ensure_classifier(profile, run_dir, args.track, prepared, device=args.device))

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "atomic_path",
+    "exclusive",
     "write_json",
     "read_json",
     "write_csv",
@@ -152,6 +154,42 @@ def content_id(paths: Iterable[str | os.PathLike]) -> str:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | os.PathLike, what: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if needed) for the block.
+
+    The holder writes its host, process id and ``what`` into the file; a second process
+    says who holds it (one line on stderr, when ``what`` is given) and waits for it. The
+    lock goes with the process, so a killed holder frees it. Where ``fcntl`` does not
+    exist (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if what is not None:
+                handle.seek(0)
+                holder = " ".join(handle.read().split()) or "another process"
+                print(f"waiting for {lock_path.parent}: {holder} is using it", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            if what is not None:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{what} (pid {os.getpid()} on {socket.gethostname()})\n")
+                handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _OWNER = f"{re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname())}-{os.getpid()}"

@@ -63,7 +63,6 @@ and a failed rank leaves a CSV of what is done (run again to finish: done scans 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
@@ -82,7 +81,7 @@ from scipy import ndimage
 from torch import nn
 
 from .config import DataConfig, EvalConfig
-from .files import atomic_path, read_json, write_csv, write_json
+from .files import atomic_path, content_id, exclusive, read_json, write_csv, write_json
 from .masks import difference_map, weak_mask
 from .prepare import (
     CanonicalVolume,
@@ -201,8 +200,18 @@ class LabelModel:
 
 
 def _file_stamp(path: Path) -> list[Any]:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    """What identifies a model file: its content (a copied or moved run folder keeps it)."""
+    return [path.name, content_id([path])]
+
+
+def _threshold_is_stale(results: Path, generator_file: Path) -> bool:
+    """Whether the validation threshold in ``results`` was chosen for another generator: by the
+    generator's content id the results record (``settings.inputs``), else (older results) by
+    modification time."""
+    inputs = read_json(results).get("settings", {}).get("inputs")
+    if isinstance(inputs, list) and inputs:
+        return inputs[-1] != content_id([generator_file])
+    return results.stat().st_mtime_ns < generator_file.stat().st_mtime_ns
 
 
 def _prepared_folder(recorded: str, run_dir: Path, config_path: Path, where: str) -> Path:
@@ -292,9 +301,10 @@ def load_label_model(
     classifier_threshold = float(read_json(classifier_file.with_suffix(".json"))["classifier"]["threshold"])
     mask_threshold, source, eval_config = _mask_threshold(run_dir, track, variant, threshold)
     results = paths.result(track, variant)
-    if source.startswith("validation") and results.stat().st_mtime_ns < generator_file.stat().st_mtime_ns:
-        warnings.warn(f"{results} is older than {generator_file}: its threshold was chosen for an earlier "
-                      f"generator; run `coin evaluate {where} --variant {variant}` to choose it again",
+    if source.startswith("validation") and _threshold_is_stale(results, generator_file):
+        warnings.warn(f"{results} was scored with another generator than {generator_file}: its threshold was "
+                      "chosen for an earlier one; "
+                      f"run `coin evaluate {where} --variant {variant}` to choose it again",
                       stacklevel=2)
 
     device = device if isinstance(device, torch.device) else pick_device(device)
@@ -562,24 +572,6 @@ def _prefetched(items: Sequence[T], read) -> Iterator[tuple[T, Future]]:
             yield item, pending.pop(0)
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (created if needed) for the block; where
-    ``fcntl`` does not exist (Windows) the block runs unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on POSIX
-        yield
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def write_label_csv(scans: Sequence[Scan], out_dir: Path) -> tuple[Path, int]:
     """Rebuild ``out_dir/labels.csv`` from the sidecars of ``scans``; returns (path, rows).
 
@@ -590,7 +582,7 @@ def write_label_csv(scans: Sequence[Scan], out_dir: Path) -> tuple[Path, int]:
     replacement itself is atomic.
     """
     path = out_dir / CSV_NAME
-    with _exclusive(path.with_name(CSV_NAME + ".lock")):
+    with exclusive(path.with_name(CSV_NAME + ".lock")):
         rows = []
         for scan in sorted(scans):
             _, sidecar = output_paths(scan, out_dir)

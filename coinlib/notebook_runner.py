@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .files import atomic_path, write_json
+from .provenance import using_run_folder
 
 __all__ = ["NOTEBOOK_DIR", "list_notebooks", "check_inputs", "run_notebooks"]
 
@@ -59,12 +60,19 @@ def run_notebooks(
     tumour_data: str = "phantom",
     notebook_dir: Path = NOTEBOOK_DIR,
 ) -> list[dict]:
-    """Execute the notebooks in order; returns and writes ``<run_dir>/notebooks/timings.json``."""
-    import papermill
-
+    """Execute the notebooks in order; returns and writes ``<run_dir>/notebooks/timings.json``.
+    Nothing starts before :func:`check_inputs` passes; the run folder is held
+    (:func:`coinlib.provenance.using_run_folder`) until the last notebook ends."""
     run_dir = Path(run_dir).resolve()
     notebooks = list_notebooks(selected, notebook_dir)
     check_inputs(profile, run_dir, data, tumour_data)
+    with using_run_folder(run_dir, f"coin reproduce --profile {profile}"):
+        return _run(notebooks, profile, run_dir, data, tumour_data)
+
+
+def _run(notebooks: list[Path], profile: str, run_dir: Path, data: str, tumour_data: str) -> list[dict]:
+    import papermill
+
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": profile, "run_dir": str(run_dir), "data": str(data), "tumour_data": str(tumour_data)}

@@ -75,7 +75,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from .config import DataConfig, to_dict
-from .files import read_json, remove_stale_temporaries, temporary_folder
+from .files import content_id, read_json, remove_stale_temporaries, temporary_folder, write_json
 from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared
 from .progress import tqdm
 
@@ -733,6 +733,24 @@ def _sources(src: Path, scans: list[ScanFiles], extra: Sequence[Path]) -> list[l
     return rows
 
 
+def _with_digests(src: Path, sources: list[list[Any]]) -> list[list[Any]]:
+    """``sources`` rows with each file's content id appended (what the manifest records, so
+    a copy of the dataset with new modification times is known to be the same data)."""
+    return [[*row[:3], content_id([src / row[0]])] for row in sources]
+
+
+def _touched(src: Path, previous: dict[str, list[Any]], current: dict[str, list[Any]], names: list[str]) -> list[str]:
+    """Of ``names`` (files whose size or mtime differ), those whose content differs too: a file
+    of the same size is hashed and compared with the content id the manifest recorded."""
+    changed = []
+    for name in names:
+        old, new = previous[name], current[name]
+        same = len(old) > 2 and old[0] == new[0] and old[2] == content_id([src / name])
+        if not same:
+            changed.append(name)
+    return changed
+
+
 def _settings(layout: str, src: Path, config: DataConfig) -> dict[str, Any]:
     return {
         "prepare_version": PREPARE_VERSION,
@@ -743,8 +761,10 @@ def _settings(layout: str, src: Path, config: DataConfig) -> dict[str, Any]:
     }
 
 
-def _why_rebuild(out: Path, settings: dict[str, Any], sources: list[list[Any]]) -> str | None:
-    """None when ``out`` can be reused as is, else the reason to rebuild it."""
+def _why_rebuild(out: Path, settings: dict[str, Any], sources: list[list[Any]], src: Path) -> str | None:
+    """None when ``out`` can be reused as is, else the reason to rebuild it. Source files are
+    judged by size and modification time, and where those moved (a copy), by content; the
+    manifest then records the new times, so the next check is quick again."""
     if not out.exists():
         return f"no prepared folder at {out}"
     if not out.is_dir() or not is_complete(out):
@@ -765,7 +785,11 @@ def _why_rebuild(out: Path, settings: dict[str, Any], sources: list[list[Any]]) 
     current = {row[0]: row[1:] for row in sources}
     added = sorted(set(current) - set(previous))
     removed = sorted(set(previous) - set(current))
-    modified = sorted(p for p in set(current) & set(previous) if current[p] != previous[p])
+    moved = sorted(p for p in set(current) & set(previous) if current[p] != previous[p][:2])
+    modified = _touched(src, previous, current, moved)
+    if not (added or removed or modified) and moved:
+        manifest["sources"] = [[name, *current[name], previous[name][2]] for name in sorted(current)]
+        write_json(out / "manifest.json", manifest)  # not part of the data's content id
     if added or removed or modified:
         parts = [f"{name} {files[:3]}{' ...' if len(files) > 3 else ''}"
                  for name, files in (("added", added), ("removed", removed), ("modified", modified)) if files]
@@ -858,12 +882,13 @@ def prepare_dataset(
         _check_meta(meta, scans)
     settings = _settings(layout, src, config)
     sources = _sources(src, scans, [meta] if config.split_source == "meta" else [])  # before reading
-    reason = "force=True" if force else _why_rebuild(out, settings, sources)
+    reason = "force=True" if force else _why_rebuild(out, settings, sources, src)
     if reason is None:
         _say(f"reusing prepared dataset {out} (same settings and source files)", progress)
         return out
     _check_replaceable(out)
     _say(f"preparing {out}: {reason}", progress)
+    sources = _with_digests(src, sources)
     built = _build(layout, src, scans, config, progress)
     manifest = {
         "layout": layout,

@@ -25,13 +25,15 @@ import torch
 from torch import nn
 
 from .config import Profile, to_dict
-from .files import read_json, write_json
+from .files import exclusive, read_json, write_json
 from .runtime import config_differences
 
 __all__ = [
     "RUN_RECORD",
     "REPLICATE_SEEDS",
     "run_settings",
+    "RUN_LOCK",
+    "using_run_folder",
     "check_run_folder",
     "claim_run_folder",
     "weights_id",
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 RUN_RECORD = "run.json"
+RUN_LOCK = "run.lock"  # one writer at a time: see using_run_folder
 # a replicate's seeds (the profile's own and its sections'), and which replicates a stage runs
 # (``seeds``; Table 3 may run fewer, AblationConfig.table3_seeds): replicates share a run folder
 REPLICATE_SEEDS = {"": ("seed", "seeds"), "ablation": ("table3_seeds",), "classifier": ("seed",), "tumour_classifier": ("seed",), "train": ("seed",),
@@ -91,6 +94,13 @@ def recorded_profile(run_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{record}: no run record; give a run folder that a stage has written into "
                                 "(e.g. runs/quick after `make reproduce`)")
     return read_json(record)["profile"]
+
+
+def using_run_folder(run_dir: str | os.PathLike, what: str):
+    """A context in which this process alone writes into ``run_dir``: a second ``coin train``
+    (or ``reproduce``) on the same folder says who holds it and waits, instead of taking the
+    other's half-built files (:func:`coinlib.files.exclusive` on ``run.lock``)."""
+    return exclusive(Path(run_dir) / RUN_LOCK, what)
 
 
 def check_run_folder(profile: Profile, run_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -335,9 +337,20 @@ def test_a_copied_run_folder_reuses_what_it_holds(capsys, run, tmp_path):
     moved = copy(run, tmp_path / "moved", keep_times=False)  # `cp -r`: new paths and times
     model, results = coin_model(moved), coin_results(moved)
     weights, scored = model.read_bytes(), results.read_bytes()
-    assert coin(capsys, "train", *SMOKE, "--run-dir", moved)[0] == 0
+    (prepared,) = (moved / "data" / "prepared").iterdir()
+    images = (prepared / "images.npy").stat().st_mtime_ns
+    results.touch()  # copied before the model: older than it, yet scored with it
+    os.utime(results, ns=(model.stat().st_mtime_ns - 10**9,) * 2)
+    code, err = coin(capsys, "train", *SMOKE, "--run-dir", moved)
+    assert code == 0 and "preparing" not in err and "source files changed" not in err, err
     assert coin(capsys, "evaluate", *SMOKE, "--run-dir", moved)[0] == 0
     assert model.read_bytes() == weights and results.read_bytes() == scored  # reused, not retrained
+    assert (prepared / "images.npy").stat().st_mtime_ns == images  # the prepared data were not rebuilt
+    masks = tmp_path / "masks"
+    scan = next((moved / "data").rglob("ct.nii.gz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "threshold chosen for an earlier generator"
+        assert coin(capsys, "label", "--model", moved, "--in", scan, "--out", masks, "--device", "cpu")[0] == 0
 
 
 # --------------------------------------------------------------------------- 9: the minor ones
@@ -556,3 +569,24 @@ def test_reproduce_checks_its_inputs_before_any_kernel(capsys, run, tmp_path, mo
     assert "no notebook starts with ['99']" in line and not fresh.exists()
     line = refused(capsys, "reproduce", "--profile", "quick", "--run-dir", run)
     assert "belongs to profile 'smoke'" in line and not (run / "notebooks").exists()
+
+
+# --------------------------------------------------------------------------- one writer per run folder
+
+
+def test_a_second_stage_on_a_busy_run_folder_waits_for_the_first(capsys, run, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from coinlib.files import exclusive\n"
+         "with exclusive(sys.argv[1], 'coin train --track synthetic'):\n"
+         "    print('held', flush=True); time.sleep(3)", str(run / "run.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.perf_counter()
+        code, err = coin(capsys, "evaluate", *SMOKE, "--run-dir", run)  # reuses its results: fast once let in
+        waited = time.perf_counter() - started
+    finally:
+        holder.wait(timeout=30)
+    assert code == 0, err
+    assert f"waiting for {run}: coin train --track synthetic (pid {holder.pid} on" in err
+    assert waited > 1.0

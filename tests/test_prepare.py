@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from coinlib.config import DataConfig
+from coinlib.files import read_json
 from coinlib.prepare import (
     compute_fingerprint,
     detect_layout,
@@ -339,7 +340,7 @@ def test_totalsegmentator_end_to_end(ts):
     assert m["skipped"][0]["scan_id"] == "s0099" and m["image_size"] == SIZE
     sources = {row[0] for row in m["sources"]}
     assert "s0000/ct.nii.gz" in sources and "s0000/segmentations/liver.nii.gz" in sources
-    assert all(len(row) == 3 for row in m["sources"])
+    assert all(len(row) == 4 and row[3].startswith("sha256:") for row in m["sources"])
 
 
 def test_totalsegmentator_split_is_deterministic_and_meta(ts, tmp_path):
@@ -407,7 +408,19 @@ def test_reuse_stale_and_force(tmp_path, caplog):
 
     caplog.clear()
     ct = src / "s0001" / "ct.nii.gz"
-    os.utime(ct, ns=(ct.stat().st_atime_ns, ct.stat().st_mtime_ns + 10**9))
+    os.utime(ct, ns=(ct.stat().st_atime_ns, ct.stat().st_mtime_ns + 10**9))  # touched (or copied): same content
+    prepare_dataset("totalsegmentator", src, out, CONFIG, progress=False)
+    assert "reusing" in caplog.text
+    arrays = {name: time for name, time in mtimes(out).items() if name != "manifest.json"}
+    assert arrays == {name: time for name, time in before.items() if name != "manifest.json"}
+    recorded = {row[0]: row for row in read_json(out / "manifest.json")["sources"]}
+    assert recorded["s0001/ct.nii.gz"][2] == ct.stat().st_mtime_ns  # the new time recorded: next check is quick
+
+    caplog.clear()
+    image = nib.load(ct)
+    changed = np.asarray(image.dataobj).copy()
+    changed[0, 0, 0] += 1  # one voxel: the same size on disk or not, other content
+    nib.save(nib.Nifti1Image(changed, image.affine, image.header), ct)
     prepare_dataset("totalsegmentator", src, out, CONFIG, progress=False)
     assert "source files changed" in caplog.text and "s0001/ct.nii.gz" in caplog.text
     assert mtimes(out)["manifest.json"] != before["manifest.json"] and is_complete(out)
