@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--block", default="results",
                         help="the README block to rewrite, between <!-- BLOCK:start --> and <!-- BLOCK:end --> "
                              "(default: results; e.g. results-cpu-full beside the quick run's)")
+    report.add_argument("--partial", action="store_true",
+                        help="publish an unfinished run, its block marked as partial (default: refused)")
 
     label = commands.add_parser("label", help="weak lesion masks (NIfTI + CSV) for CT scans with a trained run")
     label.add_argument("--model", type=Path, required=True, metavar="RUN_DIR",
@@ -257,7 +259,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from .report import export_notebooks, publish_figures, publish_tables, update_readme
 
-        print(update_readme(args.run_dir, args.readme, args.block))
+        print(update_readme(args.run_dir, args.readme, args.block, partial=args.partial))
         print(f"copied {len(publish_figures(args.run_dir, args.figures))} figure files to {args.figures}")
         print(f"copied {len(publish_tables(args.run_dir, args.tables))} table files to {args.tables}")
         pages = export_notebooks(args.run_dir, args.docs)

@@ -62,6 +62,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.filename is None:  # e.g. a full disk, raised by a writer that knows no file name
+            raise type(err)(err.errno, f"{err.strerror or err} while writing {path}", str(path)) from err
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

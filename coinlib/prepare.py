@@ -209,6 +209,12 @@ def _read_finite(image: nib.Nifti1Image, path: Path, fill: float | None = None) 
     return check_finite(_read_data(image, path), path, fill)[0]
 
 
+def one_line(matrix: np.ndarray) -> str:
+    """A matrix in one line (an error message is one line): ``[[1, 0, 0, 0], ...]``."""
+    rows = np.asarray(matrix, dtype=np.float64)
+    return "[" + ", ".join("[" + ", ".join(f"{v:.4g}" for v in row) + "]" for row in rows) + "]"
+
+
 def _check_same_grid(ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Image, other_path: Path) -> None:
     """Image and mask must share shape and affine (voxel i of one is voxel i of the other)."""
     if tuple(ref.shape) != tuple(other.shape):
@@ -218,8 +224,8 @@ def _check_same_grid(ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Imag
         )
     if not np.allclose(ref.affine, other.affine, rtol=1e-5, atol=1e-3):
         raise ValueError(
-            f"affine mismatch (different voxel grids): {ref_path} vs {other_path}\n"
-            f"{np.array2string(ref.affine, precision=3)}\nvs\n{np.array2string(other.affine, precision=3)}"
+            f"affine mismatch (different voxel grids): {ref_path} has {one_line(ref.affine)}, "
+            f"{other_path} has {one_line(other.affine)}"
         )
 
 
@@ -255,7 +261,7 @@ def _canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> CanonicalVol
     ornt = nib.orientations.io_orientation(affine) if np.isfinite(affine).all() else np.full((3, 2), np.nan)
     if np.isnan(ornt).any():
         raise ValueError(f"{path} has a zero or singular affine (no voxel axis maps to a world axis), so "
-                         f"its orientation is unknown:\n{np.array2string(np.asarray(affine), precision=3)}")
+                         f"its orientation is unknown: {one_line(affine)}")
     canonical = nib.orientations.apply_orientation(data, ornt)
     new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
     axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])

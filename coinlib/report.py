@@ -265,14 +265,47 @@ def markers(block: str = "results") -> tuple[str, str]:
     return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
 
 
-def update_readme(run_dir: str | os.PathLike, readme: str | os.PathLike, block: str = "results") -> str:
-    """Replace the README's ``block`` (:func:`markers`) with :func:`results_markdown`; returns the text."""
+def missing_from_run(run_dir: str | os.PathLike) -> list[str]:
+    """What a finished run of the profile its results name holds and ``run_dir`` lacks (paths
+    relative to it): for every seed of the profile, the Table 1 results (classifiers and
+    every scored method) that its first seed holds. Empty for a finished run."""
+    from .config import get_profile
+
+    run_dir = Path(run_dir)
+    source = _source(run_dir / "results")
+    if source is None:
+        return ["results/ (no results at all)"]
+    seeds = get_profile(source["profile"]).seeds
+    first = run_dir / "results" / f"seed{seeds[0]}"
+    names = sorted(p.name for p in first.glob("*.json") if not p.name.startswith("ablation_"))
+    missing = [] if names else [f"results/seed{seeds[0]}/"]
+    missing += [f"results/seed{seed}/{name}" for seed in seeds[1:] for name in names
+                if not (run_dir / "results" / f"seed{seed}" / name).is_file()]
+    return missing
+
+
+def update_readme(run_dir: str | os.PathLike, readme: str | os.PathLike, block: str = "results",
+                  partial: bool = False) -> str:
+    """Replace the README's ``block`` (:func:`markers`) with :func:`results_markdown`; returns the text.
+
+    An unfinished run (:func:`missing_from_run`) is refused, naming what it lacks, unless
+    ``partial``: then the block opens with a line that says it is partial and what is missing.
+    """
     readme = Path(readme)
     text = readme.read_text()
     start, end = markers(block)
     if start not in text or end not in text:
         raise ValueError(f"{readme} lacks the markers {start} ... {end}")
+    missing = missing_from_run(run_dir)
+    if missing and not partial:
+        raise ValueError(f"{run_dir} is an unfinished run: it lacks {len(missing)} file(s) a finished run holds "
+                         f"({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}); finish it "
+                         "(coin reproduce resumes), or pass --partial to publish it marked as partial")
     body = results_markdown(run_dir)
+    if missing:
+        body = (f"**Partial run:** {run_dir.name if isinstance(run_dir, Path) else Path(run_dir).name} lacks "
+                f"{len(missing)} file(s) a finished run holds ({', '.join(missing[:8])}"
+                f"{' ...' if len(missing) > 8 else ''}); the seeds and tables below are those it has.\n\n" + body)
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     new = pattern.sub(lambda _: f"{start}\n{body}{end}", text)
     with atomic_path(readme) as tmp:

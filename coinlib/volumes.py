@@ -16,12 +16,19 @@ file's RescaleSlope/RescaleIntercept (HU out). Geometry comes from the DICOM
 image with the same voxel grid, ITK's LPS+ coordinates flipped to NIfTI's RAS+, so a mask
 written with its affine lies on the series' grid in any viewer. Checked before labelling,
 each with an error naming the file or folder: a DICOM-looking file GDCM cannot parse
-(corrupt, truncated), slices of different orientations, two slices at one position (two
-series in one folder with nothing to tell them apart), uneven slice spacing (a missing
-slice), a modality other than CT, a series of one file.
+(corrupt, truncated); in every file of the series, a modality other than CT, a SOP class
+that is not a CT image (a secondary capture, an MR slice) or an ImageType of a scout or
+screenshot; two series with nothing to tell them apart mixed in one folder (the same or an
+empty SeriesInstanceUID) whether their slices coincide (two slices at one position), differ
+in a tag one acquisition's slices share (:data:`SERIES_TAGS`: study, series number, frame of
+reference, pixel spacing, matrix, slice thickness, kernel) or interleave with origins off one
+line; slices of different orientations; uneven slice spacing (a missing slice); a series of
+one file.
 
-Every read volume must be 3D and finite (NaN or infinite voxels are an error naming the
-file, never labelled). Reading errors are raised as :class:`UnreadableScan`, so a caller
+Every read volume must be 3D, finite and within CT's range (NaN or infinite voxels, or
+values beyond :data:`coinlib.prepare.HU_LIMIT`, are an error naming the file, never
+labelled). A NIfTI file reached by two names (symlinks, hard links) is labelled once; a
+symlink to nothing is named in a warning. Reading errors are raised as :class:`UnreadableScan`, so a caller
 can list the scan and go on with the others.
 
 Kidney masks (:func:`find_organ_masks`, :func:`read_kidney_mask`): TotalSegmentator's output

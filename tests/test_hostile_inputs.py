@@ -1,4 +1,4 @@
-"""What a careful or hostile user can do to the `coin` command, on the smoke profile (issue 16).
+"""What a careful or hostile user can do to the `coin` command, on the smoke profile.
 
 Each test is one reproduction of a way the project used to lose data or mislead: it deletes
 nothing it did not write, overwrites nothing it did not write, keeps a run folder to one
@@ -293,9 +293,27 @@ def test_a_singular_affine_names_the_file(capsys, ts, tmp_path):
     src = copy(ts, tmp_path / "ts")
     for path in sorted((src / "s0001").rglob("*.nii.gz")):
         _save_with_affine(path, np.asarray(nib.load(path).dataobj), np.zeros((3, 4)))
-    line = refused(capsys, "prepare", "--layout", "totalsegmentator", "--src", src, "--out", tmp_path / "out",
+    capsys.readouterr()
+    assert main(["prepare", "--layout", "totalsegmentator", "--src", str(src), "--out", str(tmp_path / "out"),
+                 "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    line = err.rstrip().splitlines()[-1]
+    assert "s0001" in line and "singular affine" in line and "[[0, 0, 0, 0]" in line
+    assert not any(text.lstrip().startswith("[") for text in err.splitlines())  # no matrix on lines of its own
+
+
+def test_a_full_disk_names_the_file_being_written(capsys, monkeypatch, tmp_path):
+    import coinlib.prepared
+
+    def full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(coinlib.prepared.np, "save", full)
+    out = tmp_path / "phantom"
+    P.generate_totalsegmentator(out, 3, 0, **COARSE)
+    line = refused(capsys, "prepare", "--layout", "totalsegmentator", "--src", out, "--out", tmp_path / "prepared",
                    "--image-size", 32)
-    assert "s0001" in line and "singular affine" in line
+    assert "No space left on device while writing" in line and ".npy" in line and str(tmp_path) in line
 
 
 # --------------------------------------------------------------------------- 6: values checked before work

@@ -416,6 +416,9 @@ def test_organ_masks_on_another_grid_or_missing_name_the_file(run_dir, scans, tm
                         progress=False)
     ((_, why),) = done.failed
     assert "kidney_right.nii.gz" in why and "not on the voxel grid" in why and not done.labelled
+    assert "\n" not in why and "\n" not in json.loads((tmp_path / "out" / "ras_coin_mask.json").read_text())["error"]
+    with open(done.csv, newline="") as handle:
+        assert len(handle.read().splitlines()) == 2  # header + one row: no line break inside a field
     (masks / "kidney_right.nii.gz").unlink()
     done = label_folder(run_dir, scans / "ras.nii.gz", tmp_path / "out", device="cpu", organ_masks=masks,
                         progress=False)

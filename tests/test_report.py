@@ -114,6 +114,24 @@ def test_readme_without_markers_is_refused(tmp_path):
         update_readme(run, tmp_path / "README.md")
 
 
+def test_an_unfinished_run_is_refused_or_marked_partial(tmp_path, capsys):
+    from coinlib.cli import main
+
+    run = _fake_run(tmp_path / "run")
+    (run / "results" / "seed2" / "tumour_coin.json").unlink()  # seed 2 stopped before COIN's tumour track
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n{START}\nold\n{END}\n")
+    args = ["report", "--run-dir", str(run), "--readme", str(readme), "--figures", str(tmp_path / "figures"),
+            "--tables", str(tmp_path / "tables"), "--docs", str(tmp_path / "docs")]
+    assert main(args) == 2
+    assert "unfinished run: it lacks 1 file(s) a finished run holds (results/seed2/tumour_coin.json)" in \
+        capsys.readouterr().err
+    assert "old" in readme.read_text()  # untouched
+    assert main([*args, "--partial"]) == 0
+    assert "**Partial run:** run lacks 1 file(s) a finished run holds (results/seed2/tumour_coin.json)" in \
+        readme.read_text()
+
+
 def test_a_run_without_results_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results"):
         results_markdown(tmp_path)
