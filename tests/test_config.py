@@ -104,8 +104,13 @@ def test_every_field_is_type_checked_and_every_range_names_a_field(cls):
 
 def test_ranges_are_checked_at_their_bounds():
     assert CounterfactualConfig(batch_size=1).batch_size == 1
-    with pytest.raises(ValueError, match=r"batch_size = 0: must lie in \[1, inf\)"):
+    with pytest.raises(ValueError, match=r"batch_size = 0: must lie in \[1, 65536\]"):
         CounterfactualConfig(batch_size=0)
+    assert CounterfactualConfig(batch_size=65536).batch_size == 65536
+    with pytest.raises(ValueError, match=r"batch_size = 65537: must lie in \[1, 65536\]"):
+        CounterfactualConfig(batch_size=65537)
+    with pytest.raises(ValueError, match=r"seed = 4294967296: must lie in \[0, 4294967295\]"):
+        CounterfactualConfig(seed=2**32)
     assert ClassifierConfig(threshold=1.0).threshold == 1.0
     with pytest.raises(ValueError, match=r"ClassifierConfig.threshold = 1.5: must lie in \[0, 1\]"):
         ClassifierConfig(threshold=1.5)
