@@ -5,7 +5,7 @@
 # pyproject.toml changes). PROFILE=smoke|quick|paper picks the profile (quick: CPU default);
 # DATA / TUMOUR_DATA point the two tracks at real TotalSegmentator / KiTS23 folders, and
 # NOTEBOOKS=05,06 runs only those notebooks (each reuses what the run folder already holds).
-# For a class (README, "Teaching with it"):
+# For a class (docs/teaching.md):
 #   make lesson      # before class: synthetic-track data, classifier f and COIN (lesson profile),
 #                    # then the from-scratch notebook once, in runs/lesson
 #   make lab         # register the project's kernel ("coin") and open JupyterLab in notebooks/

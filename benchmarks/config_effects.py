@@ -1,10 +1,10 @@
-"""What each "paper or the authors' code" choice does to COIN's Table 1 IoU (issue 12, sec. 4).
+"""What each "paper or the authors' code" choice does to COIN's Table 1 IoU.
 
     python benchmarks/config_effects.py --baseline runs/quick            # after `make reproduce`
     python benchmarks/config_effects.py --baseline runs/quick --choices eval.morphology=implementation
     python benchmarks/config_effects.py --baseline runs/quick --track tumour --choices eval.morphology=implementation
 
-The README's "Where the authors' code differs from the paper" lists the choices, each a
+The docs/protocol.md's "Where the authors' code differs from the paper" lists the choices, each a
 config field with the paper's (or, where the paper is silent, the code's) value as default.
 For each ``--choices`` entry (``SECTION.FIELD=VALUE``, the non-default value) this trains and
 scores COIN on one track of Table 1 (``--track``, default synthetic) for every seed of the baseline's profile, in a

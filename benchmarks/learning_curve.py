@@ -1,4 +1,4 @@
-"""How a variant's validation IoU grows with training steps, over seeds (issue 12: choose the steps).
+"""How a variant's validation IoU grows with training steps, over seeds (to choose the steps).
 
     python benchmarks/learning_curve.py                                   # quick: COIN and row F, 3 seeds
     python benchmarks/learning_curve.py --variants coin singla --steps 600 --every 50

@@ -1,4 +1,4 @@
-"""Where each method's weak masks lie: on the lesion, on the kidney around it, or elsewhere (issue 11).
+"""Where each method's weak masks lie: on the lesion, on the kidney around it, or elsewhere.
 
     python benchmarks/mask_location.py --run-dir runs/quick                       # after `make reproduce`
     python benchmarks/mask_location.py --run-dir runs/quick --methods coin rise --seeds 0

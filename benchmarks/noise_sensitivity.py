@@ -1,4 +1,4 @@
-"""How much f's score moves when a slice is noisier: the tumour track's f with and without noise jitter (issue 11).
+"""How much f's score moves when a slice is noisier: the tumour track's f with and without noise jitter.
 
     python benchmarks/noise_sensitivity.py --run-dirs runs/quick                      # after `make reproduce`
     python benchmarks/noise_sensitivity.py --run-dirs runs/quick runs/jitter0 --sigmas 0 0.05 0.1 0.2

@@ -1,4 +1,4 @@
-"""Would other post-processing radii lift the counterfactual masks? A grid over Sec. 5's clean-up (issue 11).
+"""Would other post-processing radii lift the counterfactual masks? A grid over Sec. 5's clean-up.
 
     python benchmarks/postprocessing_grid.py --run-dir runs/quick                 # after `make reproduce`
     python benchmarks/postprocessing_grid.py --run-dir runs/quick --track synthetic --closing 0 2 4

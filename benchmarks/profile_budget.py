@@ -1,6 +1,6 @@
 """The device time a profile's ``make reproduce`` needs, from its settings and throughputs.
 
-    python benchmarks/profile_budget.py --profile paper                        # FACTS.md's H200 figure
+    python benchmarks/profile_budget.py --profile paper                        # the authors' implementation's H200 figure
     python benchmarks/profile_budget.py --profile paper --gan-img-per-s 800    # your train_step.py figure
     python benchmarks/profile_budget.py --profile quick --gan-img-per-s 16 --tflops 0.1 --workers 2
 
@@ -14,7 +14,7 @@ Counts the work notebooks 00-09 do with the profile's settings:
   forward and a backward), turned into FLOPs with torch's counter on one image;
 
 and turns them into time: GAN steps at ``--gan-img-per-s`` (measure it with
-``benchmarks/train_step.py``; the default is the plain compiled step on one H200, FACTS.md
+``benchmarks/train_step.py``; the default is the plain compiled step on one H200, as measured for the authors' implementation
 "Speed"), classifier work at ``--tflops`` achieved. Slice counts come from prepared folders
 when given, else from the rates of the phantom. Data preparation (CPU) is not counted.
 ``--workers``: jobs run side by side (``coinlib.jobs``; on 2 CPU cores, 2 one-thread jobs), so
@@ -40,7 +40,7 @@ from coinlib.variants import (
     ablation_budget,
 )
 
-# FACTS.md "Speed": a plain modern PyTorch step, torch.compile, batch 16, one H200
+# measured: a plain modern PyTorch step, torch.compile, batch 16, one H200
 DEFAULT_GAN_IMG_PER_S = 492.0
 # slices per scan and abnormal share, measured on the phantom (quick run: 3118 slices from 40
 # TotalSegmentator-layout subjects; 1753 from 40 KiTS-layout cases, 266 with tumour)

@@ -1,4 +1,4 @@
-"""How much of RISE's IoU spread is its mask set: one set for every slice, or one per slice (issue 12).
+"""How much of RISE's IoU spread is its mask set: one set for every slice, or one per slice.
 
     python benchmarks/rise_mask_sets.py --run-dir runs/quick                 # after `make reproduce`
     python benchmarks/rise_mask_sets.py --run-dir runs/quick --classifier-seeds 0 1 2 --mask-seeds 0 1

@@ -15,7 +15,7 @@ is the schedule's average. ``--fast`` is the trainer's fast path
 its compilation happens in the warm-up, whose time is printed. Prints images/s, achieved
 TFLOP/s (torch's FLOP counter on one D-only and one D+G step of the plain step), peak
 memory on CUDA, and a comparison with the authors' implementation and the bf16 arithmetic
-limit (FACTS.md, "Speed"). ``--precision`` measures fp32 and/or bf16 autocast
+limit. ``--precision`` measures fp32 and/or bf16 autocast
 (:func:`coinlib.runtime.precision`; on the CPU bf16 pays only with AVX512-BF16 or AMX-BF16);
 ``--jobs N`` runs N one-thread measurements at once in worker processes and reports their
 sum, the throughput the quick profile's parallel jobs (:mod:`coinlib.jobs`) get. On the CPU the
@@ -45,10 +45,10 @@ from coinlib.counterfactual import (
 )
 from coinlib.runtime import hardware_summary, pick_device, precision_set_to, use_job_threads
 
-# FACTS.md "Speed": the public implementation on one H200, paper configuration, batch 16
+# the public implementation measured on one H200, paper configuration, batch 16
 AUTHORS_IMG_PER_S = {"fp32": 173.0, "bf16": 195.0, "fp32, batch 64": 206.0}
 AUTHORS_GFLOP_PER_IMAGE = {"D+G step": 975.0, "D-only step": 333.0, "1-in-5 average": 461.0}
-# dense bf16 matrix throughput, TFLOP/s (FACTS: H200 about 790; H100 SXM 989)
+# dense bf16 matrix throughput, TFLOP/s (H200 about 790; H100 SXM 989)
 BF16_PEAK_TFLOPS = {"H200": 790.0, "H100": 989.0}
 
 
@@ -160,10 +160,10 @@ def _env(name: str, value: str):
 
 
 def print_comparison(results: list[dict], device: torch.device) -> None:
-    """The authors' img/s (FACTS) and the share of the bf16 arithmetic limit, per result."""
+    """The authors' img/s and the share of the bf16 arithmetic limit, per result."""
     peak = bf16_peak(device)
     authors = ", ".join(f"{name} {value:.0f}" for name, value in AUTHORS_IMG_PER_S.items())
-    print(f"\nauthors' implementation, one H200, paper configuration (FACTS.md), img/s: {authors}")
+    print(f"\nauthors' implementation, one H200, paper configuration, img/s: {authors}")
     print(f"bf16 arithmetic limit: {f'{peak:.0f} TFLOP/s' if peak else 'n/a (known for H200 and H100 SXM only)'}")
     if any(r["profile"] != "paper" for r in results):
         print("(profiles other than 'paper' are smaller models: the ratios compare unlike work)")
@@ -181,7 +181,7 @@ def print_schedule(results: list[dict]) -> None:
     print(f"\nschedule: generator updated every {results[0]['generator_every']} steps "
           f"(profile {results[0]['profile']!r}); img/s and TFLOP/s average over it")
     facts = ", ".join(f"{name} {value:.0f}" for name, value in AUTHORS_GFLOP_PER_IMAGE.items())
-    print(f"GFLOP per image, paper configuration (FACTS.md): {facts}")
+    print(f"GFLOP per image, paper configuration: {facts}")
     for r in results:
         print(f"  batch {r['batch']:>3} ({r['mode']}): D+G step {r['gflop_per_image_g_step']:.1f}, "
               f"D-only step {r['gflop_per_image_d_step']:.1f}, average {r['gflop_per_image']:.1f}")

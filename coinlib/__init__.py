@@ -1,6 +1,6 @@
 """coinlib: the library behind the COIN companion notebooks.
 
-One module per concept (see README, "Library map"). Glossary used in code, notebooks
+One module per concept (see docs/development.md, "The library"). Glossary used in code, notebooks
 and README alike:
 
 - ``x``: an image, (B, 1, H, W) in [-1, 1]

@@ -1,4 +1,4 @@
-"""Synthetic Gaussian-blob anomalies inside the kidneys (paper App. 7.2; FACTS "Synthetic anomaly").
+"""Synthetic Gaussian-blob anomalies inside the kidneys (paper App. 7.2; the authors' anomaly code).
 
 The generator is split the torchio way: :func:`draw_anomaly` draws *every* random number
 (which kidney component, centre, scale, rotation, grid distortion) from an explicit
@@ -12,8 +12,8 @@ share the template, the parameters and the intensity step, and differ in how the
 and warp:
 
 - ``"implementation"`` (the default): the distribution of the authors' code, which runs
-  albumentations 1.3.0 on a 20 x 20 pixel template (FACTS, "What the implementation's
-  configs and code do"). Mean anomaly area 84.6 px (sd 21.3), 95th-percentile aspect
+  albumentations 1.3.0 on a 20 x 20 pixel template (its configs and
+  code). Mean anomaly area 84.6 px (sd 21.3), 95th-percentile aspect
   ratio 1.34 at 256 px; slices whose second kidney component is small get an anomaly
   about half as often as the others.
 - ``"continuous"``: this project's first reading of App. 7.2, kept as an option: an exact
@@ -83,7 +83,7 @@ those whose box is larger than the template grid (``> n`` px both ways).
 
 Both rules: a slice that cannot host the drawn anomaly makes :func:`draw_anomaly` return
 ``None`` and :func:`draw_slice_anomaly` report ``"unplaceable"`` (label 0), so the dataset
-counts it instead of silently mislabelling. Intensity (FACTS): ``x01 = (x + 1) / 2``;
+counts it instead of silently mislabelling. Intensity (the authors' code): ``x01 = (x + 1) / 2``;
 ``x01 = clip(x01 + alpha * T_placed, 0, 1)``; back to [-1, 1]. The image also changes in
 the blob's faint tail (``0 < T <= 0.25``); pixels where ``T == 0`` are untouched. The lesion
 mask (``mask_true``) is the placed template mask. Kidney components are labelled with
@@ -548,7 +548,7 @@ def apply_anomaly(
     """Insert the anomaly into ``image`` (H, W) in [-1, 1] (App. 7.2).
 
     Returns ``(image_out (H, W) float32 in [-1, 1], mask (H, W) bool)``. On the [0, 1]
-    scale ``x01 + alpha * T`` clipped to [0, 1] (FACTS); pixels where the placed template
+    scale ``x01 + alpha * T`` clipped to [0, 1] (the authors' code); pixels where the placed template
     is 0 are returned bit-identical (as float32). Deterministic. ``out``: an optional
     (H, W) float32 array to write ``image_out`` into (may be ``image`` itself; saves a copy).
     """

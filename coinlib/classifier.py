@@ -1,6 +1,6 @@
 """The classifier f: the frozen black box that COIN explains (paper Sec. 3.1, 4.3).
 
-ResNet18 for the synthetic anomalies, EfficientNetV2-S for real tumours (FACTS "Models"):
+ResNet18 for the synthetic anomalies, EfficientNetV2-S for real tumours (the paper; the authors' code):
 torchvision's architectures built with ``weights=None`` (nothing is ever downloaded), the
 first convolution replaced for one input channel and the last layer for one logit.
 
@@ -8,7 +8,7 @@ first convolution replaced for one input channel and the last layer for one logi
   logits ``(B,)``; ``p_abnormal = sigmoid(logits)``; abnormal when ``p_abnormal >= t``
   (``ClassifierConfig.threshold``, Sec. 3.1).
 - :func:`classifier_target_layer`: the layer saliency methods hook (ResNet18 ``layer4``,
-  EfficientNetV2 last feature block; FACTS "Evaluation").
+  EfficientNetV2 last feature block; the authors' evaluation code).
 - :func:`classifier_features`: penultimate features ``(B, F)`` (F = 512 / 1280), e.g. for a
   Frechet distance in the classifier's own feature space.
 - :func:`freeze`: eval mode and no parameter gradients, for GAN training (Sec. 4.3: "the
@@ -141,7 +141,7 @@ def target_layer_channels(config: ClassifierConfig) -> int:
 
 
 def classifier_target_layer(model: BinaryClassifier, arch: str | None = None) -> nn.Module:
-    """The layer whose activations saliency methods use (FACTS "Evaluation").
+    """The layer whose activations saliency methods use (as the authors' evaluation code).
 
     ResNet18: ``layer4`` (512 channels, H/32). EfficientNetV2-S: the last block of
     ``features`` (the 1x1 conv-BN-SiLU to 1280 channels, H/32). ``arch`` defaults to

@@ -113,7 +113,7 @@ def random_noise(x: torch.Tensor, strength: float, generator: torch.Generator | 
 
     Augmentation on the [-1, 1] scale, clipped back to it. Scans differ in noise (dose, body
     size; the phantom draws ``noise_hu`` per subject), and a classifier trained on few scans
-    can read a noisy slice as a heterogeneous mass (README, "Why the tumour track's f is
+    can read a noisy slice as a heterogeneous mass (docs/profiles.md, "Why the tumour track's f is
     trained with added noise"). ``strength`` 0 returns ``x`` unchanged and draws nothing from
     ``generator``.
     """
@@ -144,7 +144,7 @@ def random_hide_patches(x: torch.Tensor, grid: int, probability: float,
     object; hiding random parts during training makes it find the evidence elsewhere too, so
     its decision spreads over the whole object, which is what weakly supervised localisation
     needs. On the tumour track at the quick budget it did not help: f lost AUC and COIN's IoU
-    fell on every seed (README, "Hiding patches from f does not make COIN cover the mass"), so
+    fell on every seed (docs/experiments.md, "Hiding patches from f does not make COIN cover the mass"), so
     every profile leaves it off. The paper fills with the dataset's mean pixel so that a hidden
     cell looks, to the first convolution, like an average one; the image's own mean serves the
     same end without a pass over the data. Cells are ``ceil(H / grid)`` pixels (the last row and
@@ -163,7 +163,7 @@ def random_hide_patches(x: torch.Tensor, grid: int, probability: float,
 def random_shift_scale_rotate(x: torch.Tensor, generator: torch.Generator | None = None, shift: float = 0.0625,
                               scale: float = 0.1, degrees: float = 45.0) -> torch.Tensor:
     """A random affine per image, as albumentations' ``ShiftScaleRotate`` defaults the authors used
-    (FACTS): shift up to ``shift`` of the size per axis, zoom 1 +- ``scale``, rotation +- ``degrees``,
+    (the authors' code): shift up to ``shift`` of the size per axis, zoom 1 +- ``scale``, rotation +- ``degrees``,
     bilinear, borders mirrored. ``x (B, 1, H, W)``; the same shape back."""
     draws = torch.rand(4, x.shape[0], generator=generator, device="cpu").mul(2).sub(1).to(x.device, torch.float32)
     angle = draws[0] * torch.pi * degrees / 180
@@ -253,7 +253,7 @@ def train_classifier(
 
     Returns the path of the best checkpoint (``out_dir/classifier.pt``). Stops early when
     validation AUC has not improved for ``config.patience`` epochs (paper Sec. 4.3 trains
-    the classifier to convergence before the GAN; FACTS "Models").
+    the classifier to convergence before the GAN; the authors' code).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@
     coin train --profile quick --run-dir runs/quick [--variant coin] [--set train.batch_size=8]
     coin evaluate --profile quick --run-dir runs/quick [--variant coin]
     coin reproduce --profile quick --run-dir runs/quick
-    coin report --run-dir runs/quick          # README results, figures/, tables/, docs/notebooks/
+    coin report --run-dir runs/quick          # README summary, docs/results.md, figures/, tables/, docs/notebooks/
     coin label --model runs/quick --in scans/ --out masks/ [--organ-masks seg/]   # weak masks for CT (NIfTI, DICOM)
 
 A bad run ends with one line on stderr naming the file or parameter at fault, and exit
@@ -147,16 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="IoU / CV / FID of a trained GAN -> results JSON")
     _add_run_arguments(evaluate, variant=True)
 
-    report = commands.add_parser("report", help="write the README's results section from a finished run")
+    report = commands.add_parser("report", help="write the README's summary and the results page from a finished run")
     report.add_argument("--run-dir", type=Path, required=True)
-    report.add_argument("--readme", type=Path, default=Path("README.md"))
+    report.add_argument("--readme", type=Path, default=Path("README.md"),
+                        help="the README whose summary block (what reproduced) is rewritten (default: README.md)")
+    report.add_argument("--results-page", type=Path, default=Path("docs") / "results.md",
+                        help="the page whose results block (full tables, verdicts) is rewritten "
+                             "(default: docs/results.md)")
     report.add_argument("--figures", type=Path, default=Path("figures"), help="where to copy the run's figures")
     report.add_argument("--tables", type=Path, default=Path("tables"), help="where to copy the run's tables")
     report.add_argument("--docs", type=Path, default=Path("docs") / "notebooks",
                         help="where to write the run's executed notebooks as Markdown with their images")
     report.add_argument("--block", default="results",
-                        help="the README block to rewrite, between <!-- BLOCK:start --> and <!-- BLOCK:end --> "
-                             "(default: results; e.g. results-cpu-full beside the quick run's)")
+                        help="the results page's block to rewrite, between <!-- BLOCK:start --> and "
+                             "<!-- BLOCK:end --> (default: results, which also rewrites the README's summary; "
+                             "e.g. results-cpu-full beside the quick run's)")
     report.add_argument("--partial", action="store_true",
                         help="publish an unfinished run, its block marked as partial (default: refused)")
 
@@ -257,9 +262,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(prepare_dataset(layout, args.src, args.out, config, force=args.force))
         return 0
     if args.command == "report":
-        from .report import export_notebooks, publish_figures, publish_tables, update_readme
+        from .report import export_notebooks, publish_figures, publish_tables, update_readme, update_summary
 
-        print(update_readme(args.run_dir, args.readme, args.block, partial=args.partial))
+        print(update_readme(args.run_dir, args.results_page, args.block, partial=args.partial))
+        if args.block == "results":
+            print(update_summary(args.run_dir, args.readme, args.results_page))
         print(f"copied {len(publish_figures(args.run_dir, args.figures))} figure files to {args.figures}")
         print(f"copied {len(publish_tables(args.run_dir, args.tables))} table files to {args.tables}")
         pages = export_notebooks(args.run_dir, args.docs)

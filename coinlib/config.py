@@ -4,12 +4,12 @@ A *profile* bundles every setting a run needs. Four are named:
 
 - ``smoke``: seconds per stage; used by the tests to exercise every code path.
 - ``quick``: the CPU default (2 cores, minutes); trades image size, widths and
-  steps against the paper (see README, "What the quick profile trades away").
+  steps against the paper (see docs/profiles.md, "What the CPU profiles trade away").
 - ``paper``: the paper's scale (256x256, full widths, paper hyper-parameters) for a GPU.
 - ``lesson``: ``quick`` on the synthetic track with fewer scans, for a 10-minute class.
 
 Every field has the paper's (or the authors' implementation's) value as its default
-unless a profile says otherwise; ``FACTS.md`` in ``shared/reference`` lists the sources.
+unless a profile says otherwise; each field's comment names its source (the paper's section, or the authors' code).
 Unknown keys raise, so a typo never silently falls back to a default.
 
 Every config is checked when it is built (:class:`Checked`): each field's value must have
@@ -229,7 +229,7 @@ class PhantomConfig(Checked):
 
 @dataclass(frozen=True)
 class DataConfig(Checked):
-    """Slice extraction and normalisation (paper Sec. 4.1, 4.3; FACTS "Data")."""
+    """Slice extraction and normalisation (paper Sec. 4.1, 4.3; the authors' data code)."""
 
     RANGES: ClassVar[dict[str, str]] = {
         "image_size": _IMAGE_SIZE,
@@ -258,7 +258,7 @@ class DataConfig(Checked):
     val_fraction: float = 0.1  # carved from the 80 %: early stopping and threshold choice
     split_seed: int = 0
     split_source: Literal["random", "meta"] = "random"  # "meta": TotalSegmentator meta.csv
-    percentiles: tuple[float, float] = (0.5, 99.5)  # foreground fingerprint (FACTS)
+    percentiles: tuple[float, float] = (0.5, 99.5)  # foreground fingerprint (the authors' code)
     # Set per track by :func:`track_profile` (the tumour track takes ``TumourProtocol``'s values):
     # a kidney slice needs this native area (mm^2) instead of ``min_kidney_pixels`` when given,
     min_kidney_area_mm2: float | None = None
@@ -274,7 +274,7 @@ class DataConfig(Checked):
 
 @dataclass(frozen=True)
 class AnomalyConfig(Checked):
-    """Synthetic Gaussian-blob anomalies (paper App. 7.2; parameters from FACTS).
+    """Synthetic Gaussian-blob anomalies (paper App. 7.2; parameters from the authors' code).
 
     Sizes are given for a 256x256 slice and scaled with ``DataConfig.image_size`` so an
     anomaly covers the same anatomy at every resolution.
@@ -357,7 +357,7 @@ class ClassifierConfig(Checked):
     arch: Literal["resnet18", "efficientnet_v2_s"] = "resnet18"
     # ResNet18's base width: layer1..layer4 have width x (1, 2, 4, 8) channels (64: torchvision's,
     # the paper's). A profile may narrow it where the saliency baselines' hundreds of forward
-    # passes per slice must fit a CPU budget (README, "Profiles"). EfficientNetV2-S: 64 only.
+    # passes per slice must fit a CPU budget (docs/profiles.md). EfficientNetV2-S: 64 only.
     width: int = 64
     weights_path: str | None = None  # local weights only; nothing is downloaded
     lr: float = 1e-3
@@ -370,18 +370,18 @@ class ClassifierConfig(Checked):
     # (0: off). Makes f read contrast within a slice rather than a scan's overall enhancement.
     intensity_jitter: float = 0.0
     # augmentation: white Gaussian noise of std U(0, j) per slice on the body, on [-1, 1] (0: off).
-    # Makes f read a mass rather than a scan's noise level (README, "Where the tumour IoU is lost").
+    # Makes f read a mass rather than a scan's noise level (docs/experiments.md, "Where the tumour IoU is lost").
     noise_jitter: float = 0.0
     # augmentation: Hide-and-Seek, each of hide_grid x hide_grid cells replaced by the image's
     # mean with probability hide_probability (0: off, every profile: it cost f AUC and COIN IoU on
-    # the tumour track; classifier_training.random_hide_patches; README, "Hiding patches from f")
+    # the tumour track; classifier_training.random_hide_patches; docs/experiments.md, "Hiding patches from f")
     hide_grid: int = 0
     hide_probability: float = 0.5
     threshold: float = 0.5  # t in Sec. 3.1
     # learning rate over the epochs: "constant" (the authors' Adam), or "cosine", annealed from
     # ``lr`` towards 0 at ``max_epochs`` (set at the start of each epoch, so a resumed run gets
     # the same rates). From scratch on the CPU budget, annealing steadies the last epochs that
-    # early stopping chooses among (README, "Profiles").
+    # early stopping chooses among (docs/profiles.md).
     lr_schedule: Literal["constant", "cosine"] = "constant"
     # class-balanced batches (the authors' ``use_sampler`` on the tumour track): each training
     # item drawn with probability inversely proportional to its class's size
@@ -394,7 +394,7 @@ class ClassifierConfig(Checked):
 
 @dataclass(frozen=True)
 class GANConfig(Checked):
-    """The one counterfactual GAN (paper Sec. 3.2; sizes from FACTS "Models").
+    """The one counterfactual GAN (paper Sec. 3.2; sizes from the authors' code).
 
     COIN, Singla* and every Appendix A row are settings of these fields.
     """
@@ -507,7 +507,7 @@ class EvalConfig(Checked):
 
 @dataclass(frozen=True)
 class SaliencyConfig(Checked):
-    """The saliency baselines of Table 1 (paper Sec. 5; FACTS "Evaluation").
+    """The saliency baselines of Table 1 (paper Sec. 5; the authors' evaluation code).
 
     RISE settings default to the RISE paper's code (N = 6000 masks on an 8 x 8 grid kept
     with p1 = 0.1), except that each slice draws its own masks (``rise_mask_sets``; the RISE
@@ -536,7 +536,7 @@ class SaliencyConfig(Checked):
     rise_batch_size: int = 100  # masked images per forward pass
     # "per_image": each slice its own masks; "shared": one set for all (the RISE code). At the
     # quick profile's 250 masks a shared set moved RISE's IoU by 0.31-0.39 on one classifier
-    # (README, "Profiles"); the per-image sets average that error out over the slices.
+    # (docs/profiles.md); the per-image sets average that error out over the slices.
     rise_mask_sets: Literal["shared", "per_image"] = "per_image"
     scorecam_batch_size: int = 64  # activation channels per forward pass
     max_images: int | None = None  # abnormal slices scored per split (test and val)
@@ -549,7 +549,7 @@ class SaliencyConfig(Checked):
 
 @dataclass(frozen=True)
 class TumourProtocol(Checked):
-    """The tumour track as the authors' code runs it (FACTS, "What the implementation's configs do").
+    """The tumour track as the authors' code runs it (their configs).
 
     The paper's text says only that a slice is abnormal when it "contains a malignant lesion"
     and that kidney slices have at least 32 kidney pixels (Sec. 4.1, 4.3); its code, on the
@@ -564,7 +564,7 @@ class TumourProtocol(Checked):
     ``lambda_idt`` (Eq. 1's weight of Eq. 4-5) is not the authors' choice but this project's:
     ``None`` keeps the profile's ``train.lambda_idt`` (1, the paper's and the authors' value,
     as in ``paper``); ``quick`` sets 5, chosen on the validation IoU among 1, 3, 5 and 10 on 3
-    seeds (README, "lambda_idt = 5 on the tumour track"). When a field is set here,
+    seeds (docs/experiments.md, "λ_idt = 5 on the tumour track"). When a field is set here,
     ``train.<field>`` does not reach the tumour track: change ``tumour_protocol.<field>``.
     """
 
@@ -600,14 +600,14 @@ class AblationConfig(Checked):
     batch_size: int | None = None
     # replicates of the Table 3 rows (None: the profile's seeds). A CPU budget may train them
     # once, for Figs. 4-6 and a table whose every verdict then reads "not resolved"; the
-    # cpu-full profile trains them on every seed (README, "Profiles").
+    # cpu-full profile trains them on every seed (docs/profiles.md).
     table3_seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Profile(Checked):
     """Every setting of a run. ``seeds``: the replicates every trained result is repeated over
-    (issue 12: a verdict needs its spread); ``seed``: the replicate this profile describes
+    (a verdict needs its spread); ``seed``: the replicate this profile describes
     (set by :func:`with_seed`, which also sets the seeds of the sections)."""
 
     RANGES: ClassVar[dict[str, str]] = {"seed": _SEED, "seeds": _SEED}
@@ -658,17 +658,17 @@ PROFILES: dict[str, Profile] = {
         tumour_protocol=TumourProtocol(min_lesion_area_mm2=0.0),
     ),
     # The CPU default: everything of the paper's method, at a size 2 cores train in minutes.
-    # Trades (README, "Profiles"): 128 px instead of 256, GAN widths / 8, a few hundred
+    # Trades (docs/profiles.md): 128 px instead of 256, GAN widths / 8, a few hundred
     # steps of 4 slices instead of 151 epochs of 16, hence a 5x larger learning rate and a
     # generator update at every step instead of every 5th (with the paper's schedule, 300
     # steps would give the generator only 60 updates). Batch 4 rather than 8: on 2 cores a
     # step costs in proportion to its batch, and a short run gains more from updates than
-    # from larger batches (README, "Profiles": measured IoU at 4 and 8).
+    # from larger batches (docs/profiles.md: measured IoU at 4 and 8).
     "quick": Profile(
         name="quick",
         seeds=(0, 1, 2),
         # 320 KiTS-layout cases (the paper had 291 tumour and 300 control scans): with 160 the
-        # tumour verdicts rested on 13 test scans and intervals 0.2 wide (README, "Profiles").
+        # tumour verdicts rested on 13 test scans and intervals 0.2 wide (docs/profiles.md).
         # Rendered at 2.5 mm in-plane: slices are resized to 128 px (about 3 mm) anyway, and the
         # noise follows the voxel size (phantom.noise_std), so the prepared slices match a
         # 1.25 mm rendering at a quarter of the cost.
@@ -676,27 +676,27 @@ PROFILES: dict[str, Profile] = {
         data=DataConfig(image_size=128),
         # ResNet18 at a quarter of its width (16-128 channels): the saliency baselines cost
         # 250 (RISE) and 1 + 128 (ScoreCAM) forward passes per slice, on every abnormal val and
-        # test slice and every seed; full width would take about 8x longer (README, "Profiles").
+        # test slice and every seed; full width would take about 8x longer (docs/profiles.md).
         classifier=ClassifierConfig(width=16, lr=1e-3, max_epochs=8, steps_per_epoch=30, patience=3, batch_size=32),
         # ResNet18 (half width) on the tumour track: EfficientNetV2-S trained from scratch (no
         # weights can be downloaded) stays at the prior's BCE for 200 steps of 32 on the 128 px
-        # phantom (README, "Profiles"); `paper` keeps EfficientNetV2-S. Shift-scale-rotate as the
+        # phantom (docs/profiles.md); `paper` keeps EfficientNetV2-S. Shift-scale-rotate as the
         # authors' code; intensity jitter so that f reads contrast within a slice, not a scan's.
         # Half width, a cosine learning rate and all 20 epochs (patience 20: the best validation
         # epoch is kept, none is cut short) lift test AUC on 3 seeds from 0.883-0.925 (quarter
-        # width, constant rate, patience 6) to 0.913-0.950 (README, "Profiles"). Noise jitter
+        # width, constant rate, patience 6) to 0.913-0.950 (docs/profiles.md). Noise jitter
         # (std up to 0.15, about 17 HU in the tumour window): without it f scores noisy normal
         # slices as abnormal and COIN can fool it by smoothing; with it the test AUC stays
         # (0.908-0.941) and COIN's tumour IoU rises from 0.173-0.268 to 0.256-0.333 on 3 seeds
-        # (README, "Where the tumour IoU is lost").
+        # (docs/experiments.md, "Where the tumour IoU is lost").
         tumour_classifier=ClassifierConfig(
             arch="resnet18", width=32, lr=1e-3, lr_schedule="cosine", max_epochs=20, steps_per_epoch=30,
             patience=20, batch_size=32, intensity_jitter=0.25, noise_jitter=0.15, shift_scale_rotate=True,
         ),
         gan=GANConfig(widths=(8, 16, 32, 64, 128), stem_width=8, disc_widths=(8, 16, 32, 64, 128)),
         # 450 steps: the validation IoU of COIN and of a two-condition row (Table 3 F) grows
-        # until about 500-600 steps of 4 and not after (benchmarks/learning_curve.py, README
-        # "Profiles"); 450 is what the 45-minute budget allows for 21 GANs (cpu-full: 600).
+        # until about 500-600 steps of 4 and not after (benchmarks/learning_curve.py,
+        # docs/experiments.md); 450 is what the 45-minute budget allows for 21 GANs (cpu-full: 600).
         train=CounterfactualConfig(
             lr=1e-3, batch_size=4, generator_every=1, steps=450, log_every=10, eval_every=225,
             checkpoint_every=75,
@@ -706,7 +706,7 @@ PROFILES: dict[str, Profile] = {
         # (21 GANs with their seeds) do not fit in 45 minutes: `cpu-full` trains them.
         ablation=AblationConfig(table3_seeds=()),
         # lambda_idt 5 on the tumour track: mean validation IoU 0.329 / 0.386 / 0.396 / 0.385 for
-        # 1 / 3 / 5 / 10 on 3 seeds, test IoU 0.269 -> 0.322 (README, "lambda_idt = 5 on the tumour track")
+        # 1 / 3 / 5 / 10 on 3 seeds, test IoU 0.269 -> 0.322 (docs/experiments.md, "λ_idt = 5 on the tumour track")
         tumour_protocol=TumourProtocol(lambda_idt=5.0),
     ),
     "paper": Profile(
@@ -768,7 +768,7 @@ def with_seed(profile: Profile, seed: int) -> Profile:
     )
 
 
-# Tables 1-3 on 2 CPU cores in at most 3 hours (README, "Profiles"): quick, with every GAN
+# Tables 1-3 on 2 CPU cores in at most 3 hours (docs/profiles.md): quick, with every GAN
 # trained 600 steps (the learning curves flatten there; 1000 gain nothing) and the Table 3 rows
 # on every seed, so that Table 3's verdicts can resolve.
 PROFILES["cpu-full"] = replace(
@@ -777,7 +777,7 @@ PROFILES["cpu-full"] = replace(
     ablation=AblationConfig(),
 )
 
-# A class of 10 minutes on 2 CPU cores (README, "Teaching with it"): `quick` on the synthetic
+# A class of 10 minutes on 2 CPU cores (docs/teaching.md): `quick` on the synthetic
 # track only (data, classifier f, COIN; `make lesson`) with fewer scans. The tumour track and
 # the ablation and saliency budgets shrink too, though the lesson does not use them.
 PROFILES["lesson"] = replace(
@@ -785,7 +785,7 @@ PROFILES["lesson"] = replace(
     name="lesson",
     seeds=(0,),  # a lesson trains one replicate
     phantom=PhantomConfig(subjects=24, kits_cases=8, kits_inplane_mm=2.5),
-    train=replace(PROFILES["quick"].train, steps=300),  # COIN IoU about 0.6 already (README, "Teaching")
+    train=replace(PROFILES["quick"].train, steps=300),  # COIN IoU about 0.6 already (docs/teaching.md)
     tumour_classifier=replace(PROFILES["quick"].tumour_classifier, max_epochs=2, steps_per_epoch=10),
     saliency=SaliencyConfig(rise_masks=100, max_images=2),
     ablation=AblationConfig(steps=60),

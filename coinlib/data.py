@@ -4,8 +4,8 @@
 NIfTI is read per item. Two tracks:
 
 - **Synthetic anomalies** (TotalSegmentator track, ``anomaly`` given): each slice gets a
-  Gaussian-blob anomaly in a kidney with probability ``p`` (:mod:`coinlib.anomaly`, FACTS
-  "Synthetic anomaly"); ``label`` is 1 iff an anomaly was inserted and ``lesion_mask`` is
+  Gaussian-blob anomaly in a kidney with probability ``p`` (:mod:`coinlib.anomaly`, as
+  the authors' code draws it); ``label`` is 1 iff an anomaly was inserted and ``lesion_mask`` is
   its mask. The prepared ``lesion_masks`` are ignored.
 - **Real tumours** (KiTS track, ``anomaly=None``): ``lesion_mask`` is the prepared tumour
   mask and ``label`` is 1 iff that mask is non-empty *at the prepared resolution* and the

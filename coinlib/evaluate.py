@@ -1,6 +1,6 @@
 """Scoring a trained counterfactual GAN: weak masks, IoU, CV, FID (paper Sec. 4.2, 5).
 
-Protocol (FACTS "Evaluation"):
+Protocol (the paper and the authors' evaluation code):
 
 - weak mask = ``diff_map > threshold`` with ``diff_map = |x - x_cf|`` on the [0, 1] scale,
   then closing, opening and the largest connected component;

@@ -1,6 +1,6 @@
 """The one counterfactual GAN: encoder E, decoder G, discriminator D (paper Sec. 3.2, App. A).
 
-SNGAN-style residual networks (Miyato et al.; sizes from FACTS "Models"). COIN, Singla* and
+SNGAN-style residual networks (Miyato et al.; sizes from the authors' code). COIN, Singla* and
 every row of Table 3 are settings of :class:`~coinlib.config.GANConfig`:
 
 - ``conditions``: 1 for COIN (the single "inpaint" condition, ``c`` all zeros); 2 for
@@ -77,7 +77,7 @@ class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm without affine parameters, then a per-condition scale and shift.
 
     ``forward(h (B, C, H, W), c (B,) long)`` -> ``gamma[c] * BN(h) + beta[c]``; scales start
-    at N(1, 0.02), shifts at 0 (FACTS "Models").
+    at N(1, 0.02), shifts at 0 (the authors' code).
     """
 
     def __init__(self, channels: int, conditions: int):

@@ -32,7 +32,7 @@ __all__ = [
 
 # Lesion cross-section bands (mm^2); an equal-area disc's diameter is 11, 18, 25, 36, 50 mm at
 # the edges. 500 mm^2 is about the authors' abnormal-slice threshold of 1000 native pixels
-# at KiTS's 0.7-0.8 mm spacing (FACTS, last section).
+# at KiTS's 0.7-0.8 mm spacing (the authors' implementation).
 CNR_BANDS_MM2 = (0.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, float("inf"))
 
 

@@ -1,6 +1,6 @@
 """Weak masks: difference maps, saliency normalisation, thresholding, post-processing.
 
-Paper Sec. 4.2 and 5 (protocol details in FACTS "Evaluation"):
+Paper Sec. 4.2 and 5 (protocol details from the authors' evaluation code):
 
 - counterfactual methods (COIN, Singla*): ``diff_map = |x - x_cf|`` on the [0, 1] scale,
   ``mask_pred = diff_map > threshold`` (strict, as the authors' implementation), then

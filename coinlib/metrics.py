@@ -4,7 +4,7 @@ Pure functions on arrays plus one small accumulator (``IoUAccumulator``). Inputs
 numpy arrays or torch tensors; masks are bool (or {0, 1}) with images along the leading
 axes and (H, W) last: (H, W), (B, H, W) or (B, 1, H, W).
 
-Protocol (FACTS "Evaluation", the authors' implementation):
+Protocol (the authors' implementation):
 
 - IoU is scored on abnormal (label 1) test slices only, with ONE TP/FP/FN count
   accumulated over all of them (not a mean of per-image IoUs); the accumulator also keeps

@@ -1,6 +1,6 @@
 """The numbers the paper reports (Tables 1-3), to print beside ours.
 
-Transcribed from the paper (``shared/reference/FACTS.md``, "Paper results"); the tables
+Transcribed from the paper's Tables 1-3; the tables
 of :mod:`coinlib.tables` put them in adjacent columns. Keys are this project's names:
 tracks ``synthetic`` (TotalSegmentator + synthetic anomalies) and ``tumour`` (the paper's
 private TUH set; here the KiTS23 layout), methods as in :data:`coinlib.variants.VARIANTS`

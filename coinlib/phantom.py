@@ -1,7 +1,7 @@
 """Procedural abdominal CT phantom: the project's embedded default dataset.
 
 No real CT can be downloaded here, so the two public datasets of the paper's Sec. 4.1
-(FACTS "Data") are replaced by volumes drawn from a parametric anatomy and written in
+(the public datasets) are replaced by volumes drawn from a parametric anatomy and written in
 their real on-disk layouts; the code that reads them (``coinlib.prepare``) runs
 unchanged on the real data.
 
@@ -1354,7 +1354,7 @@ def generate_totalsegmentator(out_dir: str | os.PathLike, subjects: int, seed: i
     ``sXXXX/ct.nii.gz``: int16 HU, (X, Y, Z), RAS+ affine with ``spacing_mm`` voxels.
     ``sXXXX/segmentations/<name>.nii.gz``: uint8 {0, 1}, same shape and affine, one per
     name in ``STRUCTURES``. ``meta.csv``: ``image_id;age;gender;split``, split 80/10/10
-    (FACTS "Data"). ``phases``: the contrast-phase mix drawn per subject (:func:`parse_phases`);
+    (as the dataset). ``phases``: the contrast-phase mix drawn per subject (:func:`parse_phases`);
     each subject's phase is in its ``.phantom.json``. Idempotent: a subject whose files exist
     with a matching stamp is kept; one of an older generator version is re-rendered. Writes only
     into an empty ``out`` or one this generator wrote with the same seed and spacing

@@ -24,7 +24,7 @@ same model files and data. Nothing compares paths, so a run folder can be moved 
 A *track* is "synthetic" (TotalSegmentator layout + synthetic anomalies, ResNet18) or
 "tumour" (KiTS23 layout + real tumours, EfficientNetV2-S) — the two halves of Table 1.
 
-Seeds (issue 12): every trained result is repeated over ``profile.seeds``. Replicate ``s``
+Seeds: every trained result is repeated over ``profile.seeds``. Replicate ``s``
 (:func:`coinlib.config.with_seed`) has its own classifier, its own GANs and its own saliency
 maps (explaining its own classifier); data, split and test anomalies are shared, so the
 replicates are scored on the same slices. The single-replicate stages (``ensure_classifier``,

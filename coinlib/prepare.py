@@ -1,6 +1,6 @@
 """Data preparation: real CT layouts -> the prepared slice folder (``coinlib.prepared``).
 
-Reads the two public layouts (FACTS "Data"):
+Reads the two public layouts:
 
 - ``totalsegmentator``: ``sXXXX/ct.nii.gz`` (int16 HU) and one binary mask per structure in
   ``sXXXX/segmentations/<name>.nii.gz``. Kidney = ``kidney_left`` | ``kidney_right`` (both
@@ -11,7 +11,7 @@ Reads the two public layouts (FACTS "Data"):
   with its masses); lesion = label 2 (tumour); cysts are benign and not lesions. Slice
   label = "slice contains tumour", the stand-in for the paper's TUH label (Sec. 4.1).
 
-Steps (paper Sec. 4.1, 4.3; FACTS "Data"):
+Steps (paper Sec. 4.1, 4.3; the authors' data code):
 
 1. Every volume is reoriented to RAS+ from its NIfTI affine (files differ: LPS vs RAS,
    axial axis first or last, 0.8x0.8x2.5 mm vs 1.5 mm). Axial slices are then ``a[:, :, k]``,
@@ -359,7 +359,7 @@ def sample_foreground(
 
 
 def compute_fingerprint(samples: Sequence[np.ndarray], percentiles: Sequence[float]) -> dict[str, Any]:
-    """Intensity fingerprint of pooled foreground HU samples (FACTS "Data", nnU-Net style).
+    """Intensity fingerprint of pooled foreground HU samples (the authors' data code, nnU-Net style).
 
     Returns ``p_low``, ``p_high`` (``np.percentile``, linear interpolation, HU), the
     ``percentiles`` used, ``mean`` and ``std`` of the sampled HU, and ``voxels`` sampled.

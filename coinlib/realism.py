@@ -1,4 +1,4 @@
-"""The phantom held against real CT and against the literature (issue 14, section 3).
+"""The phantom held against real CT and against the literature.
 
 - :func:`phase_hu`: the phantom's median HU per structure in every contrast phase, beside
   the literature ranges it draws from (``coinlib.phantom.structure_hu_range``).

@@ -1,11 +1,15 @@
-"""The README's results section, generated from a run folder (never typed by hand).
+"""The README's summary and the results page (docs/results.md), generated from a run folder
+(never typed by hand).
 
 ``coin report --run-dir runs/quick`` reads the per-seed results JSON files
 (``results/seed<s>/``), notebook timings and hardware of a finished run and rewrites the
-part of README.md between the markers ``<!-- results:start -->`` and
-``<!-- results:end -->``: profile, seeds, hardware, timings, each classifier's AUC over
-seeds, Tables 1-3 with the ordering checks under each (:mod:`coinlib.verdicts`), and
-"Reading the run", prose generated from those verdicts. The same text is written to
+part of ``docs/results.md`` between the markers ``<!-- results:start -->`` and
+``<!-- results:end -->`` (:func:`results_markdown`), and the README's short summary between
+``<!-- summary:start -->`` and ``<!-- summary:end -->`` (:func:`summary_markdown`). The
+results page holds profile, seeds, hardware, timings, each classifier's AUC over seeds,
+Tables 1-3 with the ordering checks under each (:mod:`coinlib.verdicts`), and "Reading the
+run", prose generated from those verdicts; the summary, one table of the paper's orderings
+with the paper's numbers, this run's and the verdicts. The same text is written to
 ``<run_dir>/results/summary.md``, which ``coin reproduce`` prints at the end.
 
 :func:`export_notebooks` turns the run's executed notebooks (``<run_dir>/notebooks/``, written
@@ -30,7 +34,8 @@ from .tables import markdown_table
 from .verdicts import CONFIDENCE, MIN_SEEDS, RESAMPLED, Estimate, Verdict, seed_estimate
 
 __all__ = ["END", "START", "markers", "export_notebooks", "publish_figures", "publish_tables", "reading_the_run",
-           "results_markdown", "update_readme"]
+           "results_markdown", "summary_markdown", "missing_from_run", "update_readme", "update_summary",
+           "replace_block"]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"  # the default block (markers())
 RELIABLE_AUC = 0.9  # below it, a track's claims explain a classifier that barely detects the lesion
@@ -259,6 +264,52 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def summary_markdown(run_dir: str | os.PathLike, results_page: str = "docs/results.md") -> str:
+    """The README's short block: which run, how long, and each of the paper's orderings with the
+    paper's numbers, this run's and the three-way verdict (:func:`coinlib.tables.claims_summary_markdown`);
+    then the limits this run shows, counted from the same verdicts. ``results_page``: where the
+    full block (:func:`results_markdown`) is, for the link."""
+    from .config import get_profile
+    from .tables import claims_summary_markdown, table1_claims, table2_claims, table3_claims
+
+    run_dir = Path(run_dir)
+    source = _source(run_dir / "results")
+    if source is None:
+        raise FileNotFoundError(f"no results in {run_dir / 'results'}; run the notebooks first (coin reproduce)")
+    profile = get_profile(source["profile"])
+    timings_path = run_dir / "notebooks" / "timings.json"
+    minutes = ""
+    if timings_path.is_file():
+        total = sum(t["seconds"] for t in read_json(timings_path)["notebooks"]) / 60
+        minutes = f" The notebooks took {total:.0f} minutes."
+    claims = {"table1": table1_claims(run_dir, profile), "table2": table2_claims(run_dir, profile),
+              "table3": table3_claims(run_dir, profile)}
+    lines = [
+        f"Profile **{profile.name}** ({_seeds(len(profile.seeds))}), on "
+        f"{describe_hardware(source['hardware'])}, commit `{(source.get('git_commit') or 'unknown')[:10]}`."
+        f"{minutes} Full tables, intervals and every verdict line: [{results_page}]({results_page}).",
+        "",
+        claims_summary_markdown(claims),
+    ]
+    counts: dict[str, int] = {}
+    for verdict in (v for verdicts in claims.values() for v in verdicts):
+        key = "not resolved" if verdict.outcome == "not resolved" else verdict.outcome
+        counts[key] = counts.get(key, 0) + 1
+    plural = {"holds": "hold", "does not hold": "do not hold"}
+    lines.append(f"Of the paper's {sum(counts.values())} orderings here: "
+                 + ", ".join(f"{n} {plural.get(name, name) if n != 1 else name}" for name, n in sorted(counts.items()))
+                 + ".")
+    caveats = []
+    for track in TRACKS:
+        classifiers = classifier_results(run_dir, profile, track)
+        if classifiers is not None:
+            auc = seed_estimate("AUC", {seed: r["test_auc"] for seed, r in classifiers.items()})
+            if (caveat := _weak_classifier(track, auc)) is not None:
+                caveats.append(caveat)
+    lines += ["", *caveats]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def markers(block: str = "results") -> tuple[str, str]:
     """The README markers of a results block: ``<!-- results:start -->`` ... for the default,
     ``<!-- results-cpu-full:start -->`` ... for another (one block per reported profile)."""
@@ -291,11 +342,6 @@ def update_readme(run_dir: str | os.PathLike, readme: str | os.PathLike, block: 
     An unfinished run (:func:`missing_from_run`) is refused, naming what it lacks, unless
     ``partial``: then the block opens with a line that says it is partial and what is missing.
     """
-    readme = Path(readme)
-    text = readme.read_text()
-    start, end = markers(block)
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} lacks the markers {start} ... {end}")
     missing = missing_from_run(run_dir)
     if missing and not partial:
         raise ValueError(f"{run_dir} is an unfinished run: it lacks {len(missing)} file(s) a finished run holds "
@@ -306,11 +352,37 @@ def update_readme(run_dir: str | os.PathLike, readme: str | os.PathLike, block: 
         body = (f"**Partial run:** {run_dir.name if isinstance(run_dir, Path) else Path(run_dir).name} lacks "
                 f"{len(missing)} file(s) a finished run holds ({', '.join(missing[:8])}"
                 f"{' ...' if len(missing) > 8 else ''}); the seeds and tables below are those it has.\n\n" + body)
+    replace_block(readme, block, body)
+    return body
+
+
+def update_summary(run_dir: str | os.PathLike, readme: str | os.PathLike, results_page: str | os.PathLike,
+                   block: str = "summary") -> str:
+    """Replace the README's ``block`` with :func:`summary_markdown` (its link to ``results_page``
+    relative to the README); an unfinished run's summary opens with the partial-run line."""
+    readme = Path(readme)
+    link = Path(os.path.relpath(Path(results_page).resolve(), readme.resolve().parent)).as_posix()
+    if missing := missing_from_run(run_dir):  # verdicts need every seed: say what there is instead
+        body = (f"**Partial run:** it lacks {len(missing)} file(s) a finished run holds "
+                f"({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}), so no ordering is "
+                f"judged here; [{link}]({link}) shows what it has.\n")
+    else:
+        body = summary_markdown(run_dir, link)
+    replace_block(readme, block, body)
+    return body
+
+
+def replace_block(path: str | os.PathLike, block: str, body: str) -> None:
+    """Put ``body`` between ``path``'s markers of ``block`` (:func:`markers`), atomically."""
+    path = Path(path)
+    text = path.read_text()
+    start, end = markers(block)
+    if start not in text or end not in text:
+        raise ValueError(f"{path} lacks the markers {start} ... {end}")
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     new = pattern.sub(lambda _: f"{start}\n{body}{end}", text)
-    with atomic_path(readme) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(new)
-    return body
 
 
 def publish_figures(run_dir: str | os.PathLike, figures_dir: str | os.PathLike) -> list[Path]:
@@ -434,7 +506,8 @@ def export_notebooks(run_dir: str | os.PathLike, docs_dir: str | os.PathLike,
     notebooks = sorted((run_dir / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         return []
-    shown_run = os.path.relpath(run_dir, repository) if run_dir.is_relative_to(repository) else run_dir.name
+    # a run folder outside this checkout (another clone) is shown where `make reproduce` puts it
+    shown_run = os.path.relpath(run_dir, repository) if run_dir.is_relative_to(repository) else f"runs/{run_dir.name}"
     replacements = {str(run_dir): shown_run, str(repository): "."}
     written, pages = [], []
     for path in notebooks:

@@ -4,7 +4,7 @@ The paper compares COIN with RISE [29], Score-CAM [37] and LayerCAM [18]; Grad-C
 (through Captum) is a fourth, as a well-known reference. Every method explains the
 single logit of :class:`coinlib.classifier.BinaryClassifier`, i.e. the class "abnormal";
 the paper applies them to abnormal slices. Sec. 5 then min-max normalises every map to
-[0, 1] and thresholds it (best threshold of a sweep, FACTS "Evaluation") without
+[0, 1] and thresholds it (best threshold of a sweep, as the authors' evaluation does) without
 post-processing.
 
 One interface for every method::
@@ -68,7 +68,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RISEConfig:
-    """RISE (Petsiuk et al. [29]); defaults from the RISE paper's code and FACTS "Evaluation".
+    """RISE (Petsiuk et al. [29]); defaults from the RISE paper's code and the authors' evaluation.
 
     ``n_masks`` N random masks on a ``grid`` x ``grid`` lattice whose cells are kept with
     probability ``p1``; ``batch_size`` masked images per forward pass (at least one mask per
@@ -76,7 +76,7 @@ class RISEConfig:
     image (the RISE code's ``generate_masks``, drawn once), or "per_image", an independent set
     per image, drawn from (``seed``, the image's key). Both estimate the same expectation
     per image; with few masks a shared set puts one common Monte Carlo error on every image
-    of a test set, which moves the set's IoU as a whole (README, "Profiles"), and
+    of a test set, which moves the set's IoU as a whole (docs/profiles.md), and
     independent sets average it out over the slices.
     """
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ __all__ = [
     "table2_claims",
     "table3_claims",
     "claims_markdown",
+    "claims_summary_markdown",
     "seed_range",
 ]
 
@@ -386,9 +387,12 @@ def _checker(run_dir: str | os.PathLike, profile: Profile, ablation: bool = Fals
     def check(claim: str, track: str, better: str, worse: str, metric: str = "iou") -> Verdict:
         missing = [CLAIM_NAMES.get(m, m) for m in (better, worse) if not _scored(profile.saliency, track, m)]
         if missing:
-            return not_checked(claim, f"{' and '.join(missing)} not run on the {track} track in profile "
-                                      f"{profile.name}", track)
-        return compare(claim, getattr(scored(track, better), metric), getattr(scored(track, worse), metric), track)
+            verdict = not_checked(claim, f"{' and '.join(missing)} not run on the {track} track in profile "
+                                         f"{profile.name}", track)
+        else:
+            verdict = compare(claim, getattr(scored(track, better), metric), getattr(scored(track, worse), metric),
+                              track)
+        return replace(verdict, methods=(better, worse), metric=metric)
 
     return check
 
@@ -443,6 +447,36 @@ def table3_claims(run_dir: str | os.PathLike, profile: Profile) -> list[Verdict]
         check("perturbation helps without masks: G > H (H = Singla*)", "synthetic", "table3_g", "singla"),
         check("one condition beats two: COIN > G", "synthetic", "coin", "table3_g"),
     ]
+
+
+def _paper_value(table: str, track: str, method: str, metric: str) -> float | None:
+    from .paper_numbers import TABLE1, TABLE2, TABLE3
+
+    row = (TABLE1.get((track, method)) if table == "table1" else
+           TABLE2.get(method) if table == "table2" else TABLE3.get(method))
+    return None if row is None else row.get(metric)
+
+
+def claims_summary_markdown(claims: dict[str, Sequence[Verdict]]) -> str:
+    """One short table of the paper's orderings, ``{table name: verdicts}``: each claim with the
+    paper's two numbers, this run's two seed means, and the verdict (the README's "what
+    reproduced"; the full verdict lines with intervals are in the results page)."""
+    lines = ["| table | the paper's ordering | paper | this run (mean over seeds) | verdict |",
+             "|---|---|---|---|---|"]
+    for table, verdicts in claims.items():
+        for verdict in verdicts:
+            metric = "IoU" if verdict.metric == "iou" else "CV"
+            paper = "-"
+            if len(verdict.methods) == 2:
+                values = [_paper_value(table, verdict.track, m, verdict.metric) for m in verdict.methods]
+                if None not in values:
+                    paper = f"{values[0]:.3f} vs {values[1]:.3f}"
+            ours = ("-" if verdict.better is None or verdict.worse is None else
+                    f"{verdict.better.mean:.3f} vs {verdict.worse.mean:.3f}")
+            outcome = "not checked" if verdict.outcome == "not checked" else verdict.label
+            claim = verdict.claim if verdict.claim.startswith(("IoU", "CV")) else f"{metric}: {verdict.claim}"
+            lines.append(f"| {table.replace('table', 'Table ')} | {claim} | {paper} | {ours} | {outcome} |")
+    return "\n".join(lines) + "\n"
 
 
 def claims_markdown(claims: Sequence[Verdict]) -> str:

@@ -45,7 +45,7 @@ __all__ = [
     "not_checked",
 ]
 
-MIN_SEEDS = 3  # issue 12: at least 3 seeds for the rows a verdict rests on
+MIN_SEEDS = 3  # at least 3 seeds for the rows a verdict rests on
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed, so an interval is the same every time it is computed
@@ -232,6 +232,8 @@ class Verdict:
     reason: str = ""
     track: str = ""
     too_few_seeds: bool = False
+    methods: tuple[str, ...] = ()  # (better, worse): the method names the claim compares, where known
+    metric: str = "iou"
 
     @property
     def label(self) -> str:
@@ -263,7 +265,7 @@ class Verdict:
 
 def compare(claim: str, better: Estimate, worse: Estimate, track: str = "",
             min_seeds: int = MIN_SEEDS) -> Verdict:
-    """The three-way verdict on "``better`` > ``worse``" (issue 12, section 1).
+    """The three-way verdict on "``better`` > ``worse``".
 
     Seeds are paired: both estimates must cover the same seeds. "holds": better > worse on
     every seed and ``better.low > worse.high``; "does not hold": better < worse on every

@@ -1,4 +1,4 @@
-"""Figure of the procedural CT phantom (README): figures/phantom.png.
+"""Figure of the procedural CT phantom (docs/phantom.md): figures/phantom.png.
 
 Rows: axial slices of one TotalSegmentator-layout subject at three heights (upper
 abdomen, renal hilum, lower kidney poles), window W400/L40, beside the same slices

@@ -1,4 +1,4 @@
-"""Tests for coinlib.anomaly: the synthetic Gaussian-blob anomaly (paper App. 7.2, FACTS)."""
+"""Tests for coinlib.anomaly: the synthetic Gaussian-blob anomaly (paper App. 7.2, the authors' code)."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ def draws(mask: np.ndarray, count: int, seed: int = 0, config: AnomalyConfig = C
 # ------------------------------------------------------------ the authors' statistics
 #
 # Measured from the authors' rule (their generator with albumentations 1.3.0, 1000 draws at
-# 256 px; FACTS, "What the implementation's configs and code do") and, for the continuous
-# rule, quoted in issue 12 from 1000 draws of its own. Each tolerance is 3 standard
+# 256 px; the authors' configs and code) and, for the continuous
+# rule, measured from 1000 draws of its own. Each tolerance is 3 standard
 # deviations of the difference between two independent 1000-draw estimates (ours and the
 # quoted one), plus the quote's rounding:
 # - mean area: sd of a mean 21.3 / sqrt(1000) = 0.67 px, of a difference 0.95 -> 3 px

@@ -311,7 +311,7 @@ def bad_and_good(scans, tmp_path_factory):
 
 
 def test_unreadable_scans_are_listed_and_the_good_ones_labelled(run_dir, bad_and_good, tmp_path):
-    # issue 16 item 7: a corrupt volume among good ones stops only itself
+    # a corrupt volume among good ones stops only itself
     out = tmp_path / "out"
     done = label_folder(run_dir, bad_and_good, out, device="cpu", progress=False)
     assert paths(done.labelled) == [bad_and_good / "a_good.nii.gz", bad_and_good / "f_good.nii.gz"]

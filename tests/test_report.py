@@ -120,16 +120,20 @@ def test_an_unfinished_run_is_refused_or_marked_partial(tmp_path, capsys):
     run = _fake_run(tmp_path / "run")
     (run / "results" / "seed2" / "tumour_coin.json").unlink()  # seed 2 stopped before COIN's tumour track
     readme = tmp_path / "README.md"
-    readme.write_text(f"# T\n{START}\nold\n{END}\n")
-    args = ["report", "--run-dir", str(run), "--readme", str(readme), "--figures", str(tmp_path / "figures"),
-            "--tables", str(tmp_path / "tables"), "--docs", str(tmp_path / "docs")]
+    readme.write_text("# T\n<!-- summary:start -->\nold\n<!-- summary:end -->\n")
+    page = tmp_path / "results.md"
+    page.write_text(f"# R\n{START}\nold\n{END}\n")
+    args = ["report", "--run-dir", str(run), "--readme", str(readme), "--results-page", str(page),
+            "--figures", str(tmp_path / "figures"), "--tables", str(tmp_path / "tables"), "--docs",
+            str(tmp_path / "docs")]
     assert main(args) == 2
     assert "unfinished run: it lacks 1 file(s) a finished run holds (results/seed2/tumour_coin.json)" in \
         capsys.readouterr().err
-    assert "old" in readme.read_text()  # untouched
+    assert "old" in readme.read_text() and "old" in page.read_text()  # untouched
     assert main([*args, "--partial"]) == 0
     assert "**Partial run:** run lacks 1 file(s) a finished run holds (results/seed2/tumour_coin.json)" in \
-        readme.read_text()
+        page.read_text()
+    assert "**Partial run:** it lacks 1 file(s)" in readme.read_text()
 
 
 def test_a_run_without_results_is_refused(tmp_path):
@@ -222,8 +226,17 @@ def test_coin_report_says_when_the_run_has_no_executed_notebooks(tmp_path, capsy
     from coinlib.cli import main
 
     run = _fake_run(tmp_path / "run")
-    (tmp_path / "README.md").write_text(f"# T\n{START}\n{END}\n")
-    args = ["report", "--run-dir", str(run), "--readme", str(tmp_path / "README.md"), "--figures",
-            str(tmp_path / "figures"), "--tables", str(tmp_path / "tables"), "--docs", str(tmp_path / "docs")]
+    (tmp_path / "README.md").write_text("# T\n<!-- summary:start -->\n<!-- summary:end -->\n")
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "results.md").write_text(f"# R\n{START}\n{END}\n")
+    args = ["report", "--run-dir", str(run), "--readme", str(tmp_path / "README.md"), "--results-page",
+            str(tmp_path / "pages" / "results.md"), "--figures", str(tmp_path / "figures"), "--tables",
+            str(tmp_path / "tables"), "--docs", str(tmp_path / "docs")]
     assert main(args) == 0
     assert "no executed notebooks in" in capsys.readouterr().out and not (tmp_path / "docs").exists()
+    summary = (tmp_path / "README.md").read_text()
+    assert "[pages/results.md](pages/results.md)" in summary  # linked relative to the README
+    assert "| Table 1 | IoU: synthetic: COIN > Singla* | 0.646 vs 0.445 | 0.600 vs 0.500 |" in summary
+    assert "| Table 2 | CV: COIN > lambda_f = 0 | 0.997 vs 0.642 |" in summary
+    assert "Classifier f, synthetic track" in (tmp_path / "pages" / "results.md").read_text()
+    assert "Of the paper's 22 orderings here: 15 hold, 5 not checked, 2 not resolved." in summary

@@ -1,4 +1,4 @@
-"""Verdicts with their uncertainty (issue 12, section 1): hand-made numbers, hand-checked."""
+"""Verdicts with their uncertainty: hand-made numbers, hand-checked."""
 
 import numpy as np
 import pytest
