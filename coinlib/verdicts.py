@@ -24,9 +24,10 @@ resolved. Pure functions of numpy arrays; reading results files is :mod:`coinlib
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,9 +44,14 @@ __all__ = [
     "seed_estimate",
     "compare",
     "not_checked",
+    "COLLAPSE_FRACTION",
+    "collapsed",
 ]
 
 MIN_SEEDS = 3  # at least 3 seeds for the rows a verdict rests on
+# A GAN training collapsed (failed to learn, rather than learned a weak method) when its
+# validation IoU lies below this fraction of the median over the trainings it is compared with.
+COLLAPSE_FRACTION = 1 / 3
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed, so an interval is the same every time it is computed
@@ -300,3 +306,15 @@ def compare(claim: str, better: Estimate, worse: Estimate, track: str = "",
 def not_checked(claim: str, reason: str, track: str = "") -> Verdict:
     """A claim this run cannot check, e.g. because a method was not run in the profile."""
     return Verdict(claim, "not checked", reason=reason, track=track)
+
+
+def collapsed(val_iou: Mapping[Any, float], fraction: float = COLLAPSE_FRACTION) -> list[Any]:
+    """The keys (seeds, or (precision, seed) pairs) of the trainings that collapsed: validation
+    IoU (at the threshold chosen on validation, Sec. 5) below ``fraction`` of the median over
+    all of ``val_iou``, in the keys' order. NaN values are left out; fewer than 3 values (no
+    median to speak of) give none. A collapsed seed is a failed run, not a weak method."""
+    values = {key: float(v) for key, v in val_iou.items() if v is not None and math.isfinite(float(v))}
+    if len(values) < 3:
+        return []
+    floor = fraction * float(np.median(list(values.values())))
+    return [key for key, v in values.items() if v < floor]

@@ -147,3 +147,14 @@ def test_unpaired_seeds_and_unchecked_claims():
         "not checked: tumour: COIN > RISE (RISE was not run)"
     auc = seed_estimate("AUC", {1: 0.8, 0: 0.9})
     assert auc.per_seed == (0.9, 0.8) and auc.interval() == "-" and auc.summary() == "0.850 ± 0.071"
+
+
+def test_a_collapsed_training_lies_below_a_third_of_the_median():
+    from coinlib.verdicts import collapsed
+
+    # the Singla* seeds of a bf16 run that failed on two of three seeds: median 0.202, floor 0.067
+    assert collapsed({0: 0.202, 1: 0.425, 2: 0.015}) == [2]
+    assert collapsed({0: 0.401, 1: 0.402, 2: 0.399}) == []
+    assert collapsed({("fp32", 0): 0.4, ("bf16", 0): 0.1, ("fp32", 1): 0.45, ("bf16", 1): 0.5}) == [("bf16", 0)]
+    assert collapsed({0: 0.5, 1: 0.0}) == []  # two values: no median to judge by
+    assert collapsed({0: 0.5, 1: float("nan"), 2: 0.6, 3: 0.01}) == [3]  # NaN left out
