@@ -30,7 +30,7 @@ import numpy as np
 
 from .config import Profile, SaliencyConfig, table3_profile
 from .files import atomic_path, write_csv
-from .verdicts import CONFIDENCE, Estimate, Verdict, compare, cv_estimate, iou_estimate, not_checked
+from .verdicts import CONFIDENCE, Estimate, Verdict, collapsed, compare, cv_estimate, iou_estimate, not_checked
 
 __all__ = [
     "format_value",
@@ -155,6 +155,14 @@ class Scored:
         """``metrics[key]`` of every seed."""
         return {seed: result["metrics"].get(key) for seed, result in self.results.items()}
 
+    @property
+    def collapsed_seeds(self) -> list[int]:
+        """The seeds whose GAN training collapsed (:func:`coinlib.verdicts.collapsed` on the
+        validation IoU at the chosen threshold); none for saliency methods, which train nothing."""
+        if self.cv is None:
+            return []
+        return collapsed(self.seed_values("val_iou_at_it"))
+
 
 def _per_slice(results: dict[int, dict], key: str, where: str) -> dict[int, dict]:
     """``metrics[key]`` of every seed; a results file without it is named in the error."""
@@ -228,6 +236,15 @@ def _spread_columns(column: str, estimate: Estimate) -> dict[str, float]:
             **{f"{column} seed {seed}": value for seed, value in zip(estimate.seeds, estimate.per_seed)}}
 
 
+def _seeds_cell(scored: Scored) -> int | str:
+    """The seed count, and the seeds whose training collapsed, so that a failed run is told
+    from a weak method in the table itself."""
+    failed = scored.collapsed_seeds
+    if not failed:
+        return len(scored.results)
+    return f"{len(scored.results)} (collapsed: seed{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))})"
+
+
 def metric_columns(scored: Scored, paper: dict[str, float | None]) -> dict[str, Any]:
     """Our metrics of one method over seeds next to the paper's (Sec. 5 protocol).
 
@@ -237,7 +254,7 @@ def metric_columns(scored: Scored, paper: dict[str, float | None]) -> dict[str, 
     row: dict[str, Any] = {
         "IoU": scored.iou.mean_sd(), IOU_CI: scored.iou.interval(), "paper IoU": paper["iou"],
         "CV": scored.cv.mean_sd() if scored.cv else None, CV_CI: scored.cv.interval() if scored.cv else None,
-        "paper CV": paper["cv"], "paper FID": paper["fid"], "seeds": len(scored.results),
+        "paper CV": paper["cv"], "paper FID": paper["fid"], "seeds": _seeds_cell(scored),
     }
     if scored.cv is not None and all(r["metrics"].get("cv_slices") == 0 for r in scored.results.values()):
         # CV (Sec. 4.2) is undefined without a slice f is confident about: say so, not just "-"
@@ -392,6 +409,9 @@ def _checker(run_dir: str | os.PathLike, profile: Profile, ablation: bool = Fals
         else:
             verdict = compare(claim, getattr(scored(track, better), metric), getattr(scored(track, worse), metric),
                               track)
+            failed = [f"{CLAIM_NAMES.get(m, m)} collapsed on seed{'s' if len(c) > 1 else ''} {', '.join(map(str, c))}"
+                      for m in (better, worse) if (c := scored(track, m).collapsed_seeds)]
+            verdict = replace(verdict, notes="; ".join(failed))
         return replace(verdict, methods=(better, worse), metric=metric)
 
     return check
@@ -474,6 +494,8 @@ def claims_summary_markdown(claims: dict[str, Sequence[Verdict]]) -> str:
             ours = ("-" if verdict.better is None or verdict.worse is None else
                     f"{verdict.better.mean:.3f} vs {verdict.worse.mean:.3f}")
             outcome = "not checked" if verdict.outcome == "not checked" else verdict.label
+            if verdict.notes:
+                outcome += f" ({verdict.notes})"
             claim = verdict.claim if verdict.claim.startswith(("IoU", "CV")) else f"{metric}: {verdict.claim}"
             lines.append(f"| {table.replace('table', 'Table ')} | {claim} | {paper} | {ours} | {outcome} |")
     return "\n".join(lines) + "\n"

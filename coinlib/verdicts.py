@@ -240,6 +240,7 @@ class Verdict:
     too_few_seeds: bool = False
     methods: tuple[str, ...] = ()  # (better, worse): the method names the claim compares, where known
     metric: str = "iou"
+    notes: str = ""  # e.g. which seeds of either side collapsed: said on the verdict's line
 
     @property
     def label(self) -> str:
@@ -266,6 +267,8 @@ class Verdict:
         detail = self.numbers(digits)
         if self.outcome == "not resolved" and not self.too_few_seeds:
             detail += f"; {self.reason}"
+        if self.notes:
+            detail += f"; {self.notes}"
         return f"{self.label}: {self.claim} ({detail})"
 
 

@@ -85,6 +85,21 @@ def test_table1_claims_read_every_seed(run_dir):
     assert "; 3 seeds, 12 slices of 6 scans)" in markdown
 
 
+def test_a_collapsed_training_is_named_in_the_table_and_the_verdict_line(run_dir):
+    for seed, val_iou in ((0, 0.40), (1, 0.42), (2, 0.02)):  # seed 2's Singla* failed to learn
+        path = RunPaths(run_dir, seed).result("synthetic", "singla")
+        results = read_json(path)
+        results["metrics"]["val_iou_at_it"] = val_iou
+        write_json(path, results)
+    rows = {(r["data"], r["method"]): r for r in table1_rows(run_dir, QUICK)}
+    singla = next(r for (data, method), r in rows.items() if data.startswith("synthetic") and "Singla" in method)
+    coin = next(r for (data, method), r in rows.items() if data.startswith("synthetic") and method == "COIN")
+    assert singla["seeds"] == "3 (collapsed: seed 2)" and coin["seeds"] == 3
+    line = claims_markdown(table1_claims(run_dir, QUICK)[:2])
+    assert "; Singla* collapsed on seed 2)" in line.splitlines()[0]  # COIN > Singla*
+    assert "; Singla* collapsed on seed 2)" in line.splitlines()[1]  # Singla* > RISE
+
+
 def test_too_few_seeds_resolve_nothing(tmp_path):
     run = write_fake_run(tmp_path, seeds=(0, 1), iou=_rising)
     claims = table1_claims(run, get_profile("smoke"))  # smoke: seeds 0, 1
