@@ -4,7 +4,8 @@
 # Both create or refresh the virtual environment idempotently (re-installed only when
 # pyproject.toml changes). PROFILE=smoke|quick|paper picks the profile (quick: CPU default);
 # DATA / TUMOUR_DATA point the two tracks at real TotalSegmentator / KiTS23 folders, and
-# NOTEBOOKS=05,06 runs only those notebooks (each reuses what the run folder already holds).
+# NOTEBOOKS=05,06 runs only those notebooks (each reuses what the run folder already holds), and
+# SET="train.steps=2000 train.batch_size=8" changes profile settings (coin reproduce --set).
 # For a class (docs/teaching.md):
 #   make lesson      # before class: synthetic-track data, classifier f and COIN (lesson profile),
 #                    # then the from-scratch notebook once, in runs/lesson
@@ -17,6 +18,7 @@ RUN_DIR ?= runs/$(PROFILE)
 DATA ?= phantom
 TUMOUR_DATA ?= phantom
 NOTEBOOKS ?=
+SET ?=
 STAMP := $(VENV)/.coin-installed
 
 LAB_ARGS ?=
@@ -33,7 +35,7 @@ setup: $(STAMP)
 
 reproduce: $(STAMP)
 	$(VENV)/bin/coin reproduce --profile $(PROFILE) --run-dir $(RUN_DIR) --data $(DATA) \
-		--tumour-data $(TUMOUR_DATA) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
+		--tumour-data $(TUMOUR_DATA) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)) $(foreach s,$(SET),--set $(s))
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests

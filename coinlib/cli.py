@@ -5,7 +5,7 @@
     coin train-classifier --profile quick --run-dir runs/quick [--track synthetic|tumour]
     coin train --profile quick --run-dir runs/quick [--variant coin] [--set train.batch_size=8]
     coin evaluate --profile quick --run-dir runs/quick [--variant coin]
-    coin reproduce --profile quick --run-dir runs/quick
+    coin reproduce --profile quick --run-dir runs/quick [--set train.steps=900]
     coin report --run-dir runs/quick          # README summary, docs/results.md, figures/, tables/, docs/notebooks/
     coin label --model runs/quick --in scans/ --out masks/ [--organ-masks seg/]   # weak masks for CT (NIfTI, DICOM)
 
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 00,01")
     reproduce.add_argument("--data", default="phantom", help="synthetic-track data: phantom or a folder")
     reproduce.add_argument("--tumour-data", default="phantom", help="tumour-track data: phantom or a folder")
+    reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                           help="change one profile setting for every notebook, e.g. train.steps=2000 (checked "
+                                "at once, recorded in the run folder; repeatable); give such a run its own --run-dir")
     for command in commands.choices.values():  # --debug after the command name works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error (also: COIN_DEBUG=1)")
@@ -295,9 +298,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .notebook_runner import run_notebooks
 
         run_dir = args.run_dir or Path("runs") / args.profile
-        get_profile(args.profile)  # fail fast on a typo
+        overrides = parse_overrides(args.overrides)
+        get_profile(args.profile, overrides)  # fail fast on a typo or a value out of range
         selected = args.notebooks.split(",") if args.notebooks else None
-        run_notebooks(args.profile, run_dir, selected, data=args.data, tumour_data=args.tumour_data)
+        run_notebooks(args.profile, run_dir, selected, data=args.data, tumour_data=args.tumour_data,
+                      overrides=overrides)
         return 0
 
     from . import pipeline

@@ -1,7 +1,8 @@
 """Run the numbered notebooks end to end with papermill (the README's main command).
 
 Every notebook takes the same papermill parameters (``profile``, ``run_dir``, ``data``,
-``tumour_data``); executed copies go to ``<run_dir>/notebooks/``, written atomically, so
+``tumour_data``, ``overrides``: ``{"section": {"field": value}}`` applied to the profile, as
+``coin reproduce --set`` gives them); executed copies go to ``<run_dir>/notebooks/``, written atomically, so
 a failed notebook never leaves a copy that looks finished. The kernels run with text
 progress bars and static widgets (``COIN_TEXT_PROGRESS=1``, ``COIN_STATIC_WIDGETS=1``: see
 :mod:`coinlib.progress` and :mod:`coinlib.widgets`). Each notebook reuses what the
@@ -37,14 +38,15 @@ def list_notebooks(selected: list[str] | None = None, notebook_dir: Path = NOTEB
     return notebooks
 
 
-def check_inputs(profile: str, run_dir: Path, data: str, tumour_data: str) -> None:
-    """Before any kernel starts: the profile exists and fits the run folder, and each track's
-    data is the phantom or a folder in its layout (errors name the option)."""
+def check_inputs(profile: str, run_dir: Path, data: str, tumour_data: str, overrides: dict | None = None) -> None:
+    """Before any kernel starts: the profile (with ``overrides``) exists, its values are in range
+    and it fits the run folder, and each track's data is the phantom or a folder in its layout
+    (errors name the option)."""
     from .config import get_profile
     from .pipeline import check_source
     from .provenance import check_run_folder
 
-    check_run_folder(get_profile(profile), run_dir)
+    check_run_folder(get_profile(profile, overrides), run_dir)
     for option, track, source in (("--data", "synthetic", data), ("--tumour-data", "tumour", tumour_data)):
         try:
             check_source(track, source)
@@ -59,23 +61,26 @@ def run_notebooks(
     data: str = "phantom",
     tumour_data: str = "phantom",
     notebook_dir: Path = NOTEBOOK_DIR,
+    overrides: dict | None = None,
 ) -> list[dict]:
     """Execute the notebooks in order; returns and writes ``<run_dir>/notebooks/timings.json``.
     Nothing starts before :func:`check_inputs` passes; the run folder is held
     (:func:`coinlib.provenance.using_run_folder`) until the last notebook ends."""
     run_dir = Path(run_dir).resolve()
     notebooks = list_notebooks(selected, notebook_dir)
-    check_inputs(profile, run_dir, data, tumour_data)
+    check_inputs(profile, run_dir, data, tumour_data, overrides)
     with using_run_folder(run_dir, f"coin reproduce --profile {profile}"):
-        return _run(notebooks, profile, run_dir, data, tumour_data)
+        return _run(notebooks, profile, run_dir, data, tumour_data, overrides or {})
 
 
-def _run(notebooks: list[Path], profile: str, run_dir: Path, data: str, tumour_data: str) -> list[dict]:
+def _run(notebooks: list[Path], profile: str, run_dir: Path, data: str, tumour_data: str,
+         overrides: dict) -> list[dict]:
     import papermill
 
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    parameters = {"profile": profile, "run_dir": str(run_dir), "data": str(data), "tumour_data": str(tumour_data)}
+    parameters = {"profile": profile, "run_dir": str(run_dir), "data": str(data), "tumour_data": str(tumour_data),
+                  "overrides": overrides}
     timings = []
     os.environ["COIN_TEXT_PROGRESS"] = "1"  # kernels inherit it: text bars show in the log
     # and static widgets: an executed copy keeps a figure a repository viewer can show
@@ -92,7 +97,7 @@ def _run(notebooks: list[Path], profile: str, run_dir: Path, data: str, tumour_d
         seconds = time.perf_counter() - start
         timings.append({"notebook": notebook.name, "seconds": round(seconds, 1)})
         print(f"    {notebook.name}: {seconds:.0f} s", flush=True)
-        write_json(out_dir / "timings.json", {"profile": profile, "notebooks": timings})
+        write_json(out_dir / "timings.json", {"profile": profile, "overrides": overrides, "notebooks": timings})
     from .report import results_markdown
 
     try:

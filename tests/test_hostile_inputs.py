@@ -587,6 +587,8 @@ def test_reproduce_checks_its_inputs_before_any_kernel(capsys, run, tmp_path, mo
     assert "no notebook starts with ['99']" in line and not fresh.exists()
     line = refused(capsys, "reproduce", "--profile", "quick", "--run-dir", run)
     assert "belongs to profile 'smoke'" in line and not (run / "notebooks").exists()
+    line = refused(capsys, "reproduce", "--profile", "smoke", "--run-dir", fresh, "--set", "train.steps=0")
+    assert "CounterfactualConfig.steps = 0: must lie in [1, inf)" in line and not fresh.exists()
 
 
 # --------------------------------------------------------------------------- one writer per run folder

@@ -105,10 +105,16 @@ def test_03_writes_coin_results_with_protocol_fields_for_every_seed(smoke_run):
     assert (smoke_run / "results" / "summary.md").read_text().startswith("Profile **smoke**")
 
 
-def test_a_later_notebook_runs_alone_in_a_fresh_run_folder(tmp_path):
-    run_notebooks("smoke", tmp_path, ["01"])  # builds the data it needs itself
+def test_a_later_notebook_runs_alone_in_a_fresh_run_folder_with_overrides(tmp_path):
+    overrides = {"classifier": {"steps_per_epoch": 3}}  # coin reproduce --set classifier.steps_per_epoch=3
+    run_notebooks("smoke", tmp_path, ["01"], overrides=overrides)  # builds the data it needs itself
     assert not _errors(tmp_path / "notebooks" / "01_classifier.ipynb")
     assert RunPaths(tmp_path, SEEDS[-1]).classifier_result("tumour").is_file()
+    recorded = json.loads((tmp_path / "run.json").read_text())["settings"]
+    assert recorded["classifier"]["steps_per_epoch"] == 3  # the run folder records the profile it ran
+    trained = json.loads((RunPaths(tmp_path, SEEDS[0]).classifier("synthetic") / "classifier.json").read_text())
+    assert trained["classifier"]["steps_per_epoch"] == 3
+    assert json.loads((tmp_path / "notebooks" / "timings.json").read_text())["overrides"] == overrides
 
 
 def test_03_to_05_score_every_table1_method_on_both_tracks_and_seeds(smoke_run):
