@@ -125,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "mix, e.g. TotalSegmentator native:0.30,arterial:0.15,portal_venous:0.45,"
                               "delayed:0.10; KiTS23 arterial:0.80,nephrographic:0.20)")
 
-    prepare = commands.add_parser("prepare", help="turn a dataset in a real layout into prepared slices")
+    prepare = commands.add_parser(
+        "prepare", help="turn a dataset in a real layout into prepared slices",
+        description="Written against TotalSegmentator v2.0.1 (1,228 CT scans, sXXXX/ct.nii.gz + segmentations/, "
+                    "meta.csv with train/val/test; a later release whose meta.csv lists train and test only gets "
+                    "its validation scans drawn from the train ones with --split-source meta) and KiTS23's "
+                    "dataset/ folder (489 cases, case_XXXXX/imaging.nii.gz + segmentation.nii.gz, images fetched "
+                    "with the KiTS23 repository's own download command). Nothing is downloaded here.")
     prepare.add_argument("--layout", required=True, choices=["totalsegmentator", "kits23", "auto"])
     prepare.add_argument("--src", type=Path, required=True)
     prepare.add_argument("--out", type=Path, required=True)
