@@ -1,7 +1,7 @@
 """Plots the notebooks show: slice grids with mask overlays, outcome colours, curves.
 
 Outcome colours keep the paper's Fig. 2 roles (true positive green, false positive red,
-false negative yellow, ground truth white) in the colour-blind-safe Okabe-Ito palette:
+false negative yellow, ground truth outlined in sky blue on a black edge) in the colour-blind-safe Okabe-Ito palette:
 :data:`OUTCOME_COLOURS` is the one place they are defined (``coinlib.widgets`` uses it too)
 and :data:`OUTCOME_CAPTION` names them for captions. Every function returns the matplotlib
 Figure and never writes files; :func:`save_figure` writes PNG and PDF atomically.
@@ -21,6 +21,8 @@ from .files import atomic_path
 __all__ = [
     "OUTCOME_CAPTION",
     "OUTCOME_COLOURS",
+    "TRUTH_EDGE",
+    "outline_truth",
     "outcome_masks",
     "outcome_rgba",
     "mask_rgba",
@@ -45,9 +47,12 @@ OUTCOME_COLOURS = {
     "tp": (0.0, 158 / 255, 115 / 255),
     "fp": (213 / 255, 94 / 255, 0.0),
     "fn": (240 / 255, 228 / 255, 66 / 255),
-    "truth": (1.0, 1.0, 1.0),
+    # Okabe-Ito sky blue, drawn over a black edge (TRUTH_EDGE): visible on a white synthetic blob,
+    # on grey tissue and on black air alike, and apart from the three outcome colours
+    "truth": (86 / 255, 180 / 255, 233 / 255),
 }
-OUTCOME_CAPTION = ("TP bluish green, FP vermillion, FN yellow, ground truth white "
+TRUTH_EDGE = (0.0, 0.0, 0.0)
+OUTCOME_CAPTION = ("TP bluish green, FP vermillion, FN yellow, ground truth outlined in sky blue on a black edge "
                    "(Okabe-Ito colours, readable with colour blindness)")
 
 
@@ -196,9 +201,16 @@ def lesion_crop(truth: np.ndarray, factor: float = 3.0, minimum: int = 24) -> tu
     return slice(y0, min(h, y0 + side)), slice(x0, min(w, x0 + side))
 
 
-def _outline(ax: plt.Axes, truth: np.ndarray) -> None:
-    if np.any(truth):
-        ax.contour(np.asarray(truth, float), levels=[0.5], colors=[OUTCOME_COLOURS["truth"]], linewidths=0.9)
+def outline_truth(ax: plt.Axes, truth: np.ndarray | None, linewidth: float = 0.9) -> None:
+    """The ground-truth mask's outline (:data:`OUTCOME_CAPTION`): sky blue over a black edge
+    twice as wide, so that it shows on any background; nothing when ``truth`` is empty."""
+    if truth is not None and np.any(truth):
+        from matplotlib import patheffects
+
+        contour = ax.contour(np.asarray(truth, float), levels=[0.5], colors=[OUTCOME_COLOURS["truth"]],
+                             linewidths=linewidth)
+        contour.set(path_effects=[patheffects.Stroke(linewidth=2.4 * linewidth, foreground=TRUTH_EDGE),
+                                  patheffects.Normal()])
 
 
 def method_grid(
@@ -235,7 +247,7 @@ def method_grid(
                                        fill=False, edgecolor="cyan", lw=1))
         top[0].set_ylabel(f"{label}: map", fontsize=8)
         bottom[0].imshow(ex["image"][window], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-        _outline(bottom[0], ex["truth"][window])
+        outline_truth(bottom[0], ex["truth"][window])
         bottom[0].set_ylabel(f"{label}: mask", fontsize=8)
         for k, method in enumerate(methods, start=1):
             vmax = diff_vmax if method in counterfactual else 1.0
@@ -244,7 +256,7 @@ def method_grid(
             bar.ax.tick_params(labelsize=6)
             bottom[k].imshow(ex["image"][window], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
             bottom[k].imshow(outcome_rgba(ex["masks"][method][window], ex["truth"][window]), interpolation="nearest")
-            _outline(bottom[k], ex["truth"][window])
+            outline_truth(bottom[k], ex["truth"][window])
         truth = np.where(ex["truth"][window], 1.0, -1.0)
         top[-1].imshow(truth, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         bottom[-1].axis("off")
@@ -283,7 +295,7 @@ def variant_grid(
     for i in range(len(x)):
         axes[i, 0].imshow(x[i], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         if truth is not None:
-            _outline(axes[i, 0], truth[i])
+            outline_truth(axes[i, 0], truth[i])
         for k, name in enumerate(names):
             x_cf = counterfactuals[name][i]
             column = 1 + per * k

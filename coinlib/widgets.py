@@ -43,7 +43,7 @@ from .config import EvalConfig
 from .evaluate import config_mask, sweep
 from .masks import difference_map
 from .metrics import confusion_counts, iou_from_counts, sweep_thresholds
-from .plots import OUTCOME_CAPTION, OUTCOME_COLOURS, outcome_rgba
+from .plots import OUTCOME_CAPTION, OUTCOME_COLOURS, outcome_rgba, outline_truth
 
 __all__ = [
     "STATIC_ENV",
@@ -131,10 +131,9 @@ def _figure(rows: int, cols: int, cell: float = 2.3) -> tuple[plt.Figure, np.nda
 
 
 def _image(ax: plt.Axes, x: np.ndarray, truth: np.ndarray | None = None, title: str = "") -> None:
-    """x in [-1, 1], grey, with the true mask's outline in white."""
+    """x in [-1, 1], grey, with the true mask outlined (:func:`coinlib.plots.outline_truth`)."""
     ax.imshow(x, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-    if truth is not None and np.any(truth):
-        ax.contour(np.asarray(truth, float), levels=[0.5], colors=[OUTCOME_COLOURS["truth"]], linewidths=0.8)
+    outline_truth(ax, truth, 0.8)
     ax.set_title(title, fontsize=8)
 
 
@@ -292,7 +291,7 @@ def slice_picker(
         fig, axes = _figure(1, per_slice)
         panels(axes[0], groups[scan][slice_number])
         return _finish(fig, f"scan {scan}: slice {slice_number + 1} of {len(groups[scan])}",
-                       "ground truth outlined in white")
+                       "ground truth outlined in sky blue")
 
     if not (widgets_interactive() if interactive is None else interactive):
         scans = list(groups)
@@ -303,7 +302,7 @@ def slice_picker(
             best = rows[len(rows) // 2] if truth is None else max(rows, key=lambda p: (truth[p].sum(), -p))
             panels(axes[:, col], best)
         which = "its slice with the largest true mask" if truth is not None else "its middle slice"
-        return _finish(fig, f"{len(spread)} of {len(scans)} scans, each at {which}", "ground truth outlined in white")
+        return _finish(fig, f"{len(spread)} of {len(scans)} scans, each at {which}", "ground truth outlined in sky blue")
     import ipywidgets as widgets
 
     first = next(iter(groups))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from matplotlib.figure import Figure
 from skimage.color import rgb2lab
 
-from coinlib.plots import OUTCOME_CAPTION, OUTCOME_COLOURS, outcome_masks, outcome_rgba
+from coinlib.plots import OUTCOME_CAPTION, OUTCOME_COLOURS, TRUTH_EDGE, outcome_masks, outcome_rgba, outline_truth
 
 # Machado, Oliveira & Fernandes (2009), severity 1.0, on linear RGB
 DICHROMACY = {
@@ -44,3 +45,24 @@ def test_tp_fp_fn_stay_distinct_for_colour_blind_viewers():
             delta_e = np.linalg.norm(_lab(OUTCOME_COLOURS[a], matrix) - _lab(OUTCOME_COLOURS[b], matrix))
             assert delta_e > 30, (vision, a, b, delta_e)  # CIELAB distance; ~2.3 is just noticeable
     assert "Okabe-Ito" in OUTCOME_CAPTION and all(word in OUTCOME_CAPTION for word in ("TP", "FP", "FN"))
+
+
+def test_the_truth_outline_shows_on_a_white_blob_and_on_black_air():
+    """Sky blue shows on black air and grey tissue, its black edge on a white synthetic blob; and
+    the outline stays apart from TP, FP and FN for every viewer."""
+    white, black = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
+    for vision, matrix in DICHROMACY.items():
+        truth = _lab(OUTCOME_COLOURS["truth"], matrix)
+        assert np.linalg.norm(truth - _lab(black, matrix)) > 30, vision
+        assert np.linalg.norm(_lab(TRUTH_EDGE, matrix) - _lab(white, matrix)) > 90, vision
+        for outcome in ("tp", "fp", "fn"):
+            assert np.linalg.norm(truth - _lab(OUTCOME_COLOURS[outcome], matrix)) > 15, (vision, outcome)
+    ax = Figure().subplots()
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    ax.imshow(np.where(mask, 1.0, -1.0), cmap="gray", vmin=-1, vmax=1)
+    outline_truth(ax, mask)
+    (contour,) = [c for c in ax.get_children() if hasattr(c, "get_path_effects") and c.get_path_effects()]
+    edges = [e for e in contour.get_path_effects() if hasattr(e, "_gc")]
+    assert any(e._gc.get("foreground") == TRUTH_EDGE for e in edges)
+    outline_truth(ax, np.zeros((20, 20), bool))  # an empty mask draws nothing, and does not fail
