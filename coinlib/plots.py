@@ -31,6 +31,7 @@ __all__ = [
     "counterfactual_panel",
     "training_curves",
     "sweep_curves",
+    "sweep_peak",
     "method_grid",
     "lesion_crop",
     "variant_grid",
@@ -160,23 +161,26 @@ def sweep_curves(
     ax: plt.Axes | None = None,
     title: str = "",
 ) -> plt.Figure:
-    """IoU against the binarisation threshold, one line per method (Sec. 5 sweep).
+    """IoU against the binarisation threshold, one line per method and seed (Sec. 5 sweep).
 
     ``curves[name]`` holds ``thresholds`` and ``test_iou`` (a results JSON's ``sweep``: one
-    curve, or one per seed as a 2-D list, drawn as the seeds' mean with their range shaded),
-    optionally ``chosen`` (the threshold(s) from the validation split, drawn as dots), ``style``
-    (a matplotlib line style) and ``colour`` (to pair a method's solid and dashed curves).
+    curve, or one per seed as a 2-D list), optionally ``chosen`` (the threshold(s) from the
+    validation split, drawn as dots), ``style`` (a matplotlib line style) and ``colour`` (to
+    pair a method's solid and dashed curves). Each seed is drawn on its own, so each seed's
+    peak shows where it is: a mean over seeds of curves that peak at different thresholds
+    would flatten the peaks below the best test IoU that Table 1 reports, which is the seeds'
+    mean of :func:`sweep_peak`, the number each legend entry gives.
     """
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 3.6))
     for name, curve in curves.items():
         thresholds = np.asarray(curve["thresholds"], float)
         ious = np.atleast_2d(np.asarray(curve["test_iou"], float))
-        mean = ious.mean(axis=0)
-        (line,) = ax.plot(thresholds, mean, label=name, lw=1.4, ls=curve.get("style", "-"),
-                          color=curve.get("colour"))
-        if len(ious) > 1:
-            ax.fill_between(thresholds, ious.min(axis=0), ious.max(axis=0), color=line.get_color(), alpha=0.15,
-                            lw=0)
+        label = f"{name} (peak {sweep_peak(ious):.2f})"
+        line = None
+        for k, row in enumerate(ious):
+            (line,) = ax.plot(thresholds, row, label=label if k == 0 else None, lw=1.1 if len(ious) > 1 else 1.4,
+                              alpha=0.8, ls=curve.get("style", "-"),
+                              color=curve.get("colour") if line is None else line.get_color())
         chosen = curve.get("chosen")
         if chosen is not None:
             for row, t in zip(ious, np.atleast_1d(np.asarray(chosen, float))):
@@ -185,6 +189,13 @@ def sweep_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
+
+
+def sweep_peak(test_iou: np.ndarray | Sequence) -> float:
+    """The mean over seeds of each seed's best IoU on the sweep (``test_iou``: one curve, or one
+    per seed): Table 1's "best test IoU", the paper's protocol. NaN points are skipped."""
+    curves = np.atleast_2d(np.asarray(test_iou, float))
+    return float(np.mean(np.nanmax(curves, axis=1)))
 
 
 def lesion_crop(truth: np.ndarray, factor: float = 3.0, minimum: int = 24) -> tuple[slice, slice]:
