@@ -38,6 +38,12 @@ __all__ = ["END", "START", "markers", "export_notebooks", "publish_figures", "pu
            "replace_block"]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"  # the default block (markers())
+# "classifier FD" is no FID: said under every table that shows it
+CLASSIFIER_FD_NOTE = ("*classifier FD* is the Fréchet distance between f's penultimate-layer features of x and of "
+                      "x_cf on the test slices: how far the counterfactuals move in f's own feature space. "
+                      "It is not the paper's realism measure (FID, Inception features, shown where its weights are "
+                      "present) and does not rank realism: a model that changes almost nothing (lambda_f = 0) "
+                      "scores lowest.")
 RELIABLE_AUC = 0.9  # below it, a track's claims explain a classifier that barely detects the lesion
 TRACKS = ("synthetic", "tumour")
 
@@ -229,10 +235,11 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
         "table1": (f"**Table 1.** IoU at the threshold chosen on the validation split, mean ± sd over seeds and "
                    f"{interval} beside it; the paper's protocol (best threshold on the test set) and the paper's "
                    "numbers in adjacent columns. Saliency methods are scored on the slices counted in the last "
-                   "column. `tables/table1.csv` holds every seed's value."),
-        "table2": f"**Table 2.** COIN's loss ablation (synthetic track), mean ± sd over seeds and {interval}.",
+                   "column. `tables/table1.csv` holds every seed's value. " + CLASSIFIER_FD_NOTE),
+        "table2": (f"**Table 2.** COIN's loss ablation (synthetic track), mean ± sd over seeds and {interval}. "
+                   "*classifier FD*: as in Table 1."),
         "table3": (f"**Table 3.** Appendix A: masks, perturbations, skips, conditions (synthetic track), mean ± sd "
-                   f"over seeds and {interval}."),
+                   f"over seeds and {interval}. *classifier FD*: as in Table 1."),
     }
     checks = {"table1": table1_claims, "table2": table2_claims, "table3": table3_claims}
     sections: list[tuple[str, list[Verdict], list[str]]] = []
