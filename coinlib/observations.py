@@ -10,7 +10,7 @@ beside it. Timeless teaching text (what a method does, why) stays prose; outcome
 The measurements the notebooks check are small pure functions on the arrays they already hold:
 :func:`mean_change` (how much x_cf changes x), :func:`region_count` (how scattered a
 thresholded difference map is), :func:`mass_fraction_inside` (how much of a map lies on the
-lesion).
+lesion), :func:`peak_inside` (how often a map points at the lesion).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from skimage.measure import label
 
 __all__ = ["Observation", "observe_order", "observations_markdown", "finite_mean", "mean_change", "region_count",
-           "mass_fraction_inside"]
+           "mass_fraction_inside", "peak_inside"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,11 @@ def mass_fraction_inside(maps: np.ndarray, masks: np.ndarray) -> float:
     maps, masks = np.asarray(maps, float), np.asarray(masks, bool)
     total = maps.sum()
     return float(maps[masks].sum() / total) if total > 0 else float("nan")
+
+
+def peak_inside(maps: np.ndarray, masks: np.ndarray) -> float:
+    """The share of slices whose map peaks (its largest value) on the mask: where a method points.
+    ``maps`` (N, H, W), ``masks`` (N, H, W) bool; slices with an empty mask are left out."""
+    maps, masks = np.asarray(maps, float), np.asarray(masks, bool)
+    hits = [m.reshape(-1)[int(np.argmax(v))] for v, m in zip(maps, masks) if m.any()]
+    return float(np.mean(hits)) if hits else float("nan")

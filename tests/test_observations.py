@@ -13,6 +13,7 @@ from coinlib.observations import (
     mean_change,
     observations_markdown,
     observe_order,
+    peak_inside,
     region_count,
 )
 
@@ -48,3 +49,8 @@ def test_measurements_by_hand():
     masks = np.array([[[True, False]], [[False, True]]])
     assert mass_fraction_inside(maps, masks) == (1.0 + 4.0) / 8.0
     assert math.isnan(mass_fraction_inside(np.zeros((1, 2, 2)), np.ones((1, 2, 2), bool)))
+    peaks = np.zeros((3, 2, 2))
+    peaks[0, 0, 0] = peaks[1, 1, 1] = peaks[2, 0, 1] = 1.0
+    on = np.zeros((3, 2, 2), bool)
+    on[0, 0, 0] = on[1, 0, 0] = True  # slice 0 peaks on its lesion, slice 1 beside it, slice 2 has none
+    assert peak_inside(peaks, on) == 0.5
