@@ -32,6 +32,8 @@ __all__ = [
     "training_curves",
     "sweep_curves",
     "sweep_peak",
+    "window_caption",
+    "window_note",
     "method_grid",
     "lesion_crop",
     "variant_grid",
@@ -196,6 +198,23 @@ def sweep_peak(test_iou: np.ndarray | Sequence) -> float:
     per seed): Table 1's "best test IoU", the paper's protocol. NaN points are skipped."""
     curves = np.atleast_2d(np.asarray(test_iou, float))
     return float(np.mean(np.nanmax(curves, axis=1)))
+
+
+def window_caption(fingerprint: dict) -> str:
+    """What the grey scale of a model-input panel means in HU: x in [-1, 1] maps linearly from the
+    training fingerprint's ``p_low`` (black) to ``p_high`` (white), values beyond clipped
+    (:func:`coinlib.prepare.normalise_hu`)."""
+    low, high = fingerprint["percentiles"] if "percentiles" in fingerprint else (None, None)
+    where = f" ({low:g}th-{high:g}th percentiles of the training scans' foreground)" if low is not None else ""
+    return (f"CT panels: model input, black = {fingerprint['p_low']:.0f} HU, white = {fingerprint['p_high']:.0f} HU"
+            f"{where}; HU outside the window clipped")
+
+
+def window_note(fig: plt.Figure, fingerprint: dict) -> str:
+    """:func:`window_caption` written under ``fig`` (small, centred); returns it."""
+    caption = window_caption(fingerprint)
+    fig.text(0.5, -0.01, caption, ha="center", va="top", fontsize=7)
+    return caption
 
 
 def lesion_crop(truth: np.ndarray, factor: float = 3.0, minimum: int = 24) -> tuple[slice, slice]:

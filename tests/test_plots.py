@@ -17,6 +17,7 @@ from coinlib.plots import (
     outline_truth,
     sweep_curves,
     sweep_peak,
+    window_note,
 )
 
 # Machado, Oliveira & Fernandes (2009), severity 1.0, on linear RGB
@@ -89,3 +90,11 @@ def test_sweeps_draw_each_seed_and_name_the_mean_of_their_peaks():
     assert len(lines) == 2 and [list(line.get_ydata()) for line in lines] == per_seed
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["COIN (peak 0.60)"]
     assert lines[0].get_color() == lines[1].get_color()
+
+
+def test_every_ct_panel_can_say_its_window_in_hu():
+    fig = Figure()
+    caption = window_note(fig, {"p_low": -5.0, "p_high": 224.0, "percentiles": [0.5, 99.5]})
+    assert caption == ("CT panels: model input, black = -5 HU, white = 224 HU (0.5th-99.5th percentiles of the "
+                       "training scans' foreground); HU outside the window clipped")
+    assert [t.get_text() for t in fig.texts] == [caption]
