@@ -458,8 +458,9 @@ def table3_claims(run_dir: str | os.PathLike, profile: Profile) -> list[Verdict]
     rows_profile = table3_profile(profile)
     check = _checker(run_dir, rows_profile, ablation=True, names=TABLE3_LABELS)
     if not rows_profile.seeds:
-        check = lambda claim, track, *_: not_checked(  # noqa: E731
-            claim, f"profile {profile.name} does not train the Table 3 rows (AblationConfig.table3_seeds)", track)
+        check = lambda claim, track, better, worse: replace(not_checked(  # noqa: E731
+            claim, f"profile {profile.name} does not train the Table 3 rows (AblationConfig.table3_seeds)", track),
+            methods=(better, worse))
     return [
         check("perturbation helps with masks: B > A", "synthetic", "table3_b", "table3_a"),
         check("one skip beats none: C > B", "synthetic", "table3_c", "table3_b"),
