@@ -57,5 +57,6 @@ def test_make_lab_registers_the_kernel_and_make_lesson_runs_the_lesson_profile()
     assert "cd notebooks && " in plan.stdout and "/bin/jupyter lab" in plan.stdout
     assert "coin train --profile lesson --run-dir runs/lesson" in plan.stdout
     assert "--notebooks 02_coin_from_scratch" in plan.stdout
-    readme = (ROOT / "README.md").read_text()
-    assert "## Teaching with it" in readme and "make lab" in readme and "make lesson" in readme
+    teaching = (ROOT / "docs" / "teaching.md").read_text()
+    assert "make lab" in teaching and "make lesson" in teaching
+    assert "(docs/teaching.md)" in (ROOT / "README.md").read_text()
