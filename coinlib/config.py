@@ -195,6 +195,9 @@ def _hints(cls: type) -> dict[str, Any]:
 _SEED = "[0, 4294967295]"
 _COUNT = "[1, inf)"
 _BATCH = "[1, 65536]"
+# what --fill-nonfinite may put in place of NaN: a value CT takes, from below air (-1000 HU) to
+# beyond dense bone and iodine (about 3000 HU)
+FILL_HU_RANGE = (-2000.0, 4000.0)
 _IMAGE_SIZE = "[8, 2048]"
 _POSITIVE = "(0, inf)"
 _NON_NEGATIVE = "[0, inf)"
@@ -240,9 +243,7 @@ class DataConfig(Checked):
         "percentiles": "[0, 100]",
         "min_kidney_area_mm2": _NON_NEGATIVE,
         "min_lesion_area_mm2": _NON_NEGATIVE,
-        # a fill must be a value CT takes: from below air (-1000 HU) to beyond dense bone and
-        # iodine (about 3000 HU); coinlib.prepare.FILL_HU_RANGE
-        "fill_nonfinite_hu": "[-2000, 4000]",
+        "fill_nonfinite_hu": f"[{FILL_HU_RANGE[0]:g}, {FILL_HU_RANGE[1]:g}]",
     }
 
     def check(self) -> None:

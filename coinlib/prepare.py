@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from .config import DataConfig, to_dict
+from .config import FILL_HU_RANGE, DataConfig, to_dict
 from .files import content_id, read_json, remove_stale_temporaries, temporary_folder, write_json
 from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared
 from .progress import tqdm
@@ -113,7 +113,6 @@ KITS_LABELS = {"background": 0, "kidney": 1, "tumour": 2, "cyst": 3}
 # an extended scale of the same order), so such a value is a broken or foreign file (say,
 # float64 noise near 1e303, which float32 would turn into infinities).
 HU_LIMIT = 100_000.0
-FILL_HU_RANGE = (-2000.0, 4000.0)  # what --fill-nonfinite may put in place of NaN (DataConfig's range)
 LABEL_TOLERANCE = 1e-3  # a float label file's values must be this close to integers
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
 _LAYOUT_HELP = (
