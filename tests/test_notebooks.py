@@ -42,6 +42,18 @@ def test_every_notebook_has_a_papermill_parameters_cell_first():
         assert "%cd" not in "".join(c.source for c in code), path.name
 
 
+def test_papermill_reads_every_parameter_of_every_notebook(caplog):
+    # papermill skips (with only a log line) a parameter line it cannot parse, e.g. one with a
+    # second "=" in its comment; `--set` would then still be injected but never listed.
+    import papermill
+
+    for path in list_notebooks():
+        caplog.clear()
+        parameters = papermill.inspect_notebook(str(path))
+        assert {"profile", "run_dir", "overrides"} <= set(parameters), path.name
+        assert "Unable to parse" not in caplog.text, (path.name, caplog.text)
+
+
 def test_executed_copies_are_written_without_errors(smoke_run):
     for notebook in list_notebooks():
         path = smoke_run / "notebooks" / notebook.name
