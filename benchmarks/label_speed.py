@@ -85,7 +85,8 @@ def measure(profile_name: str, *, batch_size: int, saliency_batch: int, rise_mas
     def coin_forward():
         inpaint = torch.zeros(batch_size, dtype=torch.long, device=device)
         with autocast(device):
-            return torch.sigmoid(classifier(x).float()), generator(x, inpaint)
+            p_abnormal = torch.sigmoid(classifier(x).float())
+        return p_abnormal, generator(x, inpaint)  # fp32, as coin label computes it
 
     # (method, slices per call, forward passes per slice, call, timed calls, warm-up, RISE N to extrapolate to)
     runs = [

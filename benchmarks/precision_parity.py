@@ -6,11 +6,11 @@ bf16 on the same data, the same classifier f and the same seeds, scored alike.
         --tracks synthetic tumour
 
 For every track, seed and variant, the GAN is trained twice in run folders of their own under
-``--out`` (``fp32/`` and ``bf16/``, :func:`coinlib.runtime.precision_set_to`), each from the
+``--out`` (``fp32/`` and ``bf16/``, ``CounterfactualConfig.precision``), each from the
 baseline's prepared data and the same f: the baseline's for the seeds it trained, else one f
 trained here (under this machine's default precision) and shared by both arms, so the only
-difference between the arms is the precision of the GAN's training step. Both are scored in
-fp32 (``coin evaluate``'s protocol: the threshold chosen on validation, Sec. 5), so the scoring
+difference between the arms is the precision of the GAN's training step. Both are scored alike,
+with counterfactuals computed in fp32 (``coin evaluate``'s protocol: the threshold chosen on validation, Sec. 5), so the scoring
 is not what differs either.
 
 A training **collapsed** when its validation IoU at the chosen threshold is below a third of
@@ -58,16 +58,13 @@ def _gan_job(profile_name: str, overrides: dict, seed: int, run: Path, track: st
     """Train ``variant`` under ``precision`` in ``run``, score it in fp32; the metrics and the seconds."""
     from coinlib.config import get_profile, with_seed
     from coinlib.pipeline import ensure_counterfactual, evaluate_variant, prepare_track
-    from coinlib.runtime import precision_set_to
-
     profile = with_seed(get_profile(profile_name, overrides), seed)
+    profile = replace(profile, train=replace(profile.train, precision=precision))
     prepared = prepare_track(profile, run, track, source, progress=False)
     start = time.perf_counter()
-    with precision_set_to(precision):
-        ensure_counterfactual(profile, run, track, prepared, variant, progress=False)
+    ensure_counterfactual(profile, run, track, prepared, variant, progress=False)
     seconds = time.perf_counter() - start
-    with precision_set_to("fp32"):
-        results = evaluate_variant(profile, run, track, prepared, variant, fid=False, progress=False)
+    results = evaluate_variant(profile, run, track, prepared, variant, fid=False, progress=False)
     metrics = results["metrics"]
     return {"track": track, "variant": variant, "seed": seed, "precision": precision,
             "iou": metrics["iou"]["iou"] if isinstance(metrics["iou"], dict) else metrics["iou"],

@@ -15,8 +15,8 @@ is the schedule's average. ``--fast`` is the trainer's fast path
 its compilation happens in the warm-up, whose time is printed. Prints images/s, achieved
 TFLOP/s (torch's FLOP counter on one D-only and one D+G step of the plain step), peak
 memory on CUDA, and a comparison with the authors' implementation and the bf16 arithmetic
-limit. ``--precision`` measures fp32 and/or bf16 autocast
-(:func:`coinlib.runtime.precision`; on the CPU bf16 pays only with AVX512-BF16 or AMX-BF16);
+limit. ``--precision`` measures fp32 and/or bf16 autocast (``CounterfactualConfig.precision``,
+:func:`coinlib.runtime.precision`; on the CPU bf16 pays only with AVX512-BF16 or AMX-BF16);
 ``--jobs N`` runs N one-thread measurements at once in worker processes and reports their
 sum, the throughput the quick profile's parallel jobs (:mod:`coinlib.jobs`) get. On the CPU the
 threads are ``COIN_THREADS`` (default 1, as every job of the pipeline). A benchmark, not a test:
@@ -43,7 +43,7 @@ from coinlib.counterfactual import (
     counterfactual_step,
     step_losses,
 )
-from coinlib.runtime import hardware_summary, pick_device, precision_set_to, use_job_threads
+from coinlib.runtime import hardware_summary, pick_device, use_job_threads
 
 # the public implementation measured on one H200, paper configuration, batch 16
 AUTHORS_IMG_PER_S = {"fp32": 173.0, "bf16": 195.0, "fp32, batch 64": 206.0}
@@ -73,15 +73,14 @@ def step_flops(step) -> float:
 
 def measure(profile_name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
             fast: bool, precision: str = "auto") -> dict:
-    with precision_set_to(precision):
-        return _measure(profile_name, batch_size, steps, warmup, device, fast) | {"precision": precision}
+    return _measure(profile_name, batch_size, steps, warmup, device, fast, precision) | {"precision": precision}
 
 
 def _measure(profile_name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-             fast: bool) -> dict:
+             fast: bool, precision: str) -> dict:
     use_job_threads(device)
     profile = get_profile(profile_name)
-    train = dataclasses.replace(profile.train, compile=fast)
+    train = dataclasses.replace(profile.train, compile=fast, precision=precision)
     torch._dynamo.reset()  # each batch size compiles afresh, so warm-up times compare
     torch.manual_seed(0)
     classifier = freeze(build_classifier(profile.classifier))

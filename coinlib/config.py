@@ -469,6 +469,13 @@ class CounterfactualConfig(Checked):
     eval_every: int = 1000
     checkpoint_every: int = 500
     seed: int = 0
+    # what the training step computes in (autocast): "fp32" (default), "bf16", or "auto" (the
+    # process's choice, COIN_PRECISION: bf16 on CUDA and on CPUs with native bf16). fp32 because
+    # bf16 decided whether a GAN learned: under bf16 on an Intel AMX-BF16 CPU Singla* failed on
+    # 2 of 3 seeds that learned in fp32, while on an AMD AVX512-BF16 CPU it did not fail
+    # (docs/development.md, "Precision"); the same bf16 request is a different numerical path on
+    # each CPU. Counterfactuals for scoring and `coin label` are computed in fp32 on every path.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     # speed only, not part of a run's identity: torch.compile of the step's losses, cuDNN
     # autotuning and foreach/fused Adam (counterfactual.step_losses); same maths
     compile: bool = False
@@ -697,15 +704,16 @@ PROFILES: dict[str, Profile] = {
         gan=GANConfig(widths=(8, 16, 32, 64, 128), stem_width=8, disc_widths=(8, 16, 32, 64, 128)),
         # 450 steps: the validation IoU of COIN and of a two-condition row (Table 3 F) grows
         # until about 500-600 steps of 4 and not after (benchmarks/learning_curve.py,
-        # docs/experiments.md); 450 is what the 45-minute budget allows for 21 GANs (cpu-full: 600).
+        # docs/experiments.md); 450 keeps the whole paper, Tables 1-3 on 3 seeds, near two hours on
+        # 2 cores (cpu-full: 600).
         train=CounterfactualConfig(
             lr=1e-3, batch_size=4, generator_every=1, steps=450, log_every=10, eval_every=225,
             checkpoint_every=75,
         ),
         saliency=SaliencyConfig(rise_masks=250),  # every abnormal val and test slice
-        # Table 2 trains like Table 1 (so its COIN row is Table 1's COIN); the seven Table 3 rows
-        # (21 GANs with their seeds) do not fit in 45 minutes: `cpu-full` trains them.
-        ablation=AblationConfig(table3_seeds=()),
+        # Table 2 trains like Table 1 (so its COIN row is Table 1's COIN), and so do the Table 3
+        # rows, on every seed: one run draws Tables 1-3 and Figs. 2-6 (docs/profiles.md).
+        ablation=AblationConfig(),
         # lambda_idt 5 on the tumour track: mean validation IoU 0.329 / 0.386 / 0.396 / 0.385 for
         # 1 / 3 / 5 / 10 on 3 seeds, test IoU 0.269 -> 0.322 (docs/experiments.md, "λ_idt = 5 on the tumour track")
         tumour_protocol=TumourProtocol(lambda_idt=5.0),

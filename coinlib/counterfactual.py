@@ -240,11 +240,11 @@ def counterfactual_step(
     if gan.conditions == 1 and train.kl_target_normal == "eps":
         p_abnormal = torch.zeros(x.shape[0], device=device)  # COIN's eps target does not read f(x): skip it
     else:
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), autocast(device, choice=train.precision):
             p_abnormal = torch.sigmoid(classifier(x).float())
     conditions = make_conditions(p_abnormal, gan, train, classifier_threshold)
 
-    with autocast(device):
+    with autocast(device, choice=train.precision):
         d_loss = losses.discriminator(local_module(generator), discriminator, x, conditions, train)
     optimizers["discriminator"].zero_grad(set_to_none=True)
     (train.lambda_adv * d_loss).backward()
@@ -254,7 +254,7 @@ def counterfactual_step(
     if update_generator:
         for parameter in discriminator.parameters():
             parameter.requires_grad_(False)
-        with autocast(device):
+        with autocast(device, choice=train.precision):
             terms = losses.generator(generator, local_module(discriminator), classifier, x, conditions, gan,
                                      train, masks)
         optimizers["generator"].zero_grad(set_to_none=True)
@@ -482,12 +482,12 @@ def generate_counterfactuals(
     for batch in tqdm(loader, desc="counterfactuals", disable=not progress, leave=False):
         x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
         inpaint = torch.zeros(x.shape[0], dtype=torch.long, device=device)
-        with autocast(device):
-            x_cf = generator(x, inpaint).float()
-            features = classifier.penultimate(x)
-            features_cf = classifier.penultimate(x_cf)
-            p = torch.sigmoid(classifier.head(features).float())
-            p_cf = torch.sigmoid(classifier.head(features_cf).float())
+        # fp32 on every precision path: models trained in fp32 and in bf16 are scored alike
+        x_cf = generator(x, inpaint).float()
+        features = classifier.penultimate(x)
+        features_cf = classifier.penultimate(x_cf)
+        p = torch.sigmoid(classifier.head(features).float())
+        p_cf = torch.sigmoid(classifier.head(features_cf).float())
         out["x"].append(x[:, 0].float().cpu())
         out["x_cf"].append(x_cf[:, 0].cpu())
         out["p_abnormal"].append(p.cpu())

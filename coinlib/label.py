@@ -178,8 +178,7 @@ class LabelModel:
             return np.zeros((0, *x.shape[-2:]), dtype=bool)
         x = self._on_device(x)
         inpaint = torch.zeros(len(x), dtype=torch.long, device=self.device)
-        with autocast(self.device):
-            x_cf = self.generator(x, inpaint).float()
+        x_cf = self.generator(x, inpaint).float()  # fp32, as the evaluation computes it
         diff_map = difference_map(x.float(), x_cf)[:, 0].cpu().numpy()
         return weak_mask(diff_map, self.mask_threshold, True, self.closing_radius, self.opening_radius,
                          self.morphology)

@@ -36,6 +36,7 @@ __all__ = [
     "window_note",
     "method_grid",
     "lesion_crop",
+    "outside_window",
     "variant_grid",
     "roc_curves",
     "scan_scores",
@@ -162,6 +163,7 @@ def sweep_curves(
     curves: dict[str, dict],
     ax: plt.Axes | None = None,
     title: str = "",
+    ymax: float | None = 1.0,
 ) -> plt.Figure:
     """IoU against the binarisation threshold, one line per method and seed (Sec. 5 sweep).
 
@@ -171,9 +173,13 @@ def sweep_curves(
     pair a method's solid and dashed curves). Each seed is drawn on its own, so each seed's
     peak shows where it is: a mean over seeds of curves that peak at different thresholds
     would flatten the peaks below the best test IoU that Table 1 reports, which is the seeds'
-    mean of :func:`sweep_peak`, the number each legend entry gives.
+    mean of :func:`sweep_peak`, the number each legend entry gives. ``ymax``: the IoU axis's
+    top; ``None`` fits it to the highest curve (at least 0.02), so curves near zero (the CAMs')
+    can be read on a panel of their own.
     """
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 3.6))
+    if ymax is None:
+        ymax = max([0.02, *(1.15 * float(np.max(curve["test_iou"])) for curve in curves.values())])
     for name, curve in curves.items():
         thresholds = np.asarray(curve["thresholds"], float)
         ious = np.atleast_2d(np.asarray(curve["test_iou"], float))
@@ -187,7 +193,7 @@ def sweep_curves(
         if chosen is not None:
             for row, t in zip(ious, np.atleast_1d(np.asarray(chosen, float))):
                 ax.plot([t], [np.interp(t, thresholds, row)], "o", color=line.get_color(), ms=3.5)
-    ax.set(xlabel="threshold", ylabel="test IoU", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.set(xlabel="threshold", ylabel="test IoU", xlim=(0, 1), ylim=(0, ymax), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
@@ -231,6 +237,15 @@ def lesion_crop(truth: np.ndarray, factor: float = 3.0, minimum: int = 24) -> tu
     return slice(y0, min(h, y0 + side)), slice(x0, min(w, x0 + side))
 
 
+def outside_window(mask: np.ndarray, truth: np.ndarray, window: tuple[slice, slice]) -> int:
+    """Pixels of ``mask`` outside ``window`` that ``truth`` does not hold: the false positives a
+    zoomed panel hides (all of them when the window holds the whole lesion, as :func:`lesion_crop`'s does)."""
+    false_positive = np.asarray(mask, bool) & ~np.asarray(truth, bool)
+    inside = np.zeros_like(false_positive)
+    inside[window] = True
+    return int((false_positive & ~inside).sum())
+
+
 def outline_truth(ax: plt.Axes, truth: np.ndarray | None, linewidth: float = 0.9) -> None:
     """The ground-truth mask's outline (:data:`OUTCOME_CAPTION`): sky blue over a black edge
     twice as wide, so that it shows on any background; nothing when ``truth`` is empty."""
@@ -256,7 +271,8 @@ def method_grid(
     ``counterfactual`` show |x - x_cf| on one absolute scale [0, ``diff_vmax``], the others their
     min-max normalised [0, 1] maps, each with its colour bar, so the two kinds are not read as
     one scale. Masks in :data:`OUTCOME_COLOURS` (:data:`OUTCOME_CAPTION`), ground truth outlined
-    on every mask panel.
+    on every mask panel; under each zoomed mask panel, the false-positive pixels the zoom hides
+    (:func:`outside_window`).
     """
     from matplotlib.patches import Rectangle
 
@@ -287,6 +303,10 @@ def method_grid(
             bottom[k].imshow(ex["image"][window], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
             bottom[k].imshow(outcome_rgba(ex["masks"][method][window], ex["truth"][window]), interpolation="nearest")
             outline_truth(bottom[k], ex["truth"][window])
+            if zoom:  # what the zoom hides, so a panel without red is not read as a mask without FP
+                hidden = outside_window(ex["masks"][method], ex["truth"], window)
+                bottom[k].set_xlabel(f"+{hidden} FP px off-window" if hidden else "no FP off-window", fontsize=6,
+                                     color=OUTCOME_COLOURS["fp"] if hidden else "black")
         truth = np.where(ex["truth"][window], 1.0, -1.0)
         top[-1].imshow(truth, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         bottom[-1].axis("off")

@@ -3,7 +3,9 @@
 - :func:`pick_device` chooses CUDA when present, else the CPU; :func:`autocast` gives bf16
   autocast where the hardware computes in bf16 natively (CUDA; CPUs with AVX512-BF16 or
   AMX-BF16) and fp32 elsewhere (:func:`precision`; ``COIN_PRECISION=bf16|fp32`` or
-  :func:`set_precision` forces either), so the maths is the same code on every device.
+  :func:`set_precision` forces either), so the maths is the same code on every device. A stage
+  may fix its own precision (the GAN's training step: ``CounterfactualConfig.precision``, fp32
+  by default), which this process-wide choice then does not change.
 - :func:`use_job_threads`: every CPU job (a classifier, a GAN, an evaluation) runs on
   ``COIN_THREADS`` threads (default 1), however it is launched. oneDNN's reductions depend on
   the thread count, so this is what makes a job's numbers the same in a notebook, in
@@ -218,8 +220,16 @@ def precision_set_to(choice: str) -> Iterator[None]:
         set_precision(previous)
 
 
-def precision(device: torch.device) -> str:
-    """``"bf16"`` or ``"fp32"``: what :func:`autocast` computes in on ``device``."""
+def precision(device: torch.device, choice: str = "auto") -> str:
+    """``"bf16"`` or ``"fp32"``: what :func:`autocast` computes in on ``device``.
+
+    ``choice``: a stage's own setting (e.g. ``CounterfactualConfig.precision``); ``"auto"``
+    defers to this process's choice (``COIN_PRECISION``, :func:`set_precision`).
+    """
+    if choice not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {choice!r}")
+    if choice != "auto":
+        return choice
     if _precision_choice not in PRECISIONS:
         raise ValueError(f"COIN_PRECISION must be one of {list(PRECISIONS)}, got {_precision_choice!r}")
     if _precision_choice != "auto":
@@ -229,13 +239,14 @@ def precision(device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, enabled: bool = True, choice: str = "auto") -> contextlib.AbstractContextManager:
     """bf16 autocast where :func:`precision` says bf16 (CUDA, native-bf16 CPUs), else fp32.
 
+    ``choice``: the stage's own setting, as for :func:`precision`.
     Either path is deterministic on one machine with a fixed thread count
     (:func:`use_job_threads`); the resume and determinism tests run on whichever is active.
     """
-    if enabled and device.type in ("cuda", "cpu") and precision(device) == "bf16":
+    if enabled and device.type in ("cuda", "cpu") and precision(device, choice) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

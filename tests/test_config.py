@@ -44,6 +44,8 @@ def test_unknown_keys_raise_with_their_name():
 def test_literal_choices_are_checked():
     with pytest.raises(ValueError, match="adv_loss"):
         from_dict(CounterfactualConfig, {"adv_loss": "mse"})
+    with pytest.raises(ValueError, match="precision"):
+        from_dict(CounterfactualConfig, {"precision": "fp16"})
     with pytest.raises(ValueError, match="arch"):
         from_dict(ClassifierConfig, {"arch": "resnet50"})
 
@@ -143,6 +145,6 @@ def test_the_ablation_budget_takes_only_steps_and_batch_from_the_ablation_sectio
     from coinlib.variants import ablation_budget
 
     quick = get_profile("quick")
-    assert quick.ablation.table3_seeds == () and ablation_budget(quick) is None  # Table 1's budget
+    assert quick.ablation.table3_seeds is None and ablation_budget(quick) is None  # every seed, Table 1's budget
     shorter = ablation_budget(get_profile("quick", {"ablation": {"steps": 50}}))
     assert shorter.train.steps == 50 and shorter.train.batch_size == quick.train.batch_size

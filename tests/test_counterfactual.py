@@ -27,7 +27,6 @@ from coinlib.counterfactual import (
 from coinlib.data import SliceDataset
 from coinlib.gan import build_gan
 from coinlib.variants import VARIANTS, apply_variant
-from coinlib.runtime import autocast, precision
 
 TINY_GAN = GANConfig(widths=(8, 8, 16, 16, 32), stem_width=8, disc_widths=(8, 8, 16, 16, 32))
 TRAIN = CounterfactualConfig(batch_size=4, steps=6, log_every=2, eval_every=100, checkpoint_every=3,
@@ -115,8 +114,10 @@ def _weights(path):
     return torch.load(path, weights_only=True)["modules"]
 
 
-def test_resume_after_interruption_equals_uninterrupted(tiny_prepared, classifier, tmp_path):
-    common = dict(prepared=tiny_prepared, gan=TINY_GAN, train=TRAIN, anomaly=ANOMALY,
+@pytest.mark.parametrize("step_precision", ["fp32", "bf16"])
+def test_resume_after_interruption_equals_uninterrupted(tiny_prepared, classifier, tmp_path, step_precision):
+    train = dataclasses.replace(TRAIN, precision=step_precision)  # the guarantee holds on both paths
+    common = dict(prepared=tiny_prepared, gan=TINY_GAN, train=train, anomaly=ANOMALY,
                   classifier=classifier, classifier_path=tmp_path / "clf.pt", device="cpu", progress=False)
     straight = train_counterfactual(out_dir=tmp_path / "straight", **common)
     with pytest.raises(TrainingInterrupted):
@@ -165,11 +166,38 @@ def test_generated_arrays_carry_f_and_its_features_from_one_pass(tiny_prepared, 
     dataset = SliceDataset(tiny_prepared, "test", ANOMALY, fresh_anomalies=False)
     arrays = generate_counterfactuals(generator, classifier, dataset, TINY_GAN, batch_size=3)
     x, x_cf = (torch.from_numpy(arrays[key][:, None]) for key in ("x", "x_cf"))
-    cpu = torch.device("cpu")
-    # the same precision as generate_counterfactuals (bf16 autocast on a native-bf16 CPU)
-    close = {"atol": 2e-2, "rtol": 2e-2} if precision(cpu) == "bf16" else {}
-    with torch.no_grad(), autocast(cpu):
+    # in fp32 whatever this process's precision is, so every model is scored alike
+    with torch.no_grad():
         for key, reference in (("features", classifier_features(classifier, x)),
                                ("features_cf", classifier_features(classifier, x_cf)),
                                ("p_abnormal_cf", torch.sigmoid(classifier(x_cf).float()))):
-            torch.testing.assert_close(torch.from_numpy(arrays[key]), reference.float(), **close)
+            torch.testing.assert_close(torch.from_numpy(arrays[key]), reference.float())
+
+
+def test_the_step_computes_in_its_own_precision_whatever_the_process_asks(tiny_prepared, classifier,
+                                                                         monkeypatch):
+    from coinlib import runtime
+
+    seen = []
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: seen.append(k.get("dtype")) or real_autocast(*a, **k))
+    dataset = SliceDataset(tiny_prepared, "train", ANOMALY, fresh_anomalies=False)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(4)])
+    for process, step, autocast_used in (("bf16", "fp32", False), ("fp32", "bf16", True), ("bf16", "auto", True),
+                                         ("fp32", "auto", False)):
+        monkeypatch.setattr(runtime, "_precision_choice", process)
+        seen.clear()
+        torch.manual_seed(0)
+        generator, discriminator = build_gan(TINY_GAN)
+        train = dataclasses.replace(TRAIN, precision=step)
+        counterfactual_step(generator, discriminator, classifier, build_optimizers(generator, discriminator, train,
+                            torch.device("cpu")), batch, TINY_GAN, train, True, torch.device("cpu"))
+        assert (torch.bfloat16 in seen) is autocast_used, (process, step)
+
+
+def test_precision_is_part_of_a_runs_identity(tiny_prepared, classifier, tmp_path):
+    common = dict(prepared=tiny_prepared, gan=TINY_GAN, anomaly=ANOMALY, classifier=classifier,
+                  classifier_path=tmp_path / "clf.pt", device="cpu", progress=False, out_dir=tmp_path / "run")
+    train_counterfactual(train=dataclasses.replace(TRAIN, steps=2), **common)
+    with pytest.raises(ValueError, match="precision"):
+        train_counterfactual(train=dataclasses.replace(TRAIN, steps=2, precision="bf16"), **common)

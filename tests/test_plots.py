@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 from skimage.color import rgb2lab
 
@@ -14,7 +15,9 @@ from coinlib.plots import (
     TRUTH_EDGE,
     outcome_masks,
     outcome_rgba,
+    method_grid,
     outline_truth,
+    outside_window,
     sweep_curves,
     sweep_peak,
     window_note,
@@ -90,6 +93,12 @@ def test_sweeps_draw_each_seed_and_name_the_mean_of_their_peaks():
     assert len(lines) == 2 and [list(line.get_ydata()) for line in lines] == per_seed
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["COIN (peak 0.60)"]
     assert lines[0].get_color() == lines[1].get_color()
+    assert ax.get_ylim() == (0, 1)
+    near_zero = Figure().subplots()  # the CAMs' curves, on an axis fitted to them
+    sweep_curves({"CAM": {"thresholds": thresholds, "test_iou": [[0.01, 0.004, 0.0]]}}, ax=near_zero, ymax=None)
+    assert near_zero.get_ylim() == (0, 0.02)
+    sweep_curves({"CAM": {"thresholds": thresholds, "test_iou": [[0.04, 0.0, 0.0]]}}, ax=near_zero, ymax=None)
+    assert near_zero.get_ylim()[1] == pytest.approx(0.046)
 
 
 def test_every_ct_panel_can_say_its_window_in_hu():
@@ -98,3 +107,17 @@ def test_every_ct_panel_can_say_its_window_in_hu():
     assert caption == ("CT panels: model input, black = -5 HU, white = 224 HU (0.5th-99.5th percentiles of the "
                        "training scans' foreground); HU outside the window clipped")
     assert [t.get_text() for t in fig.texts] == [caption]
+
+
+def test_a_zoomed_mask_panel_counts_the_false_positives_its_zoom_hides():
+    truth = np.zeros((64, 64), bool)
+    truth[30:34, 30:34] = True
+    far = truth.copy()
+    far[2:5, 2:5] = True  # 9 false-positive pixels far from the lesion (the spine, say)
+    assert outside_window(far, truth, (slice(20, 44), slice(20, 44))) == 9
+    assert outside_window(truth, truth, (slice(20, 44), slice(20, 44))) == 0
+    example = {"image": np.zeros((64, 64)), "truth": truth, "maps": {"A": np.zeros((64, 64)), "B": np.zeros((64, 64))},
+               "masks": {"A": far, "B": truth}}
+    fig = method_grid([example], ["A", "B"], counterfactual=())
+    labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
+    assert labels == ["+9 FP px off-window", "no FP off-window"]

@@ -103,9 +103,15 @@ def test_precision_follows_the_cpu_and_can_be_forced(monkeypatch):
     assert runtime.precision(cpu) == "bf16"
     with runtime.autocast(cpu):
         assert torch.is_autocast_enabled("cpu")
+    assert runtime.precision(cpu, "fp32") == "fp32"  # a stage's own choice wins over the process's
+    with runtime.autocast(cpu, choice="fp32"):
+        assert not torch.is_autocast_enabled("cpu")
     runtime.set_precision("fp32")
     try:
         assert runtime.precision(cpu) == "fp32"
+        assert runtime.precision(cpu, "bf16") == "bf16"
+        with pytest.raises(ValueError, match="precision"):
+            runtime.precision(cpu, "fp16")
         with pytest.raises(ValueError, match="precision"):
             runtime.set_precision("fp16")
     finally:

@@ -187,7 +187,7 @@ def test_tables_are_written_as_markdown_and_csv_with_every_seed(tmp_path):
 
 
 def test_a_profile_that_does_not_train_table3_says_so(tmp_path):
-    quick = get_profile("quick")
+    quick = get_profile("quick", {"ablation": {"table3_seeds": ()}})
     rows = table3_rows(tmp_path, quick)  # nothing trained, nothing read
     assert len(rows) == 9 and all(r["slices scored"] == "not trained in profile quick" for r in rows)
     assert rows[0]["paper IoU"] == 0.020
