@@ -95,13 +95,14 @@ _NO_START = ("worker processes could not start. A script that runs coinlib stage
 
 
 def run_jobs(jobs: Sequence[Job], device: torch.device | str | None = None, desc: str = "jobs",
-             progress: bool = True) -> list[Any]:
-    """Run ``jobs`` (in parallel where :func:`job_workers` allows); their results, in order.
+             progress: bool = True, workers: int | None = None) -> list[Any]:
+    """Run ``jobs`` (in parallel where :func:`job_workers` allows, or on ``workers`` processes
+    when given); their results, in order.
 
     Raises :class:`JobFailed` naming the first job that failed.
     """
     jobs = list(jobs)
-    workers = job_workers(device, len(jobs))
+    workers = job_workers(device, len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress or len(jobs) <= 1)
     results: list[Any] = [None] * len(jobs)
     try:

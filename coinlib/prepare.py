@@ -56,13 +56,15 @@ per scan). Two scan folders whose image is the same file (a symlink) count once.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import os
 import shutil
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -75,8 +77,10 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from .config import FILL_HU_RANGE, DataConfig, to_dict
-from .files import content_id, read_json, remove_stale_temporaries, temporary_folder, write_json
-from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared
+from .files import (atomic_path, content_id, exclusive, read_json, remove_stale_temporaries, temporary_folder,
+                    write_json)
+from .jobs import Job, JobFailed, run_jobs
+from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared_chunks
 from .progress import tqdm
 
 __all__ = [
@@ -100,6 +104,7 @@ __all__ = [
     "detect_layout",
     "find_scans",
     "prepare_dataset",
+    "work_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -856,6 +861,7 @@ def prepare_dataset(
     config: DataConfig,
     force: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Prepare (or reuse) the slice folder ``out`` from the dataset at ``src``; returns ``out``.
 
@@ -870,7 +876,12 @@ def prepare_dataset(
     Reuses ``out`` untouched when it is complete and was made with the same settings from
     the same files (path, size, mtime_ns); ``force=True`` always rebuilds. Raises
     ``ValueError`` / ``FileNotFoundError`` naming the offending file or ``src``; on any
-    error an existing ``out`` is left as it was and nothing new is left behind.
+    error an existing ``out`` is left as it was.
+
+    Scans are read side by side on ``workers`` processes (``None``: one per core; the output
+    is the same for any number), and each scan's result is kept in :func:`work_folder` as it
+    is made, so memory holds a few scans, not the dataset, and a run killed at scan 900
+    resumes there (with the same settings and files) and gives what an uninterrupted run gives.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
@@ -892,12 +903,26 @@ def prepare_dataset(
         _say(f"reusing prepared dataset {out} (same settings and source files)", progress)
         return out
     _check_replaceable(out)
-    _say(f"preparing {out}: {reason}", progress)
-    sources = _with_digests(src, sources)
-    built = _build(layout, src, scans, config, progress)
+    work_folder(out).mkdir(parents=True, exist_ok=True)
+    with exclusive(work_folder(out) / "lock", f"coin prepare {out}"):
+        if not force and _why_rebuild(out, settings, sources, src) is None:  # another process made it meanwhile
+            _say(f"reusing prepared dataset {out} (same settings and source files)", progress)
+            return out
+        _say(f"preparing {out}: {reason}", progress)
+        sources = _with_digests(src, sources)
+        work = _open_work(out, settings, progress)
+        digests = {row[0]: row[3] for row in sources}
+        keys = [_scan_key(scan, src, digests) for scan in scans]
+        built = _build(layout, src, scans, config, progress, work, keys, workers)
+        _finish(out, work, built, layout, config, settings, sources, progress)
+    return out
+
+
+def _finish(out: Path, work: Path, built: dict[str, Any], layout: str, config: DataConfig,
+            settings: dict[str, Any], sources: list[list[Any]], progress: bool) -> None:
     manifest = {
         "layout": layout,
-        "src": str(src),
+        "src": settings["src"],
         "image_size": config.image_size,
         "min_kidney_pixels": config.min_kidney_pixels,
         **built["manifest"],
@@ -905,35 +930,158 @@ def prepare_dataset(
         "sources": sources,
     }
     _write_swap(out, built, manifest)
+    shutil.rmtree(work, ignore_errors=True)
     n_scans = len(built["manifest"]["scans"])
     _say(f"prepared {len(built['index'])} slices from {n_scans} scans -> {out}", progress)
-    return out
+
+
+WORK_VERSION = 1  # of the resume folder's files (not of the prepared data: PREPARE_VERSION)
+
+
+def work_folder(out: Path) -> Path:
+    """Where a preparation of ``out`` keeps what each scan gave (``.<name>.partial`` beside
+    it), so that a killed run resumes at the scan it was on, and the lock that lets one
+    process at a time prepare ``out``; removed once ``out`` is in place."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _open_work(out: Path, settings: dict[str, Any], progress: bool) -> Path:
+    """The resume folder for these settings: an earlier run's when it was made with the same
+    ones (its finished scans are reused where their files are unchanged), else a fresh one."""
+    work = work_folder(out)
+    identity = {"work_version": WORK_VERSION, "settings": settings}
+    try:
+        same = read_json(work / "work.json") == json.loads(json.dumps(identity))
+    except (FileNotFoundError, ValueError):
+        same = False
+    if same:
+        done = sum(1 for _ in work.glob("*/*.npz"))
+        _say(f"resuming from {work} ({done} scan step(s) already done)", progress)
+        return work
+    for entry in work.iterdir():  # all but the lock this process holds
+        if entry.name != "lock":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    write_json(work / "work.json", identity)
+    return work
+
+
+def _scan_key(scan: ScanFiles, src: Path, digests: dict[str, str]) -> str:
+    """A scan's name in the resume folder: its id and its files' contents, so a scan whose
+    files changed (a fixed file, say) is read again and the others are not."""
+    files = sorted({p.relative_to(src).as_posix() for p in (scan.image, *scan.labels, *scan.foreground)})
+    return hashlib.sha256(json.dumps([scan.scan_id, [[f, digests[f]] for f in files]]).encode()).hexdigest()[:24]
+
+
+def _save_step(path: Path, arrays: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, record=np.array(json.dumps(record)), **arrays)
+
+
+def _load_record(path: Path) -> dict[str, Any]:
+    with np.load(path) as saved:
+        return json.loads(str(saved["record"]))
+
+
+def _load_arrays(path: Path, *names: str) -> tuple[np.ndarray, ...]:
+    with np.load(path) as saved:
+        return tuple(saved[name] for name in names)
+
+
+def _scan_step(path: Path, step: Any, *args: Any) -> dict[str, Any]:
+    """Run one scan's ``step`` unless ``path`` holds its result already; its record (what it
+    found, and the warnings it raised, which a worker process cannot raise in this one)."""
+    if path.is_file():
+        try:
+            return _load_record(path)
+        except (OSError, ValueError, KeyError, zlib.error):
+            path.unlink()  # unreadable (a disk that filled?): done again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arrays, record = step(*args)
+    record["warnings"] = [str(w.message) for w in caught]
+    _save_step(path, arrays, record)
+    return record
+
+
+def _masks_step(layout: str, scan: ScanFiles, config: DataConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    masks, why = _scan_masks(layout, scan, config)
+    if masks is None:
+        return {}, {"skipped": why}
+    record = {
+        "scan_id": masks.scan_id,
+        "slice_index": [int(v) for v in masks.slice_index],
+        **{key: [int(v) for v in getattr(masks, key)] for key in ("kidney_pixels", "lesion_pixels", "cyst_pixels")},
+        "tumour_ml": float(masks.tumour_ml),
+        "spacing": [float(v) for v in masks.spacing],
+        "shape": [int(v) for v in masks.shape],
+        "axial_axis": int(masks.axial_axis),
+        "axial_flipped": bool(masks.axial_flipped),
+    }
+    return {"kidney": masks.kidney, "lesion": masks.lesion, "z": masks.z}, record
+
+
+def _sample_step(layout: str, scan: ScanFiles, seed: int, lesion_only: bool,
+                 fill: float | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    sample = _scan_foreground_sample(layout, scan, FINGERPRINT_VOXELS_PER_SCAN, seed, lesion_only, fill)
+    return {"sample": sample}, {}
+
+
+def _image_step(path: Path, z: np.ndarray, p_low: float, p_high: float,
+                config: DataConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    image = _open_nifti(path)
+    hu, filled = check_finite(_read_data(image, path), path, config.fill_nonfinite_hu)
+    volume = _canonical(hu, image.affine, path)
+    x = resize_slices(normalise_hu(volume.radiological(z), p_low, p_high), config.image_size, "image")
+    return {"images": x.astype(ARRAY_FILES["images"][1])}, {"nonfinite_voxels_filled": filled}
+
+
+def _per_scan(work: Path, step_name: str, step: Any, jobs: list[tuple[str, str, tuple]], workers: int | None,
+              desc: str, progress: bool) -> list[dict[str, Any]]:
+    """``step`` for each (scan key, scan id, arguments) in ``jobs``, side by side on
+    ``workers`` processes (``None``: the cores), each result saved under ``work/step_name``;
+    the records in the order of ``jobs``. A scan's error is raised here as the reader raised
+    it (naming the file); its warnings are raised here too."""
+    folder = work / step_name
+    folder.mkdir(exist_ok=True)
+    tasks = [Job(f"{desc} {scan_id}", _scan_step, (folder / f"{key}.npz", step, *args)) for key, scan_id, args in jobs]
+    try:
+        records = run_jobs(tasks, "cpu", desc=desc, progress=progress, workers=workers)
+    except JobFailed as failed:
+        raise (failed.__cause__ or failed) from None
+    for record in records:
+        for message in record.get("warnings", []):
+            warnings.warn(message, stacklevel=4)
+    return records
 
 
 def _build(
-    layout: str, src: Path, scans: list[ScanFiles], config: DataConfig, progress: bool
+    layout: str, src: Path, scans: list[ScanFiles], config: DataConfig, progress: bool, work: Path,
+    keys: list[str], workers: int | None = None,
 ) -> dict[str, Any]:
-    """Read and check everything; return arrays, index rows, fingerprint and manifest parts."""
+    """Read and check every scan, one at a time per worker, each scan's result kept in
+    ``work`` under its key (:func:`_scan_key`); return the index rows, fingerprint, manifest
+    parts and the per-scan files."""
     # pass 1: label masks -> kept slices, masks, tumour volume
-    kept: list[_ScanMasks] = []
+    numbered = list(zip(keys, scans))
+    records = _per_scan(work, "masks", _masks_step, [(k, s.scan_id, (layout, s, config)) for k, s in numbered],
+                        workers, "kidney masks", progress)
+    kept: list[tuple[str, dict[str, Any]]] = []
     skipped = []
-    for scan in tqdm(scans, desc="kidney masks", disable=not progress):
-        masks, why = _scan_masks(layout, scan, config)
-        if masks is None:
-            warnings.warn(f"skipping scan {scan.scan_id}: {why}", stacklevel=3)
-            skipped.append({"scan_id": scan.scan_id, "reason": why})
+    for (k, scan), record in zip(numbered, records):
+        if "skipped" in record:
+            warnings.warn(f"skipping scan {scan.scan_id}: {record['skipped']}", stacklevel=3)
+            skipped.append({"scan_id": scan.scan_id, "reason": record["skipped"]})
         else:
-            kept.append(masks)
+            kept.append((k, record))
     if not kept:
         raise ValueError(
             f"no axial slice with {_kidney_rule(config)} in any scan under {src}"
         )
-    ids = [m.scan_id for m in kept]
+    ids = [m["scan_id"] for _, m in kept]
     if len(kept) < 3:
         raise ValueError(
             f"only {len(kept)} scan(s) with kidney slices under {src}; need at least 3 (train/val/test)"
         )
-
     # split by scan
     if config.split_source == "meta":
         with warnings.catch_warnings():
@@ -952,28 +1100,29 @@ def _build(
                  f"{', '.join(val_from_train[:5])}{' ...' if len(val_from_train) > 5 else ''}", progress)
         stratified_by = None
     else:
-        tumour = [m.tumour_ml for m in kept] if layout == "kits23" else None
+        tumour = [m["tumour_ml"] for _, m in kept] if layout == "kits23" else None
         split = split_scans(ids, config.test_fraction, config.val_fraction, config.split_seed, tumour)
         stratified_by = "tumour_ml" if layout == "kits23" else None
         val_from_train = []
 
     # pass 2: fingerprint on the training scans
-    by_id = {s.scan_id: s for s in scans}
+    key_of = {s.scan_id: k for k, s in numbered}
+    scan_of = {s.scan_id: s for s in scans}
     train_ids = [s for s in ids if split[s] == "train"]
     lesion_only = config.fingerprint_foreground == "lesion"
     if lesion_only and layout != "kits23":
         raise ValueError(f"fingerprint_foreground='lesion' needs lesion labels: the {layout} layout has none")
-    samples = [
-        _scan_foreground_sample(layout, by_id[s], FINGERPRINT_VOXELS_PER_SCAN, config.split_seed, lesion_only,
-                                config.fill_nonfinite_hu)
-        for s in tqdm(train_ids, desc="fingerprint", disable=not progress)
-    ]
+    _per_scan(work, "fingerprint", _sample_step,
+              [(key_of[s], s, (layout, scan_of[s], config.split_seed, lesion_only, config.fill_nonfinite_hu))
+               for s in train_ids], workers, "fingerprint", progress)
+    samples = [_load_arrays(work / "fingerprint" / f"{key_of[s]}.npz", "sample")[0] for s in train_ids]
     if lesion_only:
         samples = [sample for sample in samples if sample.size]  # control scans hold no tumour
     try:
         stats = compute_fingerprint(samples, config.percentiles)
     except ValueError as err:
         raise ValueError(f"{err} (dataset {src})") from None
+    del samples
     fingerprint = {
         **stats,
         "layout": layout,
@@ -984,45 +1133,41 @@ def _build(
         "train_scans": train_ids,
     }
 
-    # pass 3: images of the kept slices
-    images, kidney, lesion, index, scan_rows = [], [], [], [], []
-    for m in tqdm(kept, desc="slices", disable=not progress):
-        path = by_id[m.scan_id].image
-        image = _open_nifti(path)
-        hu, filled = check_finite(_read_data(image, path), path, config.fill_nonfinite_hu)
-        volume = _canonical(hu, image.affine, path)
-        native = volume.radiological(m.z)
-        x = normalise_hu(native, stats["p_low"], stats["p_high"])
-        images.append(resize_slices(x, config.image_size, "image"))
-        kidney.append(m.kidney)
-        lesion.append(m.lesion)
-        for j, k in enumerate(m.z):
+    # pass 3: images of the kept slices (normalised with this fingerprint: a resume folder
+    # whose images were made with another is not reused)
+    image_folder = work / f"images-{zlib.crc32(json.dumps([stats['p_low'], stats['p_high']]).encode()):08x}"
+    jobs = [(k, m["scan_id"], (scan_of[m["scan_id"]].image, _load_arrays(work / "masks" / f"{k}.npz", "z")[0],
+                               stats["p_low"], stats["p_high"], config)) for k, m in kept]
+    image_records = _per_scan(work, image_folder.name, _image_step, jobs, workers, "slices", progress)
+    index, scan_rows, parts = [], [], []
+    for (k, m), image_record in zip(kept, image_records):
+        parts.append((image_folder / f"{k}.npz", work / "masks" / f"{k}.npz"))
+        for j, slice_index in enumerate(m["slice_index"]):
             row = {
-                "scan_id": m.scan_id,
-                "slice_index": m.slice_index[j],
-                "split": split[m.scan_id],
-                "kidney_pixels": int(m.kidney_pixels[j]),
-                "lesion_pixels": int(m.lesion_pixels[j]),
+                "scan_id": m["scan_id"],
+                "slice_index": slice_index,
+                "split": split[m["scan_id"]],
+                "kidney_pixels": m["kidney_pixels"][j],
+                "lesion_pixels": m["lesion_pixels"][j],
             }
             if layout == "kits23":
-                row["label"] = int(m.lesion_pixels[j] > 0)
-                row["cyst_pixels"] = int(m.cyst_pixels[j])
+                row["label"] = int(m["lesion_pixels"][j] > 0)
+                row["cyst_pixels"] = m["cyst_pixels"][j]
             # native pixel size: rows run along y (A-P), columns along x (R-L)
-            row.update(
-                row_mm=round(m.spacing[1], 4), col_mm=round(m.spacing[0], 4), slice_mm=round(m.spacing[2], 4)
-            )
+            spacing = m["spacing"]
+            row.update(row_mm=round(spacing[1], 4), col_mm=round(spacing[0], 4), slice_mm=round(spacing[2], 4))
             index.append(row)
         scan_rows.append({
-            "scan_id": m.scan_id,
-            "split": split[m.scan_id],
-            "slices": int(m.z.size),
-            "lesion_slices": int(np.count_nonzero(m.lesion_pixels)),
-            "tumour_ml": round(m.tumour_ml, 4),
-            "spacing_mm": [round(s, 4) for s in m.spacing],
-            "shape": list(m.shape),
-            "axial_axis": m.axial_axis,
-            "axial_flipped": m.axial_flipped,
-            "nonfinite_voxels_filled": filled,
+            "scan_id": m["scan_id"],
+            "split": split[m["scan_id"]],
+            "slices": len(m["slice_index"]),
+            "lesion_slices": int(np.count_nonzero(m["lesion_pixels"])),
+            "tumour_ml": round(m["tumour_ml"], 4),
+            "spacing_mm": [round(s, 4) for s in m["spacing"]],
+            "shape": list(m["shape"]),
+            "axial_axis": m["axial_axis"],
+            "axial_flipped": m["axial_flipped"],
+            "nonfinite_voxels_filled": image_record["nonfinite_voxels_filled"],
         })
     counts = {
         s: {
@@ -1033,9 +1178,7 @@ def _build(
         for s in SPLITS
     }
     return {
-        "images": np.concatenate(images),
-        "kidney": np.concatenate(kidney),
-        "lesion": np.concatenate(lesion),
+        "parts": parts,
         "index": index,
         "fingerprint": fingerprint,
         "manifest": {
@@ -1065,13 +1208,20 @@ def _build(
     }
 
 
+def _chunks(parts: list[tuple[Path, Path]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each kept scan's (images, kidney masks, lesion masks), read from the resume folder one
+    scan at a time."""
+    for images, masks in parts:
+        yield (*_load_arrays(images, "images"), *_load_arrays(masks, "kidney", "lesion"))
+
+
 def _write_swap(out: Path, built: dict[str, Any], manifest: dict[str, Any]) -> None:
-    """Write into a temporary sibling folder, then swap it in place of ``out``."""
+    """Write into a temporary sibling folder, scan by scan, then swap it in place of ``out``."""
     tmp = temporary_folder(out)
     old = None
     try:
-        write_prepared(tmp, built["images"], built["kidney"], built["lesion"], built["index"],
-                       built["fingerprint"], manifest)
+        write_prepared_chunks(tmp, len(built["index"]), _chunks(built["parts"]), built["index"],
+                              built["fingerprint"], manifest)
         if out.exists():
             old = temporary_folder(out, "old")
             os.replace(out, old / out.name)

@@ -26,8 +26,10 @@ copied, and whatever rebuilt it (models record it; a model of other data is not 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ __all__ = [
     "CONTENT_FILES",
     "PreparedSlices",
     "write_prepared",
+    "write_prepared_chunks",
     "is_complete",
     "open_prepared",
 ]
@@ -119,25 +122,57 @@ def write_prepared(
     ``images`` (N, S, S) float in [-1, 1]; masks (N, S, S) in {0, 1}; ``index_rows`` has
     N dicts with at least INDEX_COLUMNS (extra keys become extra CSV columns).
     """
+    return write_prepared_chunks(out_dir, len(index_rows), [(images, kidney_masks, lesion_masks)], index_rows,
+                                 fingerprint, manifest)
+
+
+def write_prepared_chunks(
+    out_dir: str | os.PathLike,
+    n: int,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    index_rows: list[dict[str, Any]],
+    fingerprint: dict[str, Any],
+    manifest: dict[str, Any],
+) -> Path:
+    """:func:`write_prepared` from consecutive (images, kidney masks, lesion masks) chunks
+    (e.g. one per scan), written into the arrays in place: memory holds one chunk, not N slices."""
     out = Path(out_dir)
-    n = len(index_rows)
-    arrays = {"images": images, "kidney_masks": kidney_masks, "lesion_masks": lesion_masks}
-    for name, array in arrays.items():
-        if array.ndim != 3 or array.shape[0] != n or array.shape[1] != array.shape[2]:
-            raise ValueError(f"{name} has shape {array.shape}; expected ({n}, S, S)")
-    if images.size and not np.isfinite(images).all():
-        raise ValueError(f"images hold {np.count_nonzero(~np.isfinite(images))} NaN or infinite pixels")
-    if images.size and (images.min() < -1.0 - 1e-3 or images.max() > 1.0 + 1e-3):
-        raise ValueError("images must lie in [-1, 1]")
+    if len(index_rows) != n:
+        raise ValueError(f"{len(index_rows)} index rows for {n} slices")
     missing = [c for c in INDEX_COLUMNS if n and c not in index_rows[0]]
     if missing:
         raise ValueError(f"index rows lack column(s) {missing}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # the folder is incomplete until the end
-    for name, array in arrays.items():
-        filename, dtype = ARRAY_FILES[name]
-        with atomic_path(out / filename) as tmp:
-            np.save(tmp, np.ascontiguousarray(array, dtype=dtype))
+    names = list(ARRAY_FILES)
+    with contextlib.ExitStack() as stack:
+        arrays, at = None, 0
+        for chunk in chunks:
+            for name, array in zip(names, chunk):
+                if array.ndim != 3 or array.shape[1] != array.shape[2] or at + len(array) > n:
+                    raise ValueError(f"{name} has a chunk of shape {array.shape} at row {at}; expected ({n}, S, S) in all")
+            _check_images(chunk[0])
+            if arrays is None and n == 0:  # nothing to map: empty arrays of the chunk's slice shape
+                for name, array in zip(names, chunk):
+                    with atomic_path(out / ARRAY_FILES[name][0]) as tmp:
+                        np.save(tmp, np.asarray(array, dtype=ARRAY_FILES[name][1]))
+                arrays = []
+                continue
+            if arrays is None:
+                size = chunk[0].shape[1]
+                arrays = [np.lib.format.open_memmap(stack.enter_context(atomic_path(out / ARRAY_FILES[name][0])),
+                                                    mode="w+", dtype=ARRAY_FILES[name][1], shape=(n, size, size))
+                          for name in names]
+            for target, array in zip(arrays, chunk):
+                if array.shape[1:] != target.shape[1:]:
+                    raise ValueError(f"a chunk of shape {array.shape} among slices of shape {target.shape[1:]}")
+                target[at:at + len(array)] = array
+            at += len(chunk[0])
+        if at != n:
+            raise ValueError(f"the chunks hold {at} slices; expected {n}")
+        for array in arrays or []:
+            array.flush()
+        del arrays
     columns = INDEX_COLUMNS + [c for c in (index_rows[0] if n else {}) if c not in INDEX_COLUMNS]
     write_csv(out / "index.csv", index_rows, columns)
     write_json(out / "fingerprint.json", fingerprint)
@@ -145,6 +180,13 @@ def write_prepared(
     write_json(out / "manifest.json", {**manifest, "format_version": FORMAT_VERSION, "slices": n,
                                        "content_id": identity})
     return out
+
+
+def _check_images(images: np.ndarray) -> None:
+    if images.size and not np.isfinite(images).all():
+        raise ValueError(f"images hold {np.count_nonzero(~np.isfinite(images))} NaN or infinite pixels")
+    if images.size and (images.min() < -1.0 - 1e-3 or images.max() > 1.0 + 1e-3):
+        raise ValueError("images must lie in [-1, 1]")
 
 
 def is_complete(root: str | os.PathLike) -> bool:

@@ -308,7 +308,7 @@ def test_a_full_disk_names_the_file_being_written(capsys, monkeypatch, tmp_path)
     def full(path, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(coinlib.prepared.np, "save", full)
+    monkeypatch.setattr(coinlib.prepared.np.lib.format, "open_memmap", full)  # the arrays are written in place
     out = tmp_path / "phantom"
     P.generate_totalsegmentator(out, 3, 0, **COARSE)
     line = refused(capsys, "prepare", "--layout", "totalsegmentator", "--src", out, "--out", tmp_path / "prepared",

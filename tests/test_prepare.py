@@ -32,6 +32,7 @@ from coinlib.prepare import (
     sample_foreground,
     split_from_meta,
     split_scans,
+    work_folder,
 )
 from coinlib.prepared import is_complete, open_prepared
 
@@ -494,7 +495,62 @@ def test_bad_input_names_file_and_writes_nothing(tmp_path, case, old_folder):
         assert str(src / rel.split("/")[0] / "ct.nii.gz") in str(info.value)  # names both files
     if old_folder:
         assert mtimes(out) == before and is_complete(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["out", "src"] if old_folder else ["src"])
+    # beside them at most the hidden resume folder: what the scans read before the bad one gave
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != ".out.partial")
+    assert left == (["out", "src"] if old_folder else ["src"])
+    assert not list(work_folder(out).glob("images-*/*.npz"))  # no slice of the new data was made
+
+
+def test_the_output_is_the_same_for_any_number_of_workers(tmp_path):
+    src = tmp_path / "src"
+    make_kits(src)
+    one = prepare_dataset("kits23", src, tmp_path / "one", CONFIG, progress=False, workers=1)
+    two = prepare_dataset("kits23", src, tmp_path / "two", CONFIG, progress=False, workers=2)
+    assert open_prepared(one).content_id == open_prepared(two).content_id
+    assert not work_folder(one).exists() and not work_folder(two).exists()  # removed once done
+
+
+def test_a_killed_preparation_resumes_at_the_scan_it_was_on(tmp_path, monkeypatch):
+    import coinlib.prepare as prepare
+
+    src = tmp_path / "src"
+    make_kits(src)
+    whole = open_prepared(prepare_dataset("kits23", src, tmp_path / "whole", CONFIG, progress=False, workers=1))
+    read, real_step = [], prepare._image_step
+
+    def dies_at_the_third(path, *args):
+        if len(read) == 2:
+            raise KeyboardInterrupt  # as a kill would stop it, mid-dataset
+        read.append(path)
+        return real_step(path, *args)
+
+    monkeypatch.setattr(prepare, "_image_step", dies_at_the_third)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("kits23", src, out, CONFIG, progress=False, workers=1)
+    assert not out.exists() and len(read) == 2
+    monkeypatch.setattr(prepare, "_image_step", lambda path, *args: read.append(path) or real_step(path, *args))
+    resumed = open_prepared(prepare_dataset("kits23", src, out, CONFIG, progress=False, workers=1))
+    scans = len(whole.manifest["scans"])
+    assert len(read) == scans and len(set(read)) == scans  # each scan's images made once, over the two runs
+    assert resumed.content_id == whole.content_id
+
+
+def test_a_fixed_file_is_read_again_and_the_other_scans_are_not(tmp_path, monkeypatch):
+    import coinlib.prepare as prepare
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_totalsegmentator(src, n_scans=3, empty_scan=False)
+    good = (src / "s0002" / "ct.nii.gz").read_bytes()
+    _truncate(src / "s0002" / "ct.nii.gz")
+    with pytest.raises(ValueError, match="s0002"):
+        prepare_dataset("totalsegmentator", src, out, CONFIG, progress=False, workers=1)
+    (src / "s0002" / "ct.nii.gz").write_bytes(good)
+    read, real_step = [], prepare._masks_step
+    monkeypatch.setattr(prepare, "_masks_step", lambda layout, scan, config: read.append(scan.scan_id)
+                        or real_step(layout, scan, config))
+    prepare_dataset("totalsegmentator", src, out, CONFIG, progress=False, workers=1)
+    assert read == ["s0002"] and is_complete(out)
 
 
 def test_dataset_level_errors(tmp_path):
@@ -526,7 +582,9 @@ def test_dataset_level_errors(tmp_path):
     save(seg, bad, kits_affine(True))
     with pytest.raises(ValueError, match=re.escape(str(seg))):
         prepare_dataset("kits23", kits, tmp_path / "o5", CONFIG, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "kits", "small", "two"]
+    # no output; at most the hidden resume folders of what was read
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".partial")) == ["empty", "kits", "small",
+                                                                                              "two"]
 
 
 def test_refuses_to_replace_a_foreign_folder(tmp_path):
