@@ -83,17 +83,13 @@ from torch import nn
 from .config import DataConfig, EvalConfig
 from .files import atomic_path, content_id, exclusive, read_json, write_csv, write_json
 from .masks import difference_map, weak_mask
-from .prepare import (
-    CanonicalVolume,
-    _canonical,
-    kidney_slice_indices,
-    normalise_hu,
-    resize_slices,
-)
+from .prepare import kidney_slice_indices, normalise_hu, resize_slices
 from .progress import tqdm
 from .runtime import autocast, config_differences, pick_device
 from .volumes import (
     MASK_SUFFIX,
+    CanonicalVolume,
+    canonical,
     Scan,
     UnreadableScan,
     find_organ_masks,
@@ -402,7 +398,7 @@ def _radiological_to_canonical(slices: np.ndarray) -> np.ndarray:
 
 
 def to_native_mask(canonical: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """A RAS+ canonical volume (as :func:`coinlib.prepare.load_canonical` makes it) put back
+    """A RAS+ canonical volume (as :func:`coinlib.volumes.load_canonical` makes it) put back
     into the voxel axes of a file with ``affine``; the inverse of the reorientation."""
     ornt = nib.orientations.io_orientation(affine)
     back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
@@ -624,7 +620,7 @@ def _read_inputs(scan: Scan, organ_masks: Path | None, single: bool, min_pixels:
         return _Inputs(image, volume, None, EVERY_SLICE)
     location = find_organ_masks(organ_masks, scan, single)
     native, what = read_kidney_mask(location, image, scan)
-    kidney = _canonical(native, image.affine, location).data
+    kidney = canonical(native, image.affine, location).data
     return _Inputs(image, volume, kidney, f"slices with >= {min_pixels} kidney pixels ({what})")
 
 

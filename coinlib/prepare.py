@@ -33,13 +33,21 @@ Steps (paper Sec. 4.1, 4.3; the authors' data code):
    area majority under the same filter. Non-square native slices are resized straight to
    the square (the paper resizes every slice to 256x256), so their aspect ratio changes.
 
-Scans are read one at a time, in three passes: label masks (kept slices and tumour volume,
+Volumes are read and checked by :mod:`coinlib.volumes` (as ``coin label`` reads them). Scans
+are read one at a time per worker process, in three passes: label masks (kept slices and tumour volume,
 all scans), foreground HU (training scans, fingerprint), images (kept slices, all scans).
 A scan with no kidney voxels, or no slice reaching the threshold, is skipped with a
 warning and listed under ``skipped`` in the manifest: most TotalSegmentator scans (head,
-chest, legs) contain no kidney, so this is normal there and not an error. Everything is
-read and checked before anything is written; the folder is built in a temporary sibling
-and renamed into place, so a failed or interrupted run never damages a valid old folder.
+chest, legs) contain no kidney, so this is normal there and not an error. Each scan's result
+is saved in a resume folder (:func:`work_folder`) as it is made, so memory holds a few scans
+and a killed run resumes at its scan; the arrays are then written scan by scan into a
+temporary sibling folder, renamed into place at the end, so a failed or interrupted run never
+damages a valid old folder and nothing half-written is taken as done.
+
+The fingerprint reads every label file of a training scan (TotalSegmentator: all of its
+structures, not only the kidneys): its foreground is the union of the labelled anatomy, the
+abdomen's HU range that the window must hold; the kidneys alone would give a narrower window
+(parenchyma and contrast) that clips fat and bone, so the cost of reading the other masks is kept.
 
 Reuse: ``prepare_dataset`` returns an existing folder untouched when it is complete and its
 manifest records the same settings and the same ``sources`` (every input file's relative
@@ -73,27 +81,29 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 
-from .config import FILL_HU_RANGE, DataConfig, to_dict
+from .config import DataConfig, to_dict
 from .files import (atomic_path, content_id, exclusive, read_json, remove_stale_temporaries, temporary_folder,
                     write_json)
 from .jobs import Job, JobFailed, run_jobs
 from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared_chunks
 from .progress import tqdm
+from .volumes import (
+    CanonicalVolume,
+    canonical,
+    check_finite,
+    check_same_grid,
+    integer_labels,
+    open_nifti,
+    read_data,
+    read_finite,
+)
 
 __all__ = [
     "LAYOUTS",
     "PREPARE_VERSION",
     "FINGERPRINT_VOXELS_PER_SCAN",
-    "CanonicalVolume",
     "ScanFiles",
-    "load_canonical",
-    "check_finite",
-    "check_plausible",
-    "integer_labels",
-    "HU_LIMIT",
     "kidney_slice_indices",
     "sample_foreground",
     "compute_fingerprint",
@@ -114,12 +124,6 @@ LAYOUTS: tuple[str, ...] = ("totalsegmentator", "kits23")
 PREPARE_VERSION = 2  # bump when the algorithm changes (2: anti-aliased resize): older folders then count as stale
 FINGERPRINT_VOXELS_PER_SCAN = 200_000  # foreground voxels sampled per training scan
 KITS_LABELS = {"background": 0, "kidney": 1, "tumour": 2, "cyst": 3}
-# A voxel beyond +-HU_LIMIT is not CT: scanners store HU as 16-bit integers (-32768..32767, or
-# an extended scale of the same order), so such a value is a broken or foreign file (say,
-# float64 noise near 1e303, which float32 would turn into infinities).
-HU_LIMIT = 100_000.0
-LABEL_TOLERANCE = 1e-3  # a float label file's values must be this close to integers
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
 _LAYOUT_HELP = (
     "neither TotalSegmentator (sXXXX/ct.nii.gz + segmentations/) nor KiTS23 "
     "(case_XXXXX/imaging.nii.gz + segmentation.nii.gz) layout"
@@ -128,170 +132,6 @@ _LAYOUT_FILES = {
     "totalsegmentator": "sXXXX/ct.nii.gz + segmentations/",
     "kits23": "case_XXXXX/imaging.nii.gz + segmentation.nii.gz",
 }
-
-
-# --------------------------------------------------------------------------- reading volumes
-
-
-def _open_nifti(path: Path) -> nib.Nifti1Image:
-    """The NIfTI header of ``path`` (data not read yet); a clear error for missing/bad files."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing file: {path}")
-    try:
-        image = nib.load(path)
-    except _READ_ERRORS as err:
-        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
-    if len(image.shape) != 3:
-        raise ValueError(f"{path} is not a 3D volume (shape {tuple(image.shape)})")
-    return image
-
-
-def check_finite(data: np.ndarray, path: Path, fill: float | None = None) -> tuple[np.ndarray, int]:
-    """``(data, n)``: ``data`` with its ``n`` NaN / infinite voxels checked, and every value
-    within +-:data:`HU_LIMIT` (anything beyond is not CT: ``ValueError`` naming ``path``).
-
-    ``fill`` None: any NaN / infinite voxel raises ``ValueError`` naming ``path`` and the
-    count. A number in :data:`FILL_HU_RANGE`: they are set to ``fill`` (HU) and counted.
-    Integer arrays cannot hold them.
-    """
-    count = 0
-    if data.dtype.kind in "fc" and not np.isfinite(data.sum(dtype=np.float64)):  # one pass, no mask
-        bad = ~np.isfinite(data)
-        count = int(np.count_nonzero(bad))
-        if count and fill is None:
-            raise ValueError(
-                f"{path}: {count} of {data.size} voxels ({count / data.size:.2%}) are NaN or infinite; "
-                "fix the file, or let `coin prepare --fill-nonfinite HU` (DataConfig.fill_nonfinite_hu) "
-                "set them to a value, which the manifest then counts"
-            )
-        if count:
-            if not FILL_HU_RANGE[0] <= fill <= FILL_HU_RANGE[1]:
-                raise ValueError(f"fill value {fill} HU for the non-finite voxels of {path} is not a CT value; "
-                                 f"give one in [{FILL_HU_RANGE[0]:g}, {FILL_HU_RANGE[1]:g}] HU")
-            data = np.where(bad, np.asarray(fill, dtype=data.dtype), data)
-    check_plausible(data, path)
-    return data, count
-
-
-def check_plausible(data: np.ndarray, path: Path) -> None:
-    """Every value within +-:data:`HU_LIMIT` (integer types that cannot exceed it pass unread)."""
-    if data.size == 0 or data.dtype.kind == "b":
-        return
-    if data.dtype.kind in "iu" and np.iinfo(data.dtype).max <= HU_LIMIT and np.iinfo(data.dtype).min >= -HU_LIMIT:
-        return
-    low, high = float(data.min()), float(data.max())
-    if low < -HU_LIMIT or high > HU_LIMIT:
-        outside = int(np.count_nonzero((data < -HU_LIMIT) | (data > HU_LIMIT)))
-        raise ValueError(f"{path}: {outside} voxels lie outside +-{HU_LIMIT:g} (values from {low:.3g} to "
-                         f"{high:.3g}), which no CT scanner writes; this is not a CT volume in HU (or a "
-                         "label file) that the project can read")
-
-
-def integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
-    """A label file's values as integers: float values must be integers (within
-    :data:`LABEL_TOLERANCE`), else ``ValueError`` naming ``path`` (1.5 is no label)."""
-    if data.dtype.kind != "f":
-        return data
-    rounded = np.rint(data)
-    off = np.abs(data - rounded) > LABEL_TOLERANCE
-    if off.any():
-        raise ValueError(f"{path}: {int(np.count_nonzero(off))} voxels hold non-integer label values "
-                         f"(e.g. {float(data[off][0]):g}); a label file holds integers")
-    return rounded.astype(np.int64)
-
-
-def _read_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """The voxel array in the file's own axis order (decompresses the whole file)."""
-    try:
-        return np.asanyarray(image.dataobj)
-    except _READ_ERRORS as err:
-        raise ValueError(f"cannot read NIfTI data of {path} (truncated or corrupt file?): {err}") from err
-
-
-def _read_finite(image: nib.Nifti1Image, path: Path, fill: float | None = None) -> np.ndarray:
-    """:func:`_read_data` with non-finite voxels refused, or set to ``fill`` (:func:`check_finite`)."""
-    return check_finite(_read_data(image, path), path, fill)[0]
-
-
-def one_line(matrix: np.ndarray) -> str:
-    """A matrix in one line (an error message is one line): ``[[1, 0, 0, 0], ...]``."""
-    rows = np.asarray(matrix, dtype=np.float64)
-    return "[" + ", ".join("[" + ", ".join(f"{v:.4g}" for v in row) + "]" for row in rows) + "]"
-
-
-def _check_same_grid(ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Image, other_path: Path) -> None:
-    """Image and mask must share shape and affine (voxel i of one is voxel i of the other)."""
-    if tuple(ref.shape) != tuple(other.shape):
-        raise ValueError(
-            f"shape mismatch: {ref_path} has shape {tuple(ref.shape)}, "
-            f"{other_path} has shape {tuple(other.shape)}"
-        )
-    if not np.allclose(ref.affine, other.affine, rtol=1e-5, atol=1e-3):
-        raise ValueError(
-            f"affine mismatch (different voxel grids): {ref_path} has {one_line(ref.affine)}, "
-            f"{other_path} has {one_line(other.affine)}"
-        )
-
-
-@dataclass(frozen=True)
-class CanonicalVolume:
-    """A volume reoriented to RAS+ (``data[x, y, z]``: x to the patient's right, y anterior,
-    z superior), with what is needed to map back to the file's own voxel axes."""
-
-    data: np.ndarray  # (X, Y, Z), the file's dtype (HU or mask values)
-    affine: np.ndarray  # (4, 4) voxel -> RAS+ mm for ``data``
-    spacing: tuple[float, float, float]  # mm along X, Y, Z of ``data``
-    axial_axis: int  # the file's array axis that became Z
-    axial_flipped: bool  # True when the file's axial axis runs superior -> inferior
-    path: Path
-
-    @property
-    def n_axial(self) -> int:
-        return int(self.data.shape[2])
-
-    def original_slice_index(self, k: int) -> int:
-        """Index along the file's own axial voxel axis of canonical slice ``k`` (what a
-        viewer shows as the slice number)."""
-        return self.n_axial - 1 - int(k) if self.axial_flipped else int(k)
-
-    def radiological(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Axial slices ``indices`` (canonical z) in radiological view, (n, Y, X):
-        row 0 anterior, column 0 the patient's right."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return np.ascontiguousarray(np.transpose(self.data[:, :, idx], (2, 1, 0))[:, ::-1, ::-1])
-
-
-def _canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> CanonicalVolume:
-    ornt = nib.orientations.io_orientation(affine) if np.isfinite(affine).all() else np.full((3, 2), np.nan)
-    if np.isnan(ornt).any():
-        raise ValueError(f"{path} has a zero or singular affine (no voxel axis maps to a world axis), so "
-                         f"its orientation is unknown: {one_line(affine)}")
-    canonical = nib.orientations.apply_orientation(data, ornt)
-    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
-    axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
-    spacing = tuple(float(s) for s in np.sqrt((new_affine[:3, :3] ** 2).sum(axis=0)))
-    return CanonicalVolume(
-        data=canonical,
-        affine=new_affine,
-        spacing=spacing,  # type: ignore[arg-type]
-        axial_axis=axial_axis,
-        axial_flipped=bool(ornt[axial_axis, 1] < 0),
-        path=path,
-    )
-
-
-def load_canonical(path: str | os.PathLike, fill_nonfinite: float | None = None) -> CanonicalVolume:
-    """Read a 3D NIfTI file and reorient it to RAS+ using its affine.
-
-    Works for any axis order and sign (LPS, RAS, KiTS's axial-first arrays); oblique
-    affines go to the closest canonical orientation. Raises ``FileNotFoundError`` for a
-    missing file and ``ValueError`` naming ``path`` for a non-3D, truncated or corrupt one,
-    one with a singular affine, or one with NaN / infinite voxels (unless
-    ``fill_nonfinite`` gives the value to put there, :func:`check_finite`).
-    """
-    path = Path(path)
-    image = _open_nifti(path)
-    return _canonical(_read_finite(image, path, fill_nonfinite), image.affine, path)
 
 
 # --------------------------------------------------------------------------- slices
@@ -658,14 +498,14 @@ def _read_label_masks(
 ) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray, np.ndarray]:
     """Header of the image plus kidney, lesion and cyst masks (bool, the file's axis order),
     after checking every label file shares the image's grid."""
-    image = _open_nifti(scan.image)
+    image = open_nifti(scan.image)
     kidney = np.zeros(image.shape, dtype=bool)
     lesion = np.zeros(image.shape, dtype=bool)
     cyst = np.zeros(image.shape, dtype=bool)
     for path in scan.labels:
-        label_image = _open_nifti(path)
-        _check_same_grid(image, scan.image, label_image, path)
-        data = _read_finite(label_image, path)
+        label_image = open_nifti(path)
+        check_same_grid(image, scan.image, label_image, path)
+        data = read_finite(label_image, path)
         if layout == "totalsegmentator":
             kidney |= data > 0
         else:
@@ -683,15 +523,15 @@ def _scan_masks(layout: str, scan: ScanFiles, config: DataConfig) -> tuple[_Scan
     """Pass 1: kept slices of one scan with their resized masks, or (None, why skipped)."""
     image, kidney, lesion, cyst = _read_label_masks(layout, scan)
     affine = image.affine
-    kidney_c = _canonical(kidney, affine, scan.labels[0])
+    kidney_c = canonical(kidney, affine, scan.labels[0])
     if not kidney.any():
         return None, f"no kidney voxels in {', '.join(str(p) for p in scan.labels)}"
     z, kidney_pixels = kidney_slice_indices(kidney_c.data, config.min_kidney_pixels, config.min_kidney_area_mm2,
                                             float(kidney_c.spacing[0] * kidney_c.spacing[1]))
     if z.size == 0:
         return None, f"no axial slice with {_kidney_rule(config)}"
-    lesion_c = _canonical(lesion, affine, scan.labels[0])
-    cyst_c = _canonical(cyst, affine, scan.labels[0])
+    lesion_c = canonical(lesion, affine, scan.labels[0])
+    cyst_c = canonical(cyst, affine, scan.labels[0])
     voxel_ml = float(np.prod(kidney_c.spacing)) / 1000.0
     size = config.image_size
     return (
@@ -718,14 +558,14 @@ def _scan_foreground_sample(layout: str, scan: ScanFiles, cap: int, seed: int,
                             lesion_only: bool = False, fill: float | None = None) -> np.ndarray:
     """Pass 2: sampled HU of the scan's foreground (union of the label files read; with
     ``lesion_only`` the KiTS tumour label alone, the authors' tumour-track fingerprint)."""
-    image = _open_nifti(scan.image)
+    image = open_nifti(scan.image)
     foreground = np.zeros(image.shape, dtype=bool)
     for path in scan.foreground:
-        label_image = _open_nifti(path)
-        _check_same_grid(image, scan.image, label_image, path)
-        data = _read_finite(label_image, path)
+        label_image = open_nifti(path)
+        check_same_grid(image, scan.image, label_image, path)
+        data = read_finite(label_image, path)
         foreground |= (integer_labels(data, path) == KITS_LABELS["tumour"]) if lesion_only else data > 0
-    hu = _read_finite(image, scan.image, fill)
+    hu = read_finite(image, scan.image, fill)
     rng = np.random.default_rng([seed, zlib.crc32(scan.scan_id.encode())])
     return sample_foreground(hu, foreground, cap, rng)
 
@@ -1028,9 +868,9 @@ def _sample_step(layout: str, scan: ScanFiles, seed: int, lesion_only: bool,
 
 def _image_step(path: Path, z: np.ndarray, p_low: float, p_high: float,
                 config: DataConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    image = _open_nifti(path)
-    hu, filled = check_finite(_read_data(image, path), path, config.fill_nonfinite_hu)
-    volume = _canonical(hu, image.affine, path)
+    image = open_nifti(path)
+    hu, filled = check_finite(read_data(image, path), path, config.fill_nonfinite_hu)
+    volume = canonical(hu, image.affine, path)
     x = resize_slices(normalise_hu(volume.radiological(z), p_low, p_high), config.image_size, "image")
     return {"images": x.astype(ARRAY_FILES["images"][1])}, {"nonfinite_voxels_filled": filled}
 

@@ -35,7 +35,8 @@ from .classifier_training import roc_auc
 from .config import AnomalyConfig
 from .label import LabelModel
 from .metrics import IoUAccumulator
-from .prepare import CanonicalVolume, kidney_slice_indices, normalise_hu, resize_slices
+from .prepare import kidney_slice_indices, normalise_hu, resize_slices
+from .volumes import CanonicalVolume
 
 __all__ = ["RealScanCheck", "kidney_slices", "score_real_scan"]
 

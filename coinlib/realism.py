@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from .image_quality import hu_stats, noise_texture
 from .phantom import PHASES, STRUCTURE_TISSUES, axial_view, render_totalsegmentator_subject, structure_hu_range
-from .prepare import load_canonical
+from .volumes import load_canonical
 
 __all__ = ["REAL_CT_SAMPLE", "STRUCTURES_COMPARED", "PHASE_STRUCTURES", "NOISE_ORGANS", "phase_hu", "load_subject", "compare_with_real"]
 

@@ -1,4 +1,7 @@
-"""The scans ``coin label`` reads: NIfTI files, DICOM series, and TotalSegmentator kidney masks.
+"""Reading CT volumes, for data preparation and ``coin label`` alike: one volume (NIfTI or a
+DICOM series) to a canonical RAS+ volume (:func:`load_canonical`, :class:`CanonicalVolume`,
+checked: 3D, finite, within CT's range, masks on the image's grid), the scans ``coin label``
+finds, and TotalSegmentator kidney masks.
 
 Finding scans (:func:`find_scans`): under an input folder, every ``*.nii.gz`` (less label
 files: ``segmentation.nii.gz``, anything below ``segmentations/`` or ``instances/``, and
@@ -26,7 +29,7 @@ line; slices of different orientations; uneven slice spacing (a missing slice); 
 one file.
 
 Every read volume must be 3D, finite and within CT's range (NaN or infinite voxels, or
-values beyond :data:`coinlib.prepare.HU_LIMIT`, are an error naming the file, never
+values beyond :data:`HU_LIMIT`, are an error naming the file, never
 labelled). A NIfTI file reached by two names (symlinks, hard links) is labelled once; a
 symlink to nothing is named in a warning. Reading errors are raised as :class:`UnreadableScan`, so a caller
 can list the scan and go on with the others.
@@ -46,7 +49,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,18 +58,24 @@ from xml.etree import ElementTree
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
-from .prepare import (
-    CanonicalVolume,
-    _canonical,
-    _check_same_grid,
-    _open_nifti,
-    _read_data,
-    check_plausible,
-    integer_labels,
-)
+from .config import FILL_HU_RANGE
 
 __all__ = [
+    "HU_LIMIT",
+    "CanonicalVolume",
+    "open_nifti",
+    "read_data",
+    "read_finite",
+    "check_finite",
+    "check_plausible",
+    "integer_labels",
+    "one_line",
+    "check_same_grid",
+    "canonical",
+    "load_canonical",
     "NIFTI_SUFFIX",
     "MASK_SUFFIX",
     "DICOM_SUFFIXES",
@@ -103,6 +113,179 @@ SERIES_TAGS = {"StudyInstanceUID": "0020|000d", "SeriesNumber": "0020|0011", "Fr
                "PixelSpacing": "0028|0030", "Rows": "0028|0010", "Columns": "0028|0011",
                "SliceThickness": "0018|0050", "ConvolutionKernel": "0018|1210"}
 POSITION_TOLERANCE_MM = 0.1  # slice origins must lie on one line (a stack, possibly tilted) within this
+# A voxel beyond +-HU_LIMIT is not CT: scanners store HU as 16-bit integers (-32768..32767, or
+# an extended scale of the same order), so such a value is a broken or foreign file (say,
+# float64 noise near 1e303, which float32 would turn into infinities).
+HU_LIMIT = 100_000.0
+LABEL_TOLERANCE = 1e-3  # a float label file's values must be this close to integers
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
+
+
+# --------------------------------------------------------------------------- one volume, NIfTI
+
+
+def open_nifti(path: Path) -> nib.Nifti1Image:
+    """The NIfTI header of ``path`` (data not read yet); a clear error for missing/bad files."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file: {path}")
+    try:
+        image = nib.load(path)
+    except READ_ERRORS as err:
+        raise ValueError(f"cannot read NIfTI file {path}: {err}") from err
+    if len(image.shape) != 3:
+        raise ValueError(f"{path} is not a 3D volume (shape {tuple(image.shape)})")
+    return image
+
+
+def check_finite(data: np.ndarray, path: Path, fill: float | None = None) -> tuple[np.ndarray, int]:
+    """``(data, n)``: ``data`` with its ``n`` NaN / infinite voxels checked, and every value
+    within +-:data:`HU_LIMIT` (anything beyond is not CT: ``ValueError`` naming ``path``).
+
+    ``fill`` None: any NaN / infinite voxel raises ``ValueError`` naming ``path`` and the
+    count. A number in :data:`FILL_HU_RANGE`: they are set to ``fill`` (HU) and counted.
+    Integer arrays cannot hold them.
+    """
+    count = 0
+    if data.dtype.kind in "fc" and not np.isfinite(data.sum(dtype=np.float64)):  # one pass, no mask
+        bad = ~np.isfinite(data)
+        count = int(np.count_nonzero(bad))
+        if count and fill is None:
+            raise ValueError(
+                f"{path}: {count} of {data.size} voxels ({count / data.size:.2%}) are NaN or infinite; "
+                "fix the file, or let `coin prepare --fill-nonfinite HU` (DataConfig.fill_nonfinite_hu) "
+                "set them to a value, which the manifest then counts"
+            )
+        if count:
+            if not FILL_HU_RANGE[0] <= fill <= FILL_HU_RANGE[1]:
+                raise ValueError(f"fill value {fill} HU for the non-finite voxels of {path} is not a CT value; "
+                                 f"give one in [{FILL_HU_RANGE[0]:g}, {FILL_HU_RANGE[1]:g}] HU")
+            data = np.where(bad, np.asarray(fill, dtype=data.dtype), data)
+    check_plausible(data, path)
+    return data, count
+
+
+def check_plausible(data: np.ndarray, path: Path) -> None:
+    """Every value within +-:data:`HU_LIMIT` (integer types that cannot exceed it pass unread)."""
+    if data.size == 0 or data.dtype.kind == "b":
+        return
+    if data.dtype.kind in "iu" and np.iinfo(data.dtype).max <= HU_LIMIT and np.iinfo(data.dtype).min >= -HU_LIMIT:
+        return
+    low, high = float(data.min()), float(data.max())
+    if low < -HU_LIMIT or high > HU_LIMIT:
+        outside = int(np.count_nonzero((data < -HU_LIMIT) | (data > HU_LIMIT)))
+        raise ValueError(f"{path}: {outside} voxels lie outside +-{HU_LIMIT:g} (values from {low:.3g} to "
+                         f"{high:.3g}), which no CT scanner writes; this is not a CT volume in HU (or a "
+                         "label file) that the project can read")
+
+
+def integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
+    """A label file's values as integers: float values must be integers (within
+    :data:`LABEL_TOLERANCE`), else ``ValueError`` naming ``path`` (1.5 is no label)."""
+    if data.dtype.kind != "f":
+        return data
+    rounded = np.rint(data)
+    off = np.abs(data - rounded) > LABEL_TOLERANCE
+    if off.any():
+        raise ValueError(f"{path}: {int(np.count_nonzero(off))} voxels hold non-integer label values "
+                         f"(e.g. {float(data[off][0]):g}); a label file holds integers")
+    return rounded.astype(np.int64)
+
+
+def read_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The voxel array in the file's own axis order (decompresses the whole file)."""
+    try:
+        return np.asanyarray(image.dataobj)
+    except READ_ERRORS as err:
+        raise ValueError(f"cannot read NIfTI data of {path} (truncated or corrupt file?): {err}") from err
+
+
+def read_finite(image: nib.Nifti1Image, path: Path, fill: float | None = None) -> np.ndarray:
+    """:func:`read_data` with non-finite voxels refused, or set to ``fill`` (:func:`check_finite`)."""
+    return check_finite(read_data(image, path), path, fill)[0]
+
+
+def one_line(matrix: np.ndarray) -> str:
+    """A matrix in one line (an error message is one line): ``[[1, 0, 0, 0], ...]``."""
+    rows = np.asarray(matrix, dtype=np.float64)
+    return "[" + ", ".join("[" + ", ".join(f"{v:.4g}" for v in row) + "]" for row in rows) + "]"
+
+
+def check_same_grid(ref: nib.Nifti1Image, ref_path: Path, other: nib.Nifti1Image, other_path: Path) -> None:
+    """Image and mask must share shape and affine (voxel i of one is voxel i of the other)."""
+    if tuple(ref.shape) != tuple(other.shape):
+        raise ValueError(
+            f"shape mismatch: {ref_path} has shape {tuple(ref.shape)}, "
+            f"{other_path} has shape {tuple(other.shape)}"
+        )
+    if not np.allclose(ref.affine, other.affine, rtol=1e-5, atol=1e-3):
+        raise ValueError(
+            f"affine mismatch (different voxel grids): {ref_path} has {one_line(ref.affine)}, "
+            f"{other_path} has {one_line(other.affine)}"
+        )
+
+
+@dataclass(frozen=True)
+class CanonicalVolume:
+    """A volume reoriented to RAS+ (``data[x, y, z]``: x to the patient's right, y anterior,
+    z superior), with what is needed to map back to the file's own voxel axes."""
+
+    data: np.ndarray  # (X, Y, Z), the file's dtype (HU or mask values)
+    affine: np.ndarray  # (4, 4) voxel -> RAS+ mm for ``data``
+    spacing: tuple[float, float, float]  # mm along X, Y, Z of ``data``
+    axial_axis: int  # the file's array axis that became Z
+    axial_flipped: bool  # True when the file's axial axis runs superior -> inferior
+    path: Path
+
+    @property
+    def n_axial(self) -> int:
+        return int(self.data.shape[2])
+
+    def original_slice_index(self, k: int) -> int:
+        """Index along the file's own axial voxel axis of canonical slice ``k`` (what a
+        viewer shows as the slice number)."""
+        return self.n_axial - 1 - int(k) if self.axial_flipped else int(k)
+
+    def radiological(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Axial slices ``indices`` (canonical z) in radiological view, (n, Y, X):
+        row 0 anterior, column 0 the patient's right."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return np.ascontiguousarray(np.transpose(self.data[:, :, idx], (2, 1, 0))[:, ::-1, ::-1])
+
+
+def canonical(data: np.ndarray, affine: np.ndarray, path: Path) -> CanonicalVolume:
+    ornt = nib.orientations.io_orientation(affine) if np.isfinite(affine).all() else np.full((3, 2), np.nan)
+    if np.isnan(ornt).any():
+        raise ValueError(f"{path} has a zero or singular affine (no voxel axis maps to a world axis), so "
+                         f"its orientation is unknown: {one_line(affine)}")
+    canonical = nib.orientations.apply_orientation(data, ornt)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+    axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    spacing = tuple(float(s) for s in np.sqrt((new_affine[:3, :3] ** 2).sum(axis=0)))
+    return CanonicalVolume(
+        data=canonical,
+        affine=new_affine,
+        spacing=spacing,  # type: ignore[arg-type]
+        axial_axis=axial_axis,
+        axial_flipped=bool(ornt[axial_axis, 1] < 0),
+        path=path,
+    )
+
+
+def load_canonical(path: str | os.PathLike, fill_nonfinite: float | None = None) -> CanonicalVolume:
+    """Read a 3D NIfTI file and reorient it to RAS+ using its affine.
+
+    Works for any axis order and sign (LPS, RAS, KiTS's axial-first arrays); oblique
+    affines go to the closest canonical orientation. Raises ``FileNotFoundError`` for a
+    missing file and ``ValueError`` naming ``path`` for a non-3D, truncated or corrupt one,
+    one with a singular affine, or one with NaN / infinite voxels (unless
+    ``fill_nonfinite`` gives the value to put there, :func:`check_finite`).
+    """
+    path = Path(path)
+    image = open_nifti(path)
+    return canonical(read_finite(image, path, fill_nonfinite), image.affine, path)
+
+
 
 
 class UnreadableScan(ValueError):
@@ -264,7 +447,7 @@ def _one_per_file(scans: list[Scan]) -> list[Scan]:
 
 
 def _finite(data: np.ndarray, where: Path | str) -> np.ndarray:
-    """``data`` when every voxel is finite and within CT's range (:func:`coinlib.prepare.check_plausible`)."""
+    """``data`` when every voxel is finite and within CT's range (:func:`check_plausible`)."""
     if data.dtype.kind in "fc":
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
@@ -286,9 +469,9 @@ def read_scan(scan: Scan) -> tuple[nib.Nifti1Image, CanonicalVolume]:
             image = read_dicom_series(scan.path, scan.series_uid)
             data = _finite(np.asanyarray(image.dataobj), scan.path)  # float when a RescaleSlope is fractional
         else:
-            image = _open_nifti(scan.path)
-            data = _finite(_read_data(image, scan.path), scan.path)
-        return image, _canonical(data, image.affine, scan.path)
+            image = open_nifti(scan.path)
+            data = _finite(read_data(image, scan.path), scan.path)
+        return image, canonical(data, image.affine, scan.path)
     except UnreadableScan:
         raise
     except (ValueError, OSError, RuntimeError, nib.orientations.OrientationError) as err:
@@ -516,16 +699,16 @@ def _label_table(image: nib.Nifti1Image) -> dict[int, str]:
 def _mask_on_grid(path: Path, image: nib.Nifti1Image, scan: Scan) -> tuple[nib.Nifti1Image, np.ndarray]:
     """The mask file's header and data, reoriented to ``image``'s axis order; raises naming
     ``path`` when it is not on the scan's voxel grid."""
-    mask = _open_nifti(path)
+    mask = open_nifti(path)
     transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(mask.affine),
                                                 nib.orientations.io_orientation(image.affine))
     mask = mask.as_reoriented(transform)  # the same image when the axis orders already agree
     try:
-        _check_same_grid(image, scan.path, mask, path)
+        check_same_grid(image, scan.path, mask, path)
     except ValueError as err:
         raise UnreadableScan(f"organ mask {path} is not on the voxel grid of the scan {scan.path} "
                              f"(TotalSegmentator's output for another scan, or resampled?): {err}") from err
-    return mask, _read_data(mask, path)
+    return mask, read_data(mask, path)
 
 
 def read_kidney_mask(location: str | os.PathLike, image: nib.Nifti1Image, scan: Scan) -> tuple[np.ndarray, str]:

@@ -40,7 +40,8 @@ from coinlib.label import (
     voxel_volume_ml,
 )
 from coinlib.masks import difference_map
-from coinlib.prepare import load_canonical, normalise_hu, resize_slices
+from coinlib.prepare import normalise_hu, resize_slices
+from coinlib.volumes import load_canonical
 from coinlib.pipeline import RunPaths
 from coinlib.runtime import save_checkpoint
 from coinlib.volumes import find_scans, read_dicom_series

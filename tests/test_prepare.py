@@ -25,7 +25,6 @@ from coinlib.prepare import (
     compute_fingerprint,
     detect_layout,
     kidney_slice_indices,
-    load_canonical,
     normalise_hu,
     prepare_dataset,
     resize_slices,
@@ -35,6 +34,7 @@ from coinlib.prepare import (
     work_folder,
 )
 from coinlib.prepared import is_complete, open_prepared
+from coinlib.volumes import load_canonical
 
 SIZE = 32
 CONFIG = DataConfig(image_size=SIZE)

@@ -17,7 +17,7 @@ from torch import nn
 
 from coinlib.config import AnomalyConfig
 from coinlib.label import LabelModel
-from coinlib.prepare import _canonical, load_canonical
+from coinlib.volumes import canonical, load_canonical
 from coinlib.real_scan import kidney_slices, score_real_scan
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "real_ct" / "totalsegmentator" / "s0000"
@@ -66,7 +66,7 @@ def volume_and_kidney():
     kidney[:3, :3, 10] = True  # 9 pixels: below the 32 of Sec. 4.3, not a kidney slice
     hu = np.full(shape, KIDNEY_HU, dtype=np.int16)
     affine = np.diag([0.8, 0.8, 3.0, 1.0])
-    return _canonical(hu, affine, Path("flat.nii.gz")), kidney
+    return canonical(hu, affine, Path("flat.nii.gz")), kidney
 
 
 def test_kidney_slices_are_the_training_rule_and_coin_labels_input(volume_and_kidney):
