@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="set NaN / infinite voxels to this HU and count them in the manifest "
                               "(default: such voxels are an error naming the file)")
     prepare.add_argument("--force", action="store_true", help="rebuild even when the folder is valid")
+    prepare.add_argument("--workers", type=_COUNT, default=None,
+                         help="scans read side by side (default: one per core); the output is the same for any "
+                              "number, and a killed run resumes at the scan it was on")
 
     train_classifier = commands.add_parser("train-classifier", help="train (or resume) the classifier f")
     _add_run_arguments(train_classifier)
@@ -268,7 +271,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         layout = detect_layout(args.src) if args.layout == "auto" else args.layout
         config = DataConfig(image_size=args.image_size, split_source=args.split_source, split_seed=args.seed,
                             fill_nonfinite_hu=args.fill_nonfinite)
-        print(prepare_dataset(layout, args.src, args.out, config, force=args.force))
+        print(prepare_dataset(layout, args.src, args.out, config, force=args.force, workers=args.workers))
         return 0
     if args.command == "report":
         from .report import export_notebooks, publish_figures, publish_tables, update_readme, update_summary

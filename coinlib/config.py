@@ -801,6 +801,25 @@ PROFILES["lesson"] = replace(
 )
 
 
+# The `paper` profile in miniature, a rehearsal of the GPU path on the CPU: the paper's
+# architectures (full GAN widths, ResNet18 and EfficientNetV2-S f), 256 px, schedule (lr 2e-4, G
+# at every 5th step, batch norm in train mode), protocol and compiled step, with seeds, scans,
+# steps, epochs and saliency sizes cut so that notebooks 00-11 run on 2 CPU cores in minutes.
+# Derived from `paper` here, so it cannot drift from it; CI runs it end to end, and it is what a
+# GPU machine runs first (benchmarks/gpu_check.sh). Its numbers mean nothing; that it runs does.
+PROFILES["paper-mini"] = replace(
+    PROFILES["paper"],
+    name="paper-mini",
+    seeds=(0,),
+    phantom=replace(PROFILES["paper"].phantom, subjects=6, kits_cases=10),
+    classifier=replace(PROFILES["paper"].classifier, max_epochs=1, steps_per_epoch=2, batch_size=4),
+    tumour_classifier=replace(PROFILES["paper"].tumour_classifier, max_epochs=1, steps_per_epoch=2, batch_size=4),
+    train=replace(PROFILES["paper"].train, steps=5, batch_size=2, log_every=1, eval_every=5, checkpoint_every=5),
+    eval=replace(PROFILES["paper"].eval, batch_size=8, sweep_points=21),
+    saliency=replace(PROFILES["paper"].saliency, rise_masks=8, rise_batch_size=8, max_images=1),
+)
+
+
 def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
     """Return the named profile, with ``overrides`` = {"section": {"field": value}} applied.
 

@@ -28,7 +28,9 @@ bin(1 - f(x)), the identity for bin(f(x)) (Eq. 9-10).
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,7 +195,41 @@ class StepLosses(NamedTuple):
 
 
 PLAIN = StepLosses(discriminator_loss, generator_losses)
-COMPILE_BACKEND = "inductor"  # the tests use "aot_eager": inductor's C++ build takes minutes on 2 cores
+# torch.compile's backend for the fast path: inductor (generated kernels). COIN_COMPILE_BACKEND
+# names another, e.g. "aot_eager" (same graphs, no code generation), which the tests and the CPU
+# rehearsal of the `paper` profile use: inductor's C++ build takes minutes on 2 cores.
+COMPILE_BACKEND = os.environ.get("COIN_COMPILE_BACKEND", "inductor")
+# what a library that a killed compile left half-written in torch's compile cache says when loaded
+_BROKEN_BUILD = re.compile(r"file too short|invalid ELF header|cannot open shared object|undefined symbol|"
+                           r"ELF load command")
+
+
+def compile_cache_dir() -> str:
+    """Where inductor keeps its builds (``TORCHINDUCTOR_CACHE_DIR``, else torch's default)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
+
+
+def _compiled(function: Callable) -> Callable:
+    """``torch.compile(function)``, whose failure to load a broken build from the compile cache
+    is one line that says how to recover (not torch's traceback through the generated code)."""
+    compiled = torch.compile(function, backend=COMPILE_BACKEND)
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as error:
+            if COMPILE_BACKEND == "inductor" and _BROKEN_BUILD.search(str(error)):
+                raise RuntimeError(
+                    f"the compiled training step could not load a build from torch's compile cache "
+                    f"({compile_cache_dir()}): a compile killed mid-way leaves a truncated library there. "
+                    "Delete that folder (or set TORCHINDUCTOR_CACHE_DIR to a new one) and run again, or "
+                    f"train without compiling (coin train --no-fast). ({type(error).__name__}: "
+                    f"{' '.join(str(error).split())[:300]})") from error
+            raise
+    return call
 
 
 def step_losses(train: CounterfactualConfig, device: torch.device) -> StepLosses:
@@ -206,7 +242,7 @@ def step_losses(train: CounterfactualConfig, device: torch.device) -> StepLosses
         return PLAIN
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return StepLosses(*(torch.compile(fn, backend=COMPILE_BACKEND) for fn in PLAIN))
+    return StepLosses(*(_compiled(fn) for fn in PLAIN))
 
 
 def counterfactual_step(

@@ -148,3 +148,14 @@ def test_the_ablation_budget_takes_only_steps_and_batch_from_the_ablation_sectio
     assert quick.ablation.table3_seeds is None and ablation_budget(quick) is None  # every seed, Table 1's budget
     shorter = ablation_budget(get_profile("quick", {"ablation": {"steps": 50}}))
     assert shorter.train.steps == 50 and shorter.train.batch_size == quick.train.batch_size
+
+
+def test_paper_mini_is_the_paper_profile_cut_only_in_size():
+    paper, mini = get_profile("paper"), get_profile("paper-mini")
+    assert mini.data == paper.data and mini.gan == paper.gan and mini.tumour_protocol == paper.tumour_protocol
+    assert mini.tumour_classifier.arch == paper.tumour_classifier.arch == "efficientnet_v2_s"
+    assert mini.classifier.arch == paper.classifier.arch and mini.classifier.width == paper.classifier.width
+    sizes = {"steps", "batch_size", "log_every", "eval_every", "checkpoint_every"}
+    assert {k: v for k, v in dataclasses.asdict(mini.train).items() if k not in sizes} == \
+        {k: v for k, v in dataclasses.asdict(paper.train).items() if k not in sizes}  # lr, schedule, lambdas, compile
+    assert mini.train.compile and mini.train.generator_every == 5

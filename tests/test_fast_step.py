@@ -82,3 +82,20 @@ def test_compiled_steps_match_plain_steps_and_resume_a_plain_run(tiny_prepared, 
     for net in ("generator", "discriminator"):  # BatchNorm and spectral-norm buffers included
         for key, value in a[net].items():
             torch.testing.assert_close(b[net][key], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{key}")
+
+
+def test_a_broken_build_in_the_compile_cache_is_one_line_that_says_how_to_recover(monkeypatch):
+    def compile_to_a_truncated_library(function, backend):
+        def call(*args, **kwargs):
+            raise RuntimeError("InductorError: OSError: /tmp/torchinductor_x/ab/cabc.so: file too short\n  ...")
+        return call
+
+    monkeypatch.setattr(counterfactual, "COMPILE_BACKEND", "inductor")
+    monkeypatch.setattr(counterfactual.torch, "compile", compile_to_a_truncated_library)
+    losses = step_losses(dataclasses.replace(TRAIN, compile=True), CPU)
+    with pytest.raises(RuntimeError, match="Delete that folder") as info:
+        losses.discriminator()
+    assert "\n" not in str(info.value) and counterfactual.compile_cache_dir() in str(info.value)
+    monkeypatch.setattr(counterfactual, "COMPILE_BACKEND", "aot_eager")  # another backend's errors pass as they are
+    with pytest.raises(RuntimeError, match="^InductorError"):
+        step_losses(dataclasses.replace(TRAIN, compile=True), CPU).discriminator()

@@ -60,3 +60,26 @@ def test_make_lab_registers_the_kernel_and_make_lesson_runs_the_lesson_profile()
     teaching = (ROOT / "docs" / "teaching.md").read_text()
     assert "make lab" in teaching and "make lesson" in teaching
     assert "(docs/teaching.md)" in (ROOT / "README.md").read_text()
+
+
+def test_the_gpu_check_names_steps_that_exist_here():
+    """The script a GPU machine runs first, dry: every step's profile, test file, script and
+    arguments exist here, so a short GPU lease is not spent on a typo."""
+    import os
+    import shlex
+
+    from coinlib.config import PROFILES
+
+    listed = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env={**os.environ, "DRY_RUN": "1"},
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    steps = dict(line.split(": ", 1) for line in listed)
+    assert list(steps) == ["machine", "gpu_tests", "paper_mini", "train_step"]
+    for word in shlex.split(steps["gpu_tests"]) + shlex.split(steps["train_step"]):
+        if word.endswith(".py"):
+            assert (ROOT / word).is_file(), word
+    profile = shlex.split(steps["paper_mini"])[shlex.split(steps["paper_mini"]).index("--profile") + 1]
+    assert profile in PROFILES
+    arguments = shlex.split(steps["train_step"])[2:]
+    parsed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_step.py"), *arguments, "--help"],
+                            capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr

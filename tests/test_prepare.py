@@ -632,3 +632,15 @@ def test_the_authors_tumour_protocol_prepares_kits(kits, ts, tmp_path):
     assert labels.tolist() == (areas > 10.0).astype(int).tolist() and 0 < labels.sum() < (areas > 0).sum()
     with pytest.warns(UserWarning, match="s0099"), pytest.raises(ValueError, match="lesion labels"):
         prepare_dataset("totalsegmentator", ts[0] / "src", tmp_path / "ts", config, progress=False)
+
+
+def test_coin_prepare_takes_the_number_of_workers(tmp_path, capsys):
+    from coinlib.cli import main
+
+    src = tmp_path / "src"
+    make_totalsegmentator(src, n_scans=3, empty_scan=False)
+    args = ["prepare", "--layout", "totalsegmentator", "--src", str(src), "--image-size", str(SIZE)]
+    assert main([*args, "--out", str(tmp_path / "out"), "--workers", "1"]) == 0 and is_complete(tmp_path / "out")
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "other"), "--workers", "0"])
+    assert "--workers" in capsys.readouterr().err
