@@ -811,7 +811,9 @@ PROFILES["paper-mini"] = replace(
     PROFILES["paper"],
     name="paper-mini",
     seeds=(0,),
-    phantom=replace(PROFILES["paper"].phantom, subjects=6, kits_cases=10),
+    # coarser voxels than the datasets' (still 256 px slices): fewer slices for every GAN to score
+    phantom=replace(PROFILES["paper"].phantom, subjects=6, kits_cases=10, spacing_mm=4.0, kits_inplane_mm=1.5,
+                    kits_slice_mm=5.0),
     classifier=replace(PROFILES["paper"].classifier, max_epochs=1, steps_per_epoch=2, batch_size=4),
     tumour_classifier=replace(PROFILES["paper"].tumour_classifier, max_epochs=1, steps_per_epoch=2, batch_size=4),
     train=replace(PROFILES["paper"].train, steps=5, batch_size=2, log_every=1, eval_every=5, checkpoint_every=5),
