@@ -198,6 +198,12 @@ def evaluate_counterfactual(
     validation split only the abnormal slices, the only ones the threshold choice reads.
     """
     device = next(generator.parameters()).device
+    for split, dataset in (("test", test_set), ("validation", val_set)):
+        if dataset is not None and not len(abnormal_indices(dataset)):
+            raise ValueError(
+                f"the {split} split holds no abnormal slice, so there is nothing to score the weak masks on "
+                "(or to choose the threshold on, Sec. 5): more scans, or a slice-label rule that keeps more "
+                "lesions (DataConfig.min_lesion_area_mm2), give it some")
     start = time.perf_counter()
     test = generate_counterfactuals(generator, classifier, test_set, gan, config.batch_size, device, progress)
     seconds = (time.perf_counter() - start) / max(1, len(test["x"]))

@@ -132,3 +132,18 @@ def test_counterfactual_scores_read_only_the_abnormal_validation_slices(tiny_pre
                                  fid=False)
     np.testing.assert_equal(fast["metrics"], full["metrics"])  # NaN (no confident slice) equals NaN
     assert fast["sweep"] == full["sweep"]
+
+
+def test_a_split_without_abnormal_slices_is_named_before_anything_is_generated(tiny_prepared, tiny_model):
+    from coinlib.config import AnomalyConfig, GANConfig
+    from coinlib.data import evaluation_set
+    from coinlib.evaluate import evaluate_counterfactual
+    from coinlib.gan import build_gan
+
+    gan = GANConfig(widths=(8, 8, 16, 16, 32), stem_width=8, disc_widths=(8, 8, 16, 16, 32))
+    generator, _ = build_gan(gan)
+    test_set = evaluation_set(tiny_prepared, "test", AnomalyConfig())
+    normal_val = torch.utils.data.Subset(evaluation_set(tiny_prepared, "val", AnomalyConfig()), [])
+    normal_val.labels = lambda: np.zeros(0, int)  # e.g. an area rule that keeps no validation lesion
+    with pytest.raises(ValueError, match="the validation split holds no abnormal slice"):
+        evaluate_counterfactual(generator, tiny_model, gan, EvalConfig(), test_set, normal_val, fid=False)
