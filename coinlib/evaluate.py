@@ -54,6 +54,7 @@ __all__ = [
     "evaluate_counterfactual",
     "quick_validation",
     "abnormal_indices",
+    "require_abnormal",
     "saliency_subset",
     "saliency_maps",
     "evaluate_saliency_method",
@@ -109,6 +110,16 @@ def abnormal_maps(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
 def abnormal_indices(dataset: torch.utils.data.Dataset) -> np.ndarray:
     """Positions of the abnormal (label 1) items of ``dataset``, in order."""
     return np.flatnonzero(dataset.labels() == 1)
+
+
+def require_abnormal(dataset: torch.utils.data.Dataset, split: str) -> None:
+    """A ``ValueError`` naming ``split`` when it holds no abnormal slice: the weak masks are
+    scored on the test split's and the threshold is chosen on the validation split's (Sec. 5)."""
+    if not len(abnormal_indices(dataset)):
+        raise ValueError(
+            f"the {split} split holds no abnormal slice, so there is nothing to score the weak masks on "
+            "(or to choose the threshold on, Sec. 5): more scans, or a slice-label rule that keeps more "
+            "lesions (DataConfig.min_lesion_area_mm2), give it some")
 
 
 def score_maps(
@@ -198,12 +209,9 @@ def evaluate_counterfactual(
     validation split only the abnormal slices, the only ones the threshold choice reads.
     """
     device = next(generator.parameters()).device
-    for split, dataset in (("test", test_set), ("validation", val_set)):
-        if dataset is not None and not len(abnormal_indices(dataset)):
-            raise ValueError(
-                f"the {split} split holds no abnormal slice, so there is nothing to score the weak masks on "
-                "(or to choose the threshold on, Sec. 5): more scans, or a slice-label rule that keeps more "
-                "lesions (DataConfig.min_lesion_area_mm2), give it some")
+    require_abnormal(test_set, "test")
+    if val_set is not None:
+        require_abnormal(val_set, "validation")
     start = time.perf_counter()
     test = generate_counterfactuals(generator, classifier, test_set, gan, config.batch_size, device, progress)
     seconds = (time.perf_counter() - start) / max(1, len(test["x"]))

@@ -396,7 +396,7 @@ def ensure_counterfactual(
     from .classifier_training import load_classifier
     from .counterfactual import train_counterfactual
     from .data import evaluation_set
-    from .evaluate import quick_validation
+    from .evaluate import quick_validation, require_abnormal
     from .variants import apply_variant
 
     paths = RunPaths(run_dir, profile.seed)
@@ -405,10 +405,12 @@ def ensure_counterfactual(
     configured = apply_variant(profile, variant)
     classifier_config, anomaly = track_settings(profile, track)
     classifier = load_classifier(paths.classifier(track), device)
+    val_set = evaluation_set(prepared, "val", anomaly)
+    require_abnormal(val_set, "validation")  # before hours of training, not after
+    require_abnormal(evaluation_set(prepared, "test", anomaly), "test")
     # A row with its own shorter budget is scored once, after training, by evaluate_variant
     # (validation sweep included): validating it during training would repeat that work.
-    evaluate = None if separate else quick_validation(
-        classifier, configured.gan, configured.eval, evaluation_set(prepared, "val", anomaly))
+    evaluate = None if separate else quick_validation(classifier, configured.gan, configured.eval, val_set)
     return train_counterfactual(
         prepared, configured.gan, configured.train, anomaly, classifier, classifier_path,
         paths.counterfactual(track, variant, separate), device=device, progress=progress,
