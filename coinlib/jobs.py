@@ -68,7 +68,19 @@ def job_workers(device: torch.device | str | None, jobs: int) -> int:
     return min(wanted, jobs)
 
 
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the process that started it dies, so a killed
+    `coin` or notebook kernel does not leave its jobs training on (elsewhere: nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _start_worker() -> None:
+    _die_with_parent()
     torch.set_num_threads(job_threads())
     # Ctrl-C (or a Jupyter kernel's interrupt and shutdown) reaches the whole process group:
     # the parent cancels and stops the pool; workers must not die mid-write on their own.

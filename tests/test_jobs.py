@@ -58,3 +58,29 @@ def test_the_pipeline_queues_the_tumour_classifiers_and_the_costly_saliency_firs
     assert sorted(costs, key=costs.get, reverse=True)[:2] == [("tumour", "scorecam"), ("tumour", "rise")]
     assert max(costs[t, m] for t in ("synthetic", "tumour") for m in ("gradcam", "layercam")) < min(
         costs[t, m] for t in ("synthetic", "tumour") for m in ("rise", "scorecam"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux: the parent-death signal")
+def test_the_workers_stop_when_the_process_that_started_them_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from coinlib.jobs import Job, run_jobs\n"
+        "if __name__ == '__main__':\n"
+        "    os.environ['COIN_JOBS'] = '2'\n"
+        "    print(*run_jobs([Job(str(i), os.getpid) for i in range(2)], 'cpu', progress=False), flush=True)\n"
+        "    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert workers and parent.pid not in workers
+    parent.send_signal(signal.SIGKILL)  # no clean-up of its own: only the kernel's signal reaches them
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
