@@ -8,7 +8,9 @@ For each case count, KiTS23-layout phantom cases at the real dataset's resolutio
 in-plane, up to 512 px, 2.5 or 3 mm slices; :func:`coinlib.phantom.generate_kits23`, cached under
 ``--out``) are prepared at ``--image-size`` by `coin prepare` in a fresh process, and the memory of
 that process and of its worker processes is sampled from ``/proc`` every 0.1 s: the peak of their
-sum is what the machine must hold. Prints cases, kept slices, seconds, peak memory (MB) and, from
+sum of private (anonymous) memory is what the machine must hold; the output arrays, written in
+place through a memory map, are file pages the kernel can write out and drop, so they do not
+count. Prints cases, kept slices, seconds, peak memory (MB) and, from
 a straight line through (kept slices, peak memory), the memory each kept slice adds; then the
 projection for KiTS23 (489 cases) at the slices per case measured here. A benchmark, not a test:
 numbers depend on the machine (named in the output). Linux only (``/proc``).
@@ -50,7 +52,7 @@ def _resident_mb(pids: list[int]) -> float:
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith("RssAnon:"):
                     total += int(line.split()[1])
         except OSError:
             continue
