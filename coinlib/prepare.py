@@ -89,7 +89,6 @@ from .jobs import Job, JobFailed, run_jobs
 from .prepared import ARRAY_FILES, SPLITS, is_complete, write_prepared_chunks
 from .progress import tqdm
 from .volumes import (
-    CanonicalVolume,
     canonical,
     check_finite,
     check_same_grid,
