@@ -506,14 +506,14 @@ def generate_counterfactuals(
     ``label`` (N,); ``features``, ``features_cf`` (N, F): f's penultimate features of x and
     x_cf, from the same forward pass as the probabilities (for the classifier Frechet
     distance, :func:`coinlib.metrics.classifier_frechet_distance`); ``lesion_mask``,
-    ``kidney_mask`` (N, H, W) bool; ``index`` (N,).
+    ``kidney_mask``, ``body_mask`` (N, H, W) bool; ``index`` (N,).
     """
     device = device or next(generator.parameters()).device
     generator.eval()
     classifier.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     keys = ("x", "x_cf", "p_abnormal", "p_abnormal_cf", "features", "features_cf", "label", "lesion_mask",
-            "kidney_mask", "index")
+            "kidney_mask", "body_mask", "index")
     out: dict[str, list] = {key: [] for key in keys}
     for batch in tqdm(loader, desc="counterfactuals", disable=not progress, leave=False):
         x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
@@ -533,6 +533,7 @@ def generate_counterfactuals(
         out["label"].append(batch["label"])
         out["lesion_mask"].append(batch["lesion_mask"][:, 0].bool())
         out["kidney_mask"].append(batch["kidney_mask"][:, 0].bool())
+        out["body_mask"].append(batch["body_mask"][:, 0].bool())
         out["index"].append(batch["index"])
     return {key: torch.cat(values).numpy() for key, values in out.items()}
 

@@ -208,6 +208,7 @@ class SliceDataset(torch.utils.data.Dataset):
             "label": torch.from_numpy(np.array(label, np.float32)),
             "kidney_mask": torch.from_numpy(kidney.astype(np.float32)[None]),
             "lesion_mask": torch.from_numpy(lesion.astype(np.float32)[None]),
+            "body_mask": torch.from_numpy(self.prepared.body_masks[row].astype(np.float32)[None]),
             "index": row,
         }
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import EvalConfig, GANConfig, SaliencyConfig
 from .counterfactual import generate_counterfactuals
-from .masks import difference_map, weak_mask
+from .masks import difference_map, outside_body_share, weak_mask
 from .metrics import (
     IoUAccumulator,
     best_threshold,
@@ -184,6 +184,9 @@ def score_counterfactuals(
                     "per_slice_cv": {"rows": test["index"][confident].astype(int).tolist(),
                                      "flipped": flipped[confident].astype(int).tolist()}})
     metrics["classifier_fd"] = classifier_frechet_distance(test["features"], test["features_cf"])
+    # where the change went that no lesion explains: the air around the patient (abnormal slices, pooled)
+    abnormal = test["label"] > 0.5
+    metrics["outside_body_share"] = outside_body_share(abnormal_maps(test)[0], test["body_mask"][abnormal])
     if fid:
         value, message = compute_fid_or_reason(
             (test["x"][:, None] + 1) / 2, (test["x_cf"][:, None] + 1) / 2, dims=config.fid_dims,

@@ -40,6 +40,7 @@ __all__ = [
     "postprocess_mask",
     "postprocess_masks",
     "largest_component",
+    "outside_body_share",
 ]
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -64,6 +65,17 @@ def difference_map(x: Array, x_cf: Array) -> Array:
     if x.shape != x_cf.shape:
         raise ValueError(f"x {tuple(x.shape)} and x_cf {tuple(x_cf.shape)} differ in shape")
     return abs(x - x_cf) / 2
+
+
+def outside_body_share(diff: np.ndarray, body: np.ndarray) -> float:
+    """The share of a difference map's total |x - x_cf| that lies outside the patient's body
+    (``body``: the prepared body mask): change in the air around the patient, which no lesion
+    explains; 0 for a map without change."""
+    diff, body = np.asarray(diff, dtype=np.float64), np.asarray(body, dtype=bool)
+    if diff.shape != body.shape:
+        raise ValueError(f"diff {diff.shape} and body {body.shape} differ in shape")
+    total = diff.sum()
+    return float(diff[~body].sum() / total) if total > 0 else 0.0
 
 
 def normalise_saliency(saliency: Array) -> Array:

@@ -66,7 +66,9 @@ __all__ = [
     "generate_kits23", "kits23_lesion_notes", "organ_hu_stats", "axial_view",
 ]
 
-GENERATOR_VERSION = 2  # 2: contrast phases, renal-mass subtypes and sizes, noise per voxel size
+# 2: contrast phases, renal-mass subtypes and sizes, noise per voxel size; 3: organ outlines
+# rippled per subject, bowel loops not round, costal cartilages rising to the costal margin
+GENERATOR_VERSION = 3
 VERTEBRAE = ("T11", "T12", "L1", "L2", "L3", "L4")
 # TotalSegmentator v2 class names; a structure's owner id in the rendering is index + 1.
 STRUCTURES = (
@@ -279,6 +281,17 @@ def _basis(long_axis, towards) -> np.ndarray:
     return np.stack([h, v, w])
 
 
+def _ripple(px, py, pz, waves) -> np.ndarray | float:
+    """1 + a sum of plane waves at patient-frame offsets: multiplying an organ's q by it moves
+    its outline in and out smoothly (the waves of :func:`_waves`)."""
+    total = 1.0
+    for amp, kx, ky, kz, phase in np.asarray(waves, np.float32):
+        # sin(a + b) split so that the sines are taken on 2D and 1D arrays, not on the box
+        a2, b1 = kx * px + ky * py + phase, kz * pz
+        total = total + amp * (np.sin(a2) * np.cos(b1) + np.cos(a2) * np.sin(b1))
+    return total
+
+
 class _Canvas:
     """Tissue classes and structure owners, (X, Y, Z) uint8; later paint wins."""
 
@@ -323,8 +336,13 @@ def _u(rng, lo, hi) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def _draw_anatomy(rng: np.random.Generator, z_extent_mm: float | None, phase: str) -> dict:
-    """Every random number of one subject (mm, patient frame); rendering draws only noise."""
+def _draw_anatomy(rng: np.random.Generator, z_extent_mm: float | None, phase: str,
+                  outline_rng: np.random.Generator) -> dict:
+    """Every random number of one subject (mm, patient frame); rendering draws only noise.
+
+    The organs' outline ripples come from their own stream, ``outline_rng``, so that adding
+    them left every other draw (positions, sizes, phases, lesions) as it was.
+    """
     male = rng.random() < 0.55
     age = int(rng.integers(25, 86))
     A: dict[str, Any] = {"gender": "m" if male else "f", "age": age}
@@ -423,7 +441,37 @@ def _draw_anatomy(rng: np.random.Generator, z_extent_mm: float | None, phase: st
     A["hu"], A["texture_hu"] = _draw_contrast(rng, phase, age)
     # noise std at NOISE_REFERENCE_MM; larger patients are noisier (fewer photons reach the detector)
     A["noise_hu"] = float(np.clip(_u(rng, 10, 16) * (a / 160) ** 1.5, 10, 20))
+    A["outline"] = _draw_outlines(outline_rng, len(A["bowel"]["r"]))
     return A
+
+
+# Outline ripples per organ: (waves, wavelength range in mm, amplitude sd as a share of the
+# radius). Real organs are not ellipsoids: kidneys keep fetal lobulation, the spleen has
+# clefts and notches, the pancreas is lobulated; a few smooth random waves per subject give
+# each its own irregular outline while keeping its size and place.
+_RIPPLES = {
+    "kidney": (4, (25, 60), 0.04), "liver": (4, (40, 120), 0.04), "spleen": (5, (25, 70), 0.07),
+    "gallbladder": (2, (30, 60), 0.04), "stomach": (3, (40, 100), 0.06), "pancreas": (4, (12, 30), 0.1),
+}
+
+
+def _waves(rng: np.random.Generator, n: int, wavelengths, sd: float) -> np.ndarray:
+    """``n`` plane waves as rows (amplitude, kx, ky, kz, phase): random directions, wavelengths
+    uniform in ``wavelengths`` (mm), amplitudes normal with ``sd``."""
+    direction = rng.normal(size=(n, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    k = direction * (2 * np.pi / rng.uniform(*wavelengths, n))[:, None]
+    return np.column_stack([rng.normal(0, sd, n), k, rng.uniform(0, 2 * np.pi, n)])
+
+
+def _draw_outlines(rng: np.random.Generator, bowel_loops: int) -> dict:
+    """Each organ's outline waves (both kidneys apart) and each bowel loop's shape harmonics."""
+    out = {name: _waves(rng, *spec) for name, spec in _RIPPLES.items() if name != "kidney"}
+    out["kidney"] = {side: _waves(rng, *_RIPPLES["kidney"]) for side in (1, -1)}
+    # A loop's section: its radius times 1 + a2 cos(2 phi + p2) + a3 cos(3 phi + p3).
+    out["bowel"] = np.column_stack([rng.normal(0, 0.08, (bowel_loops, 2)),
+                                    rng.uniform(0, 2 * np.pi, (bowel_loops, 2))])
+    return out
 
 
 def _draw_contrast(rng: np.random.Generator, phase: str, age: int = 40) -> tuple[dict[str, float], dict[str, float]]:
@@ -609,13 +657,18 @@ def _bowel(cv: _Canvas, A: dict) -> None:
     best = np.full(shape, 1e6, np.float32)  # nearest and second-nearest loop, in q^2 units
     second = np.full(shape, 1e6, np.float32)
     ident = np.zeros(shape, np.int16)
+    shapes = A["outline"]["bowel"].astype(np.float32)
     for k, (c, r) in enumerate(zip(centres, radii)):
         sl = g.box(c - r, c + r)
         sl = sl and tuple(slice(max(s.start, b.start), min(s.stop, b.stop)) for s, b in zip(sl, box))
         if not sl or any(s.stop <= s.start for s in sl):
             continue
         px, py, pz = g.offsets(sl, c)
-        q2 = ((px / np.float32(r[0])) ** 2 + (py / np.float32(r[1])) ** 2) + (pz / np.float32(r[2])) ** 2
+        u, v = px / np.float32(r[0]), py / np.float32(r[1])
+        a2, a3, p2, p3 = shapes[k]
+        phi = np.arctan2(v, u)  # a loop's section is not a circle: two harmonics on its radius
+        q2 = (u ** 2 + v ** 2) / (1 + a2 * np.cos(2 * phi + p2) + a3 * np.cos(3 * phi + p3)) ** 2 \
+            + (pz / np.float32(r[2])) ** 2
         local = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(sl, box))
         bl, sc = best[local], second[local]
         np.minimum(sc, np.maximum(bl, q2), out=sc)
@@ -654,12 +707,19 @@ def _bowel(cv: _Canvas, A: dict) -> None:
         cv.paint(sl, lumen & (y > y_axis + r * (1 - 2 * gas)), "gas", _ID["colon"])
 
 
+def _rippled(g: _Grid, prim, waves):
+    """A primitive ``(sl, q)`` with its outline rippled by ``waves`` (:func:`_ripple`)."""
+    sl, q = prim
+    return (None, None) if sl is None else (sl, q * _ripple(*g.offsets(sl, (0, 0, 0)), waves))
+
+
 def _organs(cv: _Canvas, A: dict) -> None:
     """Stomach, liver (with portal and hepatic veins), gallbladder, spleen, pancreas."""
-    g, bd = cv.g, A["body"]
+    g, bd, ripples = cv.g, A["body"], A["outline"]
     st = A["stomach"]
     for i in range(len(st["path"]) - 1):
-        prim = _tube(g, st["path"][i], st["path"][i + 1], st["radii"][i], st["radii"][i + 1])
+        prim = _rippled(g, _tube(g, st["path"][i], st["path"][i + 1], st["radii"][i], st["radii"][i + 1]),
+                        ripples["stomach"])
         inside = cv.fill(prim, "bowel_wall", _ID["stomach"], cavity=2)
         if inside is not None:
             sl, q = prim
@@ -678,17 +738,16 @@ def _organs(cv: _Canvas, A: dict) -> None:
         q1 = np.sqrt(((px - c1[0] - lv["shear"][0] * dz) / r1[0]) ** 2
                      + ((py - c1[1] - lv["shear"][1] * dz) / r1[1]) ** 2 + (dz / r1[2]) ** 2)
         q = np.minimum(q1, _q_ellipsoid(g, sl, c2, r2))
-        wob = 1.0
-        for k in range(3):  # sin(a + b) split so the sines are taken on 2D and 1D arrays only
-            a2, b1 = px / (30 + 15 * k) + py / (90 + 20 * k) + lv["wphase"][k], pz / (40 + 10 * k)
-            wob = wob + lv["wobble"][k] * (np.sin(a2) * np.cos(b1) + np.cos(a2) * np.sin(b1))
-        q *= wob
+        # a low-frequency wobble of the whole liver, then the subject's finer outline ripple
+        wobble = [(lv["wobble"][k], 1 / (30 + 15 * k), 1 / (90 + 20 * k), 1 / (40 + 10 * k), lv["wphase"][k])
+                  for k in range(3)]
+        q *= _ripple(px, py, pz, np.vstack([wobble, ripples["liver"]]))
         cv.fill((sl, q), "liver", _ID["liver"], cavity=1.5)
     for p0, p1, r0, r1 in lv["vessels"]:
         cv.fill(_tube(g, p0, p1, r0, r1), "liver_vessel", None, within=_ID["liver"])
     gb = A["gallbladder"]
     if gb["present"]:
-        prim = _ellipsoid(g, gb["centre"], gb["radii"], gb["frame"])
+        prim = _rippled(g, _ellipsoid(g, gb["centre"], gb["radii"], gb["frame"]), ripples["gallbladder"])
         cv.fill(prim, "bowel_wall", _ID["gallbladder"], cavity=2)
         cv.fill(prim, "bile", _ID["gallbladder"], below=0.88, cavity=2)
     sp_ = A["spleen"]
@@ -696,6 +755,7 @@ def _organs(cv: _Canvas, A: dict) -> None:
     if sl is not None:  # crescent: the hilum side is hollowed by a second ellipsoid
         hilum = _q_ellipsoid(g, sl, sp_["centre"] - sp_["frame"][0] * sp_["radii"][0] * 1.6,
                              sp_["radii"] * (1.0, 0.7, 0.75), sp_["frame"])
+        q = _rippled(g, (sl, q), ripples["spleen"])[1]
         cv.fill((sl, np.where(hilum < 1, np.inf, q)), "spleen", _ID["spleen"], cavity=1.5)
     # Pancreas: head by the duodenum, body over the aorta, tail to the splenic hilum;
     # the splenic vein runs along its back.
@@ -704,7 +764,8 @@ def _organs(cv: _Canvas, A: dict) -> None:
     pts = [(38, ya + 18, pa["z"] - 25), (8, ya + A["aorta"]["r"] + 22, pa["z"]),
            (-35, ya + 18, pa["z"] + 8), (-0.45 * bd["a"], sp["vb_y"] + 10, pa["z"] + pa["tail"])]
     for i, (p0, p1) in enumerate(zip(pts[:-1], pts[1:])):
-        cv.fill(_tube(g, p0, p1, pa["r"] * 1.15, pa["r"] * 0.8), "pancreas", _ID["pancreas"])
+        cv.fill(_rippled(g, _tube(g, p0, p1, pa["r"] * 1.15, pa["r"] * 0.8), ripples["pancreas"]),
+                "pancreas", _ID["pancreas"])
         if i:
             back = np.array([0, -0.8 * pa["r"], 0])
             cv.fill(_tube(g, np.add(p0, back), np.add(p1, back), 4.0), "vein")
@@ -729,7 +790,8 @@ def _kidneys(cv: _Canvas, A: dict, lesions: list[dict]) -> None:
             continue
         lh, lv, lw = _rotate(kd["frame"], *_pushed(*g.offsets(sl, c), masses))
         lh = lh + np.float32(kd["bend"] * rh) * np.clip(1 - (lw / rw) ** 2, 0, 1)  # bean: concave medially
-        q = np.sqrt((lh / rh) ** 2 + (lv / rv) ** 2 + (lw / rw) ** 2)
+        q = np.sqrt((lh / rh) ** 2 + (lv / rv) ** 2 + (lw / rw) ** 2) * _ripple(
+            *g.offsets(sl, c), A["outline"]["kidney"][side])
         cv.paint(sl, q < pad, "fat", 0)
         sinus = np.sqrt(((lh - 0.3 * rh) / (0.48 * rh)) ** 2 + (lv / (0.42 * rv)) ** 2 + (lw / (0.48 * rw)) ** 2)
         hilum = np.sqrt(((lh - rh) / (0.6 * rh)) ** 2 + (lv / (0.36 * rv)) ** 2 + (lw / (0.3 * rw)) ** 2)
@@ -915,6 +977,11 @@ def _muscles_and_spine(cv: _Canvas, A: dict) -> None:
             cv.fill(prim, "marrow", owner, below=0.5)
 
 
+# Where along its arc (0 at the spine, 1 at its anterior end) a rib with a costal cartilage is
+# lowest, and how far its cartilage then rises, as a share of the rib's drop.
+_RIB_LOWEST, _MARGIN_RISE = 0.7, 0.8
+
+
 def _ribs_and_lungs(cv: _Canvas, A: dict) -> None:
     """Posterior lung bases (with diaphragm) above ``lung_z``; lower ribs in the wall."""
     g, geo = cv.g, cv.geo
@@ -928,7 +995,11 @@ def _ribs_and_lungs(cv: _Canvas, A: dict) -> None:
         lung = (inner[:, :, None] > 2) & (inner[:, :, None] < post[:, :, None] * grow)
         cv.paint(sl, lung, "muscle", 0)  # diaphragm
         cv.paint(sl, lung & (inner[:, :, None] > 5), "lung", 0)
-    # Ribs slope down anteriorly, so a slice cuts each rib along the arc at its height.
+    # Ribs slope down from the spine, so a slice cuts each rib along the arc at its height. A
+    # rib with a costal cartilage (7-10) is lowest near the anterior axillary line; from there
+    # its cartilage rises steeply towards the sternum, forming the costal margin. So no rib
+    # crosses the anterior abdomen below the margin: at the kidneys a slice shows posterior and
+    # lateral arcs (ribs 10-12) and at most an anterolateral cut through a cartilage.
     mid = geo["fat"] + 0.45 * (geo["wall"] - geo["fat"])
     for rib in A["ribs"]:
         ang = theta if rib["side"] > 0 else np.pi - theta  # mirror the left side
@@ -936,12 +1007,19 @@ def _ribs_and_lungs(cv: _Canvas, A: dict) -> None:
         cols = np.nonzero((np.abs(depth - mid) < 3.2) & (t <= 1))
         if cols[0].size == 0:
             continue
+        tc = t[cols]
+        if rib["cartilage"]:
+            lowest = np.clip(tc / _RIB_LOWEST, 0, 1) ** 1.5
+            rise = np.clip((tc - _RIB_LOWEST) / (1 - _RIB_LOWEST), 0, 1) ** 1.3
+            below = rib["drop"] * (lowest - _MARGIN_RISE * rise)
+        else:
+            below = rib["drop"] * tc ** 1.5
         # Elliptic cross-section, 11 mm high and 6.4 mm thick.
-        dz = g.z[None, :] - (rib["z0"] - rib["drop"] * t[cols] ** 1.5)[:, None]
+        dz = g.z[None, :] - (rib["z0"] - below)[:, None]
         dr = (depth - mid)[cols][:, None]
         q = (dz / 5.5) ** 2 + (dr / 3.2) ** 2
         block = cv.tissue[cols[0], cols[1], :]
-        front = (t[cols] > 0.8)[:, None] & rib["cartilage"]  # costal cartilage towards the margin
+        front = (tc > _RIB_LOWEST)[:, None] & rib["cartilage"]  # costal cartilage from the lowest point on
         block[(q < 1) & ~front] = _T["bone"]
         block[(q < 1) & front] = _T["cartilage"]
         block[((dz / 3.6) ** 2 + (dr / 1.8) ** 2 < 1) & ~front] = _T["marrow"]
@@ -1081,10 +1159,13 @@ def _render(A: dict, spacing, rng_noise: np.random.Generator, lesions: list | No
     return PhantomVolume(hu, cv.owner, affine, A)
 
 
-def _rngs(seed: int, track: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent streams for the anatomy and the noise of one subject."""
-    anatomy, noise = np.random.SeedSequence([seed, track, index]).spawn(2)
-    return np.random.default_rng(anatomy), np.random.default_rng(noise)
+def _rngs(seed: int, track: int, index: int) -> tuple[np.random.Generator, ...]:
+    """Independent streams for the anatomy, the noise and the organ outlines of one subject.
+
+    A seed sequence's children do not depend on how many are spawned, so the anatomy and
+    noise streams are those of the generator before outlines had a stream of their own.
+    """
+    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence([seed, track, index]).spawn(3))
 
 
 def parse_phases(spec: str) -> dict[str, float]:
@@ -1138,8 +1219,8 @@ def render_totalsegmentator_subject(seed: int, index: int, spacing_mm: float = 1
     ``phases``: the contrast-phase mix the subject's phase is drawn from (:func:`draw_phase`;
     one phase name fixes it); ``params["phase"]`` says which.
     """
-    rng, rng_noise = _rngs(seed, 0, index)
-    A = _draw_anatomy(rng, z_extent_mm, draw_phase(seed, 0, index, phases))
+    rng, rng_noise, rng_outline = _rngs(seed, 0, index)
+    A = _draw_anatomy(rng, z_extent_mm, draw_phase(seed, 0, index, phases), rng_outline)
     return _render(A, (spacing_mm,) * 3, rng_noise)
 
 
@@ -1162,8 +1243,8 @@ def render_kits23_case(seed: int, index: int, inplane_mm: float | None = None,
     and lesion kinds, subtypes and sizes. Spacing: 0.7-0.98 mm in-plane (at most 512 px, as
     KiTS) and 2.5 or 3 mm slices unless given; the noise scales with the voxel (:func:`noise_std`).
     """
-    rng, rng_noise = _rngs(seed, 1, index)
-    A = _draw_anatomy(rng, z_extent_mm, draw_phase(seed, 1, index, phases))
+    rng, rng_noise, rng_outline = _rngs(seed, 1, index)
+    A = _draw_anatomy(rng, z_extent_mm, draw_phase(seed, 1, index, phases), rng_outline)
     kind = _kits_kind(seed, index)
     lesions = _draw_lesions(rng, A, kind)
     inplane = max(_u(rng, 0.7, 0.9), A["fov"] / 512) if inplane_mm is None else inplane_mm  # <= 512 px

@@ -23,6 +23,8 @@ __all__ = [
     "OUTCOME_COLOURS",
     "TRUTH_EDGE",
     "outline_truth",
+    "outline_body",
+    "BODY_CAPTION",
     "outcome_masks",
     "outcome_rgba",
     "mask_rgba",
@@ -58,6 +60,11 @@ OUTCOME_COLOURS = {
 TRUTH_EDGE = (0.0, 0.0, 0.0)
 OUTCOME_CAPTION = ("TP bluish green, FP vermillion, FN yellow, ground truth outlined in sky blue on a black edge "
                    "(Okabe-Ito colours, readable with colour blindness)")
+
+
+BODY_COLOUR = (0.8, 0.8, 0.8)
+BODY_CAPTION = ("the patient's body outlined in dashed light grey (HU above -500 on the scan: on the model's "
+                "window air and fat are both black); '% outside' is the share of |x - x_cf| in the air around it")
 
 
 def mask_rgba(mask: np.ndarray, colour: Sequence[float], alpha: float = 0.45) -> np.ndarray:
@@ -144,19 +151,28 @@ def counterfactual_panel(
 
     ``arrays`` as returned by :func:`coinlib.counterfactual.generate_counterfactuals`;
     ``picks`` index into them. The weak mask is ``diff_map > threshold`` post-processed as
-    in Sec. 5 (``closing_radius``, ``opening_radius``, ``morphology``: ``EvalConfig``'s).
+    in Sec. 5 (``closing_radius``, ``opening_radius``, ``morphology``: ``EvalConfig``'s). The
+    body is outlined on x_cf and |x - x_cf|, with the share of the change outside it
+    (:data:`BODY_CAPTION`).
     """
     from .masks import difference_map, weak_mask
 
-    rows, overlays = [], []
+    rows, overlays, diffs = [], [], []
     for i in picks:
         x, x_cf, truth = arrays["x"][i], arrays["x_cf"][i], arrays["lesion_mask"][i]
         diff = difference_map(x, x_cf)
         pred = weak_mask(diff, threshold, True, closing_radius, opening_radius, morphology)
         rows.append([x, x_cf, diff * 2 - 1, x, np.where(truth, 1.0, -1.0)])
         overlays.append([None, None, None, outcome_rgba(pred, truth), None])
+        diffs.append(diff)
     titles = ["x", "x_cf", "|x - x_cf|", f"weak mask (t={threshold:.2f})", "true mask"]
-    return show_grid(rows, col_titles=titles, overlays=overlays)
+    fig = show_grid(rows, col_titles=titles, overlays=overlays)
+    axes = np.asarray(fig.axes).reshape(len(rows), -1)
+    for r, (i, diff) in enumerate(zip(picks, diffs)):
+        outline_body(axes[r, 1], arrays["body_mask"][i])
+        outline_body(axes[r, 2], arrays["body_mask"][i], diff)
+    fig.supxlabel(BODY_CAPTION, fontsize=7)
+    return fig
 
 
 def sweep_curves(
@@ -246,6 +262,18 @@ def outside_window(mask: np.ndarray, truth: np.ndarray, window: tuple[slice, sli
     return int((false_positive & ~inside).sum())
 
 
+def outline_body(ax: plt.Axes, body: np.ndarray | None, diff: np.ndarray | None = None) -> None:
+    """The patient's body outline (:data:`BODY_CAPTION`), dashed; with ``diff``, the share of
+    |x - x_cf| outside it (:func:`coinlib.masks.outside_body_share`) under the panel."""
+    if body is None or not np.any(body):
+        return
+    ax.contour(np.asarray(body, float), levels=[0.5], colors=[BODY_COLOUR], linewidths=0.6, linestyles="--")
+    if diff is not None:
+        from .masks import outside_body_share
+
+        ax.set_xlabel(f"{100 * outside_body_share(diff, body):.0f}% outside the body", fontsize=6)
+
+
 def outline_truth(ax: plt.Axes, truth: np.ndarray | None, linewidth: float = 0.9) -> None:
     """The ground-truth mask's outline (:data:`OUTCOME_CAPTION`): sky blue over a black edge
     twice as wide, so that it shows on any background; nothing when ``truth`` is empty."""
@@ -322,7 +350,7 @@ def method_grid(
 
 def variant_grid(
     x: np.ndarray, counterfactuals: dict[str, np.ndarray], truth: np.ndarray | None = None,
-    diff_vmax: float = 0.5, show_counterfactuals: bool = True,
+    diff_vmax: float = 0.5, show_counterfactuals: bool = True, body: np.ndarray | None = None,
 ) -> plt.Figure:
     """Counterfactuals of several variants for the same slices (Appendix A, Figs. 4-6).
 
@@ -330,7 +358,8 @@ def variant_grid(
     name saying what the column is (e.g. "0 skips"). Per slice: x (the true mask outlined),
     then for each variant its x_cf (unless not ``show_counterfactuals``: narrower, for many
     variants) and |x - x_cf| on one absolute scale [0, ``diff_vmax``] with a colour bar (the weak
-    map), so the columns compare directly.
+    map), so the columns compare directly. ``body`` (N, H, W), the slices' body masks: outlined
+    on every |x - x_cf| with the share of the change outside it (:data:`BODY_CAPTION`).
     """
     from .masks import difference_map
 
@@ -353,13 +382,17 @@ def variant_grid(
                 axes[i, column].imshow(x_cf, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
                 if i == 0:
                     axes[0, column].set_title(f"{name}\nx_cf", fontsize=8)
-            im = axes[i, column + per - 1].imshow(difference_map(x[i], x_cf), cmap="magma", vmin=0,
-                                                  vmax=diff_vmax, interpolation="nearest")
+            diff = difference_map(x[i], x_cf)
+            im = axes[i, column + per - 1].imshow(diff, cmap="magma", vmin=0, vmax=diff_vmax, interpolation="nearest")
+            if body is not None:
+                outline_body(axes[i, column + per - 1], body[i], diff)
             if i == 0:
                 axes[0, column + per - 1].set_title(f"{name}\n|x - x_cf|", fontsize=8)
     axes[0, 0].set_title("x (true mask outlined)" if truth is not None else "x", fontsize=8)
     bar = fig.colorbar(im, ax=axes[:, -1], fraction=0.05, pad=0.02, label="|x - x_cf| on [0, 1]")
     bar.ax.tick_params(labelsize=6)
+    if body is not None:
+        fig.supxlabel(BODY_CAPTION, fontsize=7)
     return fig
 
 

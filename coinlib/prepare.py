@@ -108,6 +108,8 @@ __all__ = [
     "compute_fingerprint",
     "normalise_hu",
     "resize_slices",
+    "body_slices",
+    "BODY_HU",
     "split_scans",
     "split_from_meta",
     "detect_layout",
@@ -120,7 +122,8 @@ log = logging.getLogger(__name__)
 
 Layout = Literal["totalsegmentator", "kits23"]
 LAYOUTS: tuple[str, ...] = ("totalsegmentator", "kits23")
-PREPARE_VERSION = 2  # bump when the algorithm changes (2: anti-aliased resize): older folders then count as stale
+# bump when the algorithm changes (2: anti-aliased resize; 3: body masks): older folders then count as stale
+PREPARE_VERSION = 3
 FINGERPRINT_VOXELS_PER_SCAN = 200_000  # foreground voxels sampled per training scan
 KITS_LABELS = {"background": 0, "kidney": 1, "tumour": 2, "cyst": 3}
 _LAYOUT_HELP = (
@@ -182,6 +185,28 @@ def resize_slices(slices: np.ndarray, size: int, kind: Literal["image", "mask"])
     if kind == "mask":
         y = (y >= 0.5).to(torch.float32)
     return y.numpy()
+
+
+# Air is -1000 HU and fat about -100: a threshold halfway tells the patient from the air
+# around them on any window, which the model's input (fat and air both at -1 on a soft-tissue
+# window) cannot.
+BODY_HU = -500.0
+
+
+def body_slices(hu: np.ndarray) -> np.ndarray:
+    """The patient's body in each (n, H, W) HU slice, bool: voxels above :data:`BODY_HU`, the
+    largest connected region of each slice (not the table, clothing or a separate arm), its
+    holes (bowel gas, lung) filled."""
+    from scipy import ndimage
+
+    above = np.asarray(hu) > BODY_HU
+    body = np.zeros(above.shape, dtype=bool)
+    for k, mask in enumerate(above):
+        regions, count = ndimage.label(mask)
+        if count:
+            sizes = np.bincount(regions.ravel())[1:]
+            body[k] = ndimage.binary_fill_holes(regions == 1 + int(np.argmax(sizes)))
+    return body
 
 
 # --------------------------------------------------------------------------- intensity
@@ -870,8 +895,11 @@ def _image_step(path: Path, z: np.ndarray, p_low: float, p_high: float,
     image = open_nifti(path)
     hu, filled = check_finite(read_data(image, path), path, config.fill_nonfinite_hu)
     volume = canonical(hu, image.affine, path)
-    x = resize_slices(normalise_hu(volume.radiological(z), p_low, p_high), config.image_size, "image")
-    return {"images": x.astype(ARRAY_FILES["images"][1])}, {"nonfinite_voxels_filled": filled}
+    slices = volume.radiological(z)
+    x = resize_slices(normalise_hu(slices, p_low, p_high), config.image_size, "image")
+    body = resize_slices(body_slices(slices).astype(np.float32), config.image_size, "mask")
+    return ({"images": x.astype(ARRAY_FILES["images"][1]), "body": body.astype(ARRAY_FILES["body_masks"][1])},
+            {"nonfinite_voxels_filled": filled})
 
 
 def _per_scan(work: Path, step_name: str, step: Any, jobs: list[tuple[str, str, tuple]], workers: int | None,
@@ -1038,6 +1066,7 @@ def _build(
             "slice_index": "index along the source file's own axial voxel axis",
             "resize": {"image": "bilinear, align_corners=False, antialias=True (averages when shrinking)",
                        "mask": "area majority: the image's anti-aliased bilinear filter, >= 0.5"},
+            "body": f"HU > {BODY_HU:g}, each slice's largest connected region with its holes filled",
             "nonfinite": (
                 "none allowed: NaN or infinite voxels are an error" if config.fill_nonfinite_hu is None else
                 f"NaN and infinite voxels set to {config.fill_nonfinite_hu} HU: "
@@ -1047,11 +1076,12 @@ def _build(
     }
 
 
-def _chunks(parts: list[tuple[Path, Path]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Each kept scan's (images, kidney masks, lesion masks), read from the resume folder one
-    scan at a time."""
+def _chunks(parts: list[tuple[Path, Path]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each kept scan's (images, kidney masks, lesion masks, body masks), read from the resume
+    folder one scan at a time."""
     for images, masks in parts:
-        yield (*_load_arrays(images, "images"), *_load_arrays(masks, "kidney", "lesion"))
+        image, body = _load_arrays(images, "images", "body")
+        yield (image, *_load_arrays(masks, "kidney", "lesion"), body)
 
 
 def _write_swap(out: Path, built: dict[str, Any], manifest: dict[str, Any]) -> None:

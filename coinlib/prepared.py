@@ -8,6 +8,7 @@ Layout of a prepared folder::
     images.npy          (N, S, S) float16 in [-1, 1]   axial slices, radiological view
     kidney_masks.npy    (N, S, S) uint8 in {0, 1}     kidney (KiTS: kidney and its masses)
     lesion_masks.npy    (N, S, S) uint8 in {0, 1}     tumour (KiTS label 2); zeros otherwise
+    body_masks.npy      (N, S, S) uint8 in {0, 1}     the patient's body (not the air around it)
     index.csv           one row per slice i (row order = array order), columns INDEX_COLUMNS
     fingerprint.json    intensity fingerprint measured on the training scans
     manifest.json       written LAST: settings, source files, counts, format version
@@ -50,12 +51,13 @@ __all__ = [
     "open_prepared",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: body masks
 INDEX_COLUMNS = ["scan_id", "slice_index", "split", "kidney_pixels", "lesion_pixels"]
 ARRAY_FILES = {
     "images": ("images.npy", np.float16),
     "kidney_masks": ("kidney_masks.npy", np.uint8),
     "lesion_masks": ("lesion_masks.npy", np.uint8),
+    "body_masks": ("body_masks.npy", np.uint8),
 }
 SPLITS = ("train", "val", "test")
 CONTENT_FILES = (*(f for f, _ in ARRAY_FILES.values()), "index.csv", "fingerprint.json")
@@ -72,6 +74,7 @@ class PreparedSlices:
     images: np.ndarray  # (N, S, S) float16 in [-1, 1]
     kidney_masks: np.ndarray  # (N, S, S) uint8
     lesion_masks: np.ndarray  # (N, S, S) uint8
+    body_masks: np.ndarray  # (N, S, S) uint8
     index: list[dict[str, Any]]
     fingerprint: dict[str, Any]
     manifest: dict[str, Any]
@@ -113,6 +116,7 @@ def write_prepared(
     images: np.ndarray,
     kidney_masks: np.ndarray,
     lesion_masks: np.ndarray,
+    body_masks: np.ndarray,
     index_rows: list[dict[str, Any]],
     fingerprint: dict[str, Any],
     manifest: dict[str, Any],
@@ -122,19 +126,19 @@ def write_prepared(
     ``images`` (N, S, S) float in [-1, 1]; masks (N, S, S) in {0, 1}; ``index_rows`` has
     N dicts with at least INDEX_COLUMNS (extra keys become extra CSV columns).
     """
-    return write_prepared_chunks(out_dir, len(index_rows), [(images, kidney_masks, lesion_masks)], index_rows,
-                                 fingerprint, manifest)
+    return write_prepared_chunks(out_dir, len(index_rows), [(images, kidney_masks, lesion_masks, body_masks)],
+                                 index_rows, fingerprint, manifest)
 
 
 def write_prepared_chunks(
     out_dir: str | os.PathLike,
     n: int,
-    chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     index_rows: list[dict[str, Any]],
     fingerprint: dict[str, Any],
     manifest: dict[str, Any],
 ) -> Path:
-    """:func:`write_prepared` from consecutive (images, kidney masks, lesion masks) chunks
+    """:func:`write_prepared` from consecutive (images, kidney, lesion, body masks) chunks
     (e.g. one per scan), written into the arrays in place: memory holds one chunk, not N slices."""
     out = Path(out_dir)
     if len(index_rows) != n:
@@ -148,6 +152,8 @@ def write_prepared_chunks(
     with contextlib.ExitStack() as stack:
         arrays, at = None, 0
         for chunk in chunks:
+            if len(chunk) != len(names):
+                raise ValueError(f"a chunk holds {len(chunk)} arrays; expected {len(names)}: {names}")
             for name, array in zip(names, chunk):
                 if array.ndim != 3 or array.shape[1] != array.shape[2] or at + len(array) > n:
                     raise ValueError(f"{name} has a chunk of shape {array.shape} at row {at}; expected ({n}, S, S) in all")

@@ -213,8 +213,9 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     if timings_path.is_file():
         recorded = read_json(timings_path)
         timings = recorded["notebooks"]
-        rows = [{"notebook": t["notebook"], "minutes": t["seconds"] / 60} for t in timings]
-        rows.append({"notebook": "total", "minutes": sum(t["seconds"] for t in timings) / 60})
+        # fixed tenths: a notebook of seconds reads 0.1, not in scientific notation
+        rows = [{"notebook": t["notebook"], "minutes": f"{t['seconds'] / 60:.1f}"} for t in timings]
+        rows.append({"notebook": "total", "minutes": f"{sum(t['seconds'] for t in timings) / 60:.1f}"})
         lines += ["Wall-clock time of the notebooks in `make reproduce`:", "",
                   markdown_table(rows, ["notebook", "minutes"], 1)]
         if recorded.get("note"):  # how the run differed from one uninterrupted `make reproduce`

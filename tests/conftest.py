@@ -36,7 +36,8 @@ def make_prepared(root, size: int = 32, scans: int = 6, slices: int = 8, seed: i
             rows.append({"scan_id": f"s{scan:04d}", "slice_index": z, "split": split,
                          "kidney_pixels": int(kidney.sum()), "lesion_pixels": 0})
     n = len(rows)
-    return write_prepared(root, np.stack(images), np.stack(kidneys), np.zeros((n, size, size), np.uint8),
+    body = (np.stack(images) > -0.9).astype(np.uint8)  # the synthetic slices' "body": all but their darkest pixels
+    return write_prepared(root, np.stack(images), np.stack(kidneys), np.zeros((n, size, size), np.uint8), body,
                           rows, fingerprint={"p_low": -100.0, "p_high": 300.0}, manifest={"source": "conftest"})
 
 

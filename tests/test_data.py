@@ -48,13 +48,13 @@ def prepared_dir(tmp_path_factory):
             })
     return write_prepared(
         tmp_path_factory.mktemp("prepared"), np.stack(images), np.stack(kidney_masks),
-        np.stack(lesion_masks), rows, fingerprint={}, manifest={"source": "test"},
+        np.stack(lesion_masks), np.ones_like(np.stack(kidney_masks)), rows, fingerprint={}, manifest={"source": "test"},
     )
 
 
 def check_item(item, dataset):
-    assert set(item) == {"image", "label", "kidney_mask", "lesion_mask", "index"}
-    for key in ("image", "kidney_mask", "lesion_mask"):
+    assert set(item) == {"image", "label", "kidney_mask", "lesion_mask", "body_mask", "index"}
+    for key in ("image", "kidney_mask", "lesion_mask", "body_mask"):
         assert item[key].shape == (1, SIZE, SIZE) and item[key].dtype == torch.float32
     assert item["label"].shape == () and item["label"].dtype == torch.float32
     assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0

@@ -11,6 +11,7 @@ from coinlib.masks import (
     difference_map,
     largest_component,
     normalise_saliency,
+    outside_body_share,
     postprocess_mask,
     postprocess_masks,
     weak_mask,
@@ -27,6 +28,17 @@ def test_difference_map_is_on_the_unit_scale_for_numpy_and_torch():
     np.testing.assert_allclose(out.numpy(), expected)
     with pytest.raises(TypeError):
         difference_map(x, torch.from_numpy(x_cf))
+
+
+def test_outside_body_share_by_hand():
+    diff = np.zeros((4, 4))
+    diff[0, 0], diff[2, 2] = 0.3, 0.1  # 0.3 in the air, 0.1 inside
+    body = np.zeros((4, 4), bool)
+    body[1:, 1:] = True
+    assert outside_body_share(diff, body) == pytest.approx(0.75)
+    assert outside_body_share(np.zeros((4, 4)), body) == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        outside_body_share(diff, body[:2])
 
 
 def test_normalise_saliency_is_min_max_per_image_and_zero_for_constant_maps():

@@ -178,8 +178,8 @@ def test_kits_layout_and_orientation(kits_dir):
     np.testing.assert_allclose(img.header.get_zooms(), (5.0, 3.0, 3.0))
     # The canonical (RAS) reorientation of the KiTS array is exactly the RAS rendering.
     canon = nib.as_closest_canonical(img)
-    rng, rng_noise = P._rngs(0, 1, 1)
-    anatomy = P._draw_anatomy(rng, KITS_COARSE["z_extent_mm"], P.draw_phase(0, 1, 1, P.KITS23_PHASES))
+    rng, rng_noise, rng_outline = P._rngs(0, 1, 1)
+    anatomy = P._draw_anatomy(rng, KITS_COARSE["z_extent_mm"], P.draw_phase(0, 1, 1, P.KITS23_PHASES), rng_outline)
     lesions = P._draw_lesions(rng, anatomy, P._kits_kind(0, 1))
     vol = P._render(anatomy, (3.0, 3.0, 5.0), rng_noise, lesions)
     np.testing.assert_allclose(canon.affine, vol.affine, atol=1e-4)
@@ -316,8 +316,8 @@ def test_noise_scales_with_voxel_volume():
 def test_lesion_sizes_and_subtypes_follow_kits23():
     tumours, cysts = [], []
     for i in range(400):
-        rng, _ = P._rngs(0, 1, i)
-        anatomy = P._draw_anatomy(rng, None, "arterial")
+        rng, _, rng_outline = P._rngs(0, 1, i)
+        anatomy = P._draw_anatomy(rng, None, "arterial", rng_outline)
         for les in P._draw_lesions(rng, anatomy, P._kits_kind(0, i)):
             (tumours if les["kind"] == "tumour" else cysts).append(les)
     diameters = np.array([2 * t["radius"] for t in tumours])
@@ -348,3 +348,55 @@ def test_kits23_lesion_notes_name_each_case_masses(tmp_path):
     write_json(tmp_path / "case_00002" / ".phantom.json", {"lesions": []})
     (tmp_path / "case_00003").mkdir()  # a real scan: no phantom record
     assert kits23_lesion_notes(tmp_path) == {"case_00001": "papillary 79 mm, cyst 34 mm", "case_00002": ""}
+
+
+# ---------------------------------------------------------------------- anatomy
+
+
+def _rib_angles_at_the_hila(index: int) -> np.ndarray:
+    """World angles (degrees; 0 the patient's right, 90 anterior) of the rib voxels in the
+    slices between the two kidneys' centres (the levels of the hila) of subject ``index``:
+    where its rendering differs from the same subject rendered without ribs."""
+    rng, _, outline_rng = P._rngs(0, 0, index)
+    anatomy = P._draw_anatomy(rng, None, P.draw_phase(0, 0, index, P.TOTALSEGMENTATOR_PHASES), outline_rng)
+    with_ribs = P._render(anatomy, (2.0,) * 3, np.random.default_rng(1))
+    without = P._render({**anatomy, "ribs": []}, (2.0,) * 3, np.random.default_rng(1))
+    z = with_ribs.affine[2, 3] + 2.0 * np.arange(with_ribs.hu.shape[2])
+    low, high = sorted(_centroid_world(with_ribs, name)[2] for name in ("kidney_right", "kidney_left"))
+    levels = (z >= low) & (z <= high)
+    rib = (np.abs(with_ribs.hu - without.hu) > 40)[:, :, levels]
+    body = (with_ribs.hu > -500)[:, :, levels]
+    x = with_ribs.affine[0, 3] + 2.0 * np.arange(rib.shape[0])
+    y = with_ribs.affine[1, 3] + 2.0 * np.arange(rib.shape[1])
+    angles = []
+    for k in range(rib.shape[2]):
+        i, j = np.nonzero(rib[:, :, k])
+        bi, bj = np.nonzero(body[:, :, k])
+        angles.append(np.degrees(np.arctan2(y[j] - y[bj].mean(), x[i] - x[bi].mean())) % 360)
+    return np.concatenate(angles)
+
+
+def test_no_rib_crosses_the_anterior_abdomen_at_the_renal_hila():
+    """Costal cartilages rise from the lowest point of their rib to the costal margin, so at
+    the hila ribs lie posteriorly and laterally, not in a ring around the whole wall (the
+    generator before this rule drew cartilage across the front in three of these six)."""
+    lateral = 0
+    for index in range(6):
+        angles = _rib_angles_at_the_hila(index)
+        assert not np.any((angles > 55) & (angles < 125)), (index, np.sort(angles))
+        lateral += np.sum((angles < 45) | (angles > 135))
+    assert lateral > 0, "no rib at the hila in any subject"
+
+
+def test_outlines_have_their_own_stream():
+    """Organ outlines ripple per subject without moving any other draw of the subject."""
+    rng_a, _, outline_a = P._rngs(0, 0, 3)
+    rng_b, _, _ = P._rngs(0, 0, 3)
+    a = P._draw_anatomy(rng_a, None, "portal_venous", outline_a)
+    b = P._draw_anatomy(rng_b, None, "portal_venous", np.random.default_rng(99))
+    assert a.keys() == b.keys()
+    for key in a.keys() - {"outline"}:
+        assert repr(a[key]) == repr(b[key]), key
+    assert not np.allclose(a["outline"]["spleen"], b["outline"]["spleen"])
+    assert not np.allclose(a["outline"]["kidney"][1], a["outline"]["kidney"][-1])
+    np.testing.assert_allclose(P._ripple(np.float32(3), np.float32(4), np.float32(5), np.zeros((0, 5))), 1.0)

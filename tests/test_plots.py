@@ -10,9 +10,11 @@ from matplotlib.figure import Figure
 from skimage.color import rgb2lab
 
 from coinlib.plots import (
+    BODY_CAPTION,
     OUTCOME_CAPTION,
     OUTCOME_COLOURS,
     TRUTH_EDGE,
+    counterfactual_panel,
     outcome_masks,
     outcome_rgba,
     method_grid,
@@ -20,6 +22,7 @@ from coinlib.plots import (
     outside_window,
     sweep_curves,
     sweep_peak,
+    variant_grid,
     window_note,
 )
 
@@ -121,3 +124,20 @@ def test_a_zoomed_mask_panel_counts_the_false_positives_its_zoom_hides():
     fig = method_grid([example], ["A", "B"], counterfactual=())
     labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
     assert labels == ["+9 FP px off-window", "no FP off-window"]
+
+
+def test_counterfactual_panels_outline_the_body_and_say_how_much_change_lies_outside_it():
+    x = -np.ones((1, 32, 32), np.float32)
+    body = np.zeros((1, 32, 32), bool)
+    body[0, 8:24, 8:24] = True
+    x[0][body[0]] = 0.0
+    x_cf = x.copy()
+    x_cf[0, 0:2, 0:8] += 1.0  # 16 px lifted in the air
+    x_cf[0, 12:14, 12:20] += 0.5  # 16 px changed half as much inside the body
+    arrays = {"x": x, "x_cf": x_cf, "lesion_mask": np.zeros_like(body), "body_mask": body}
+    fig = counterfactual_panel(arrays, [0], threshold=0.2)
+    labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
+    assert labels == ["67% outside the body"]
+    assert fig._supxlabel.get_text() == BODY_CAPTION
+    grid = variant_grid(x, {"A": x_cf}, body=body)
+    assert [ax.get_xlabel() for ax in grid.axes if ax.get_xlabel()] == ["67% outside the body"]

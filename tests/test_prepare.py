@@ -22,6 +22,7 @@ import pytest
 from coinlib.config import DataConfig
 from coinlib.files import read_json
 from coinlib.prepare import (
+    body_slices,
     compute_fingerprint,
     detect_layout,
     kidney_slice_indices,
@@ -232,6 +233,18 @@ def test_resize_keeps_mask_area():
         resize_slices(np.full((1, 4, 4), 2, np.uint8), 2, "mask")
 
 
+def test_the_body_is_the_largest_region_above_air_with_its_holes_filled():
+    hu = np.full((2, 40, 40), -1000.0)
+    yy, xx = np.mgrid[:40, :40]
+    body = ((yy - 18) / 14) ** 2 + ((xx - 20) / 18) ** 2 < 1
+    hu[0][body] = -100.0  # fat on a soft-tissue window: as black as the air around it
+    hu[0][(yy - 18) ** 2 + (xx - 20) ** 2 < 9] = -1000.0  # bowel gas inside
+    hu[0][36:38, 2:38] = 200.0  # the table, apart from the patient
+    found = body_slices(hu)
+    np.testing.assert_array_equal(found[0], body)
+    assert not found[1].any()  # a slice of air only has no body
+
+
 def test_fingerprint_and_normalise_by_hand():
     fp = compute_fingerprint([np.array([0.0, 100.0]), np.array([50.0])], (0.0, 100.0))
     assert (fp["p_low"], fp["p_high"], fp["voxels"], fp["mean"]) == (0.0, 100.0, 3, 50.0)
@@ -322,6 +335,7 @@ def test_totalsegmentator_end_to_end(ts):
     images = np.asarray(data.images, dtype=np.float32)
     assert images.min() >= -1 and images.max() <= 1
     assert set(np.unique(data.kidney_masks)) == {0, 1} and not np.asarray(data.lesion_masks).any()
+    assert np.asarray(data.body_masks).all()  # these scans are body (-100 HU) to their edges
     # orientation: marker (patient's left-anterior) at row ~4, column ~29 of 32; mirrors are body (-1)
     assert np.all(images[:, 4, 29] == 1.0)
     assert np.all(images[:, 27, 29] == -1.0) and np.all(images[:, 4, 2] == -1.0)
