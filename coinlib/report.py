@@ -206,7 +206,9 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     lines = [
         f"Profile **{profile.name}**, seed{'s' if len(profile.seeds) != 1 else ''} {seeds}, on {data}, produced "
         f"on {describe_hardware(source['hardware'])} with torch {source['hardware']['torch']} "
-        f"(commit `{source.get('git_commit') or 'unknown'}`).",
+        f"(commit `{source.get('git_commit') or 'unknown'}`). Precision: the GAN's training step "
+        f"{profile.train.precision} (`train.precision`), f and the saliency maps "
+        f"{source['hardware'].get('precision') or 'fp32'} (`COIN_PRECISION`).",
         "",
     ]
     timings_path = run_dir / "notebooks" / "timings.json"

@@ -60,6 +60,11 @@ def test_make_lab_registers_the_kernel_and_make_lesson_runs_the_lesson_profile()
     teaching = (ROOT / "docs" / "teaching.md").read_text()
     assert "make lab" in teaching and "make lesson" in teaching
     assert "(docs/teaching.md)" in (ROOT / "README.md").read_text()
+    # the class plans name notebooks that exist, and the 90-minute one walks through most of them
+    named = set(re.findall(r"`(\d\d_[a-z0-9_]+)`", teaching))
+    existing = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert named <= existing, named - existing
+    assert len(named) >= 10
 
 
 def test_the_gpu_check_names_steps_that_exist_here():

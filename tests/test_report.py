@@ -56,6 +56,7 @@ def test_readme_block_is_replaced_from_the_run_files(tmp_path):
     assert "stale text" not in text and text.endswith("tail\n") and block in text
     assert "Profile **quick**, seeds 0, 1, 2, on the embedded phantom" in block
     assert "Test CPU (2 cores, 1 thread, fp32, CPU only)" in block and "| total | 3.0 |" in block
+    assert "Precision: the GAN's training step fp32 (`train.precision`), f and the saliency maps fp32" in block
     assert ("Classifier f, synthetic track (resnet18): test AUC **0.990 ± 0.000** over 3 seeds "
             "(seed 0: 0.990, seed 1: 0.990, seed 2: 0.990)") in block
     assert "Caveat" not in block and "Table 1" not in block  # no table written yet
