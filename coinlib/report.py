@@ -296,7 +296,8 @@ def summary_markdown(run_dir: str | os.PathLike, results_page: str = "docs/resul
               "table3": table3_claims(run_dir, profile)}
     lines = [
         f"Profile **{profile.name}** ({_seeds(len(profile.seeds))}), on "
-        f"{describe_hardware(source['hardware'])}, commit `{(source.get('git_commit') or 'unknown')[:10]}`."
+        f"{describe_hardware(source['hardware'])}, the GAN's training step in {profile.train.precision}, "
+        f"commit `{(source.get('git_commit') or 'unknown')[:10]}`."
         f"{minutes} Full tables, intervals and every verdict line: [{results_page}]({results_page}).",
         "",
         claims_summary_markdown(claims),
