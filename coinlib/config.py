@@ -805,8 +805,9 @@ PROFILES["lesson"] = replace(
 # architectures (full GAN widths, ResNet18 and EfficientNetV2-S f), 256 px, schedule (lr 2e-4, G
 # at every 5th step, batch norm in train mode), protocol and compiled step, with seeds, scans,
 # steps, epochs and saliency sizes cut so that notebooks 00-11 run on 2 CPU cores in minutes.
-# Derived from `paper` here, so it cannot drift from it; CI runs it end to end, and it is what a
-# GPU machine runs first (benchmarks/gpu_check.sh). Its numbers mean nothing; that it runs does.
+# Derived from `paper` here, so it cannot drift from it; it is what a GPU machine runs first
+# (benchmarks/gpu_check.sh), and not yet in CI (docs/development.md says why). Its numbers mean
+# nothing; that it runs does.
 PROFILES["paper-mini"] = replace(
     PROFILES["paper"],
     name="paper-mini",
