@@ -199,13 +199,14 @@ def body_slices(hu: np.ndarray) -> np.ndarray:
     holes (bowel gas, lung) filled."""
     from scipy import ndimage
 
+    from .masks import largest_component
+
     above = np.asarray(hu) > BODY_HU
-    body = np.zeros(above.shape, dtype=bool)
-    for k, mask in enumerate(above):
-        regions, count = ndimage.label(mask)
-        if count:
-            sizes = np.bincount(regions.ravel())[1:]
-            body[k] = ndimage.binary_fill_holes(regions == 1 + int(np.argmax(sizes)))
+    if len(above) == 0:
+        return above
+    body = largest_component(above)
+    for k, region in enumerate(body):
+        body[k] = ndimage.binary_fill_holes(region)
     return body
 
 
