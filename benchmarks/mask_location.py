@@ -30,18 +30,18 @@ def locate(run_dir: str, track: str, method: str, seed: int, overrides: dict | N
     """``mask_location`` of ``method``'s seed-``seed`` test masks (and, for a GAN, its mean change)."""
     import numpy as np
 
-    from coinlib.config import get_profile, track_profile
+    from coinlib.config import track_profile
     from coinlib.data import evaluation_set
     from coinlib.evaluate import abnormal_maps, config_mask
     from coinlib.metrics import mask_location
     from coinlib.prepared import open_prepared
     from coinlib.pipeline import (abnormal_counterfactuals, load_results, load_saliency_maps, prepare_track,
                                   track_settings)
-    from coinlib.provenance import recorded_profile
+    from coinlib.provenance import run_profile
     from coinlib.variants import VARIANTS
 
     threshold = load_results(run_dir, track, method, seed=seed)["metrics"]["threshold_from_val"]
-    profile = get_profile(recorded_profile(run_dir), overrides)
+    profile = run_profile(run_dir, overrides)
     prepared = prepare_track(profile, run_dir, track, "phantom", progress=False)
     scan_of_row = [row["scan_id"] for row in open_prepared(prepared).index]
 

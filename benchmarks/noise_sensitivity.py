@@ -45,18 +45,18 @@ class NoisySlices(torch.utils.data.Dataset):
 def score_noise(run_dir: str, track: str, classifier_seed: int, sigmas: list[float]) -> dict:
     """Mean f(x) on normal and abnormal test slices and the test AUC at each added noise std."""
     from coinlib.classifier_training import load_classifier, predict, roc_auc
-    from coinlib.config import get_profile, with_seed
+    from coinlib.config import with_seed
     from coinlib.data import evaluation_set
     from coinlib.files import read_json
     from coinlib.pipeline import RunPaths, prepare_track, track_settings
-    from coinlib.provenance import recorded_profile
+    from coinlib.provenance import run_profile
 
     model_dir = RunPaths(run_dir, classifier_seed).classifier(track)
     # the checkpoint's own noise jitter: a folder made with --set ...noise_jitter=V differs from the
     # named profile there (a checkpoint from before the field had none)
     noise_jitter = read_json(model_dir / "classifier.json")["classifier"].get("noise_jitter", 0.0)
     section = "tumour_classifier" if track == "tumour" else "classifier"
-    profile = with_seed(get_profile(recorded_profile(run_dir), {section: {"noise_jitter": noise_jitter}}), classifier_seed)
+    profile = with_seed(run_profile(run_dir, {section: {"noise_jitter": noise_jitter}}), classifier_seed)
     _, anomaly = track_settings(profile, track)
     prepared = prepare_track(profile, run_dir, track, "phantom", progress=False)
     test = evaluation_set(prepared, "test", anomaly)

@@ -245,22 +245,22 @@ def abnormal_counterfactuals(run_dir: str | os.PathLike, track: Track, variant: 
     each split: ``({split: arrays of generate_counterfactuals}, eval config)``.
 
     For benchmarks that re-score a run's counterfactuals (other post-processing, where the
-    masks lie): the run folder's recorded profile (with the ``--set`` ``overrides`` it was run
-    with, :func:`coinlib.cli.parse_overrides`), its prepared data (``prepared``, or the
+    masks lie): the run folder's recorded profile and settings (:func:`coinlib.provenance.run_profile`,
+    ``overrides`` on top, :func:`coinlib.cli.parse_overrides`), its prepared data (``prepared``, or the
     phantom's), f and generator, and the eval config the variant is scored with (Sec. 5).
     """
     from .classifier_training import load_classifier
-    from .config import get_profile, with_seed
+    from .config import with_seed
     from .counterfactual import generate_counterfactuals, load_generator
     from .data import evaluation_set
     from .evaluate import abnormal_indices
-    from .provenance import recorded_profile
+    from .provenance import run_profile
     from .runtime import pick_device, use_job_threads
     from .variants import apply_variant
 
     device = device if isinstance(device, torch.device) else pick_device(device)
     use_job_threads(device)
-    profile = with_seed(get_profile(recorded_profile(run_dir), overrides), seed)
+    profile = with_seed(run_profile(run_dir, overrides), seed)
     eval_config = apply_variant(track_profile(profile, track), variant).eval
     _, anomaly = track_settings(profile, track)
     prepared = prepared or prepare_track(profile, run_dir, track, "phantom", progress=False)

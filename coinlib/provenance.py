@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Profile, to_dict
+from .config import Profile, get_profile, to_dict
 from .files import exclusive, read_json, write_json
 from .runtime import config_differences
 
@@ -40,6 +41,7 @@ __all__ = [
     "run_differences",
     "check_trained_on",
     "recorded_profile",
+    "run_profile",
 ]
 
 RUN_RECORD = "run.json"
@@ -94,6 +96,27 @@ def recorded_profile(run_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{record}: no run record; give a run folder that a stage has written into "
                                 "(e.g. runs/quick after `make reproduce`)")
     return read_json(record)["profile"]
+
+
+def run_profile(run_dir: str | os.PathLike, overrides: dict[str, dict] | None = None) -> Profile:
+    """The profile ``run_dir`` was run with: its named profile with the settings its ``run.json``
+    records (so a ``coin reproduce --set`` is kept), then ``overrides`` on top. The seeds are the
+    named profile's (a replicate's seeds are no part of the record, ``REPLICATE_SEEDS``), as are
+    the speed-only fields; a recorded field that the code no longer has is no setting any more.
+    """
+    name = recorded_profile(run_dir)  # names the folder when it has no record
+    record = read_json(Path(run_dir) / RUN_RECORD)
+    named = get_profile(name)
+    merged: dict[str, dict] = {}
+    for section, values in record.get("settings", {}).items():
+        current = getattr(named, section, None)
+        if not isinstance(values, dict) or not dataclasses.is_dataclass(current):
+            continue
+        known = {f.name for f in dataclasses.fields(current)}
+        merged[section] = {k: v for k, v in values.items() if k in known}
+    for section, values in (overrides or {}).items():
+        merged[section] = {**merged.get(section, {}), **values}
+    return get_profile(name, merged)
 
 
 def using_run_folder(run_dir: str | os.PathLike, what: str):

@@ -192,15 +192,15 @@ TUMOUR_CASES_CAPTION = (
 
 def results_markdown(run_dir: str | os.PathLike) -> str:
     """Markdown summary of what the run produced: profile, hardware, timings, Tables 1-3, verdicts."""
-    from .config import get_profile
     from .pipeline import load_results
+    from .provenance import run_profile
     from .tables import claims_markdown, table1_claims, table2_claims, table3_claims
 
     run_dir = Path(run_dir)
     source = _source(run_dir / "results")
     if source is None:
         raise FileNotFoundError(f"no results in {run_dir / 'results'}; run the notebooks first (coin reproduce)")
-    profile = get_profile(source["profile"])
+    profile = run_profile(run_dir)
     data = "the embedded phantom" if "phantom" in str(source.get("data", "phantom")) else f"`{source['data']}`"
     seeds = ", ".join(map(str, profile.seeds))
     lines = [
@@ -279,14 +279,14 @@ def summary_markdown(run_dir: str | os.PathLike, results_page: str = "docs/resul
     paper's numbers, this run's and the three-way verdict (:func:`coinlib.tables.claims_summary_markdown`);
     then the limits this run shows, counted from the same verdicts. ``results_page``: where the
     full block (:func:`results_markdown`) is, for the link."""
-    from .config import get_profile
+    from .provenance import run_profile
     from .tables import claims_summary_markdown, table1_claims, table2_claims, table3_claims
 
     run_dir = Path(run_dir)
     source = _source(run_dir / "results")
     if source is None:
         raise FileNotFoundError(f"no results in {run_dir / 'results'}; run the notebooks first (coin reproduce)")
-    profile = get_profile(source["profile"])
+    profile = run_profile(run_dir)
     timings_path = run_dir / "notebooks" / "timings.json"
     minutes = ""
     if timings_path.is_file():
@@ -331,13 +331,12 @@ def missing_from_run(run_dir: str | os.PathLike) -> list[str]:
     """What a finished run of the profile its results name holds and ``run_dir`` lacks (paths
     relative to it): for every seed of the profile, the Table 1 results (classifiers and
     every scored method) that its first seed holds. Empty for a finished run."""
-    from .config import get_profile
+    from .provenance import run_profile
 
     run_dir = Path(run_dir)
-    source = _source(run_dir / "results")
-    if source is None:
+    if _source(run_dir / "results") is None:
         return ["results/ (no results at all)"]
-    seeds = get_profile(source["profile"]).seeds
+    seeds = run_profile(run_dir).seeds
     first = run_dir / "results" / f"seed{seeds[0]}"
     names = sorted(p.name for p in first.glob("*.json") if not p.name.startswith("ablation_"))
     missing = [] if names else [f"results/seed{seeds[0]}/"]

@@ -55,17 +55,18 @@ def fp32(monkeypatch):
 
 
 def write_fake_run(root, seeds=(0, 1, 2), iou=lambda track, method, seed: 0.5, cv=0.9, auc=0.99, slices=12,
-                   profile="quick"):
+                   profile="quick", overrides=None):
     """Per-seed results JSON files of every row of Tables 1-3 (tests of tables and report).
 
     Each abnormal test slice has TP + FP = 100 pixels and no FN; TP varies by -5, 0, +5 around
     100 * ``iou(track, method, seed)`` (``slices`` a multiple of 3), so the accumulated IoU is
     exactly that value; two consecutive slices share a scan. CV: ``round(10 * cv)`` of 10
-    slices with f(x) > tau flip.
+    slices with f(x) > tau flip. ``run.json`` records ``profile`` with ``overrides`` (as ``--set``).
     """
-    from coinlib.config import GANConfig, to_dict
+    from coinlib.config import GANConfig, get_profile, to_dict
     from coinlib.files import write_json
     from coinlib.pipeline import RunPaths
+    from coinlib.provenance import claim_run_folder
     from coinlib.variants import TABLE2_VARIANTS, TABLE3_VARIANTS, VARIANTS
 
     hardware = {"device": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "threads": 1, "precision": "fp32",
@@ -102,5 +103,6 @@ def write_fake_run(root, seeds=(0, 1, 2), iou=lambda track, method, seed: 0.5, c
                 "test_auc": auc(track, seed) if callable(auc) else auc, "test_accuracy": 0.9, "test_slices": 40})
         for variant in {*TABLE2_VARIANTS, *TABLE3_VARIANTS}:
             write_json(paths.result("synthetic", variant, ablation=True), result("synthetic", variant, seed, 7))
+    claim_run_folder(get_profile(profile, overrides), root)
     return root
 

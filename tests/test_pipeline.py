@@ -7,7 +7,8 @@ import pytest
 from coinlib.config import get_profile
 from coinlib.counterfactual import history
 from coinlib.pipeline import RunPaths, abnormal_counterfactuals, ensure_counterfactual
-from coinlib.provenance import claim_run_folder, recorded_profile
+from coinlib.files import read_json, write_json
+from coinlib.provenance import RUN_RECORD, claim_run_folder, recorded_profile, run_profile
 
 
 def test_rows_with_their_own_budget_skip_the_in_training_validation(tiny_prepared, tmp_path):
@@ -41,6 +42,21 @@ def test_recorded_profile_reads_the_claim_and_names_a_missing_record(tmp_path):
     assert recorded_profile(tmp_path / "run") == "smoke"
     with pytest.raises(FileNotFoundError, match="empty.*run.json"):
         recorded_profile(tmp_path / "empty")
+
+
+def test_run_profile_is_the_recorded_settings_with_the_named_profiles_seeds(tmp_path):
+    run = tmp_path / "run"
+    claim_run_folder(get_profile("smoke", {"train": {"steps": 7}, "eval": {"sweep_points": 5}}), run)
+    record = read_json(run / RUN_RECORD)
+    record["settings"]["train"]["a_field_since_removed"] = 1  # an older run folder: no setting any more
+    write_json(run / RUN_RECORD, record)
+    profile = run_profile(run, {"eval": {"batch_size": 3}})
+    smoke = get_profile("smoke")
+    assert (profile.train.steps, profile.eval.sweep_points, profile.eval.batch_size) == (7, 5, 3)
+    assert profile.seeds == smoke.seeds and profile.train.compile == smoke.train.compile
+    assert run_profile(run) != smoke and profile.classifier == smoke.classifier
+    with pytest.raises(FileNotFoundError, match="empty.*run.json"):
+        run_profile(tmp_path / "empty")
 
 
 def test_abnormal_counterfactuals_are_the_trained_models_on_every_abnormal_slice(tiny_prepared, tmp_path):

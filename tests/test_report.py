@@ -62,6 +62,13 @@ def test_readme_block_is_replaced_from_the_run_files(tmp_path):
     assert "Caveat" not in block and "Table 1" not in block  # no table written yet
 
 
+def test_the_report_describes_the_settings_the_run_recorded_not_the_named_profile(tmp_path):
+    run = write_fake_run(tmp_path / "run", overrides={"train": {"precision": "bf16"}})
+    assert "the GAN's training step bf16 (`train.precision`)" in results_markdown(run)
+    plain = write_fake_run(tmp_path / "plain")
+    assert "the GAN's training step fp32 (`train.precision`)" in results_markdown(plain)
+
+
 def test_a_timing_note_of_the_run_is_printed_under_its_timings(tmp_path):
     run = _fake_run(tmp_path / "run")
     assert "Timing note" not in results_markdown(run)
