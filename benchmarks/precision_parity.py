@@ -32,6 +32,10 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coinlib.config import Profile
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -43,22 +47,22 @@ def _copy_missing(source: Path, target: Path) -> None:
         shutil.copytree(source, target, symlinks=True)
 
 
-def _classifier_job(profile_name: str, overrides: dict, seed: int, shared: Path, track: str, source: str) -> str:
+def _classifier_job(baseline: Profile, seed: int, shared: Path, track: str, source: str) -> str:
     """f for ``seed`` in ``shared`` (trained here when the baseline had none for that seed)."""
-    from coinlib.config import get_profile, with_seed
+    from coinlib.config import with_seed
     from coinlib.pipeline import ensure_classifier, prepare_track
 
-    profile = with_seed(get_profile(profile_name, overrides), seed)
+    profile = with_seed(baseline, seed)
     prepared = prepare_track(profile, shared, track, source, progress=False)
     return str(ensure_classifier(profile, shared, track, prepared, progress=False))
 
 
-def _gan_job(profile_name: str, overrides: dict, seed: int, run: Path, track: str, source: str, variant: str,
+def _gan_job(baseline: Profile, seed: int, run: Path, track: str, source: str, variant: str,
              precision: str) -> dict:
     """Train ``variant`` under ``precision`` in ``run``, score it in fp32; the metrics and the seconds."""
-    from coinlib.config import get_profile, with_seed
+    from coinlib.config import with_seed
     from coinlib.pipeline import ensure_counterfactual, evaluate_variant, prepare_track
-    profile = with_seed(get_profile(profile_name, overrides), seed)
+    profile = with_seed(baseline, seed)
     profile = replace(profile, train=replace(profile.train, precision=precision))
     prepared = prepare_track(profile, run, track, source, progress=False)
     start = time.perf_counter()
@@ -86,13 +90,14 @@ def main() -> None:
     from coinlib.files import atomic_path, write_json
     from coinlib.jobs import Job, run_jobs
     from coinlib.pipeline import LAYOUT_OF_TRACK, RunPaths
-    from coinlib.provenance import recorded_profile
+    from coinlib.provenance import recorded_profile, run_profile
     from coinlib.runtime import cpu_bf16_instructions, hardware_summary, pick_device
     from coinlib.tables import seed_range
     from coinlib.verdicts import collapsed, seed_estimate
 
     profile_name = recorded_profile(args.baseline)
-    overrides = parse_overrides(args.overrides)
+    # the baseline's recorded settings (a `coin reproduce --set` is kept), then this command's --set
+    baseline = run_profile(args.baseline, parse_overrides(args.overrides))
     shared = args.out / "shared"
     for folder in (shared, *(args.out / p for p in PRECISIONS)):
         for track in args.tracks:
@@ -103,7 +108,7 @@ def main() -> None:
             for seed in args.seeds:
                 _copy_missing(RunPaths(args.baseline, seed).classifier(track), RunPaths(shared, seed).classifier(track))
     classifiers = [Job(f"f {track} seed {seed}", _classifier_job,
-                       (profile_name, overrides, seed, shared, track, "phantom"))
+                       (baseline, seed, shared, track, "phantom"))
                    for track in args.tracks for seed in args.seeds]
     run_jobs(classifiers, "cpu", desc="classifiers")
     for precision in PRECISIONS:
@@ -112,7 +117,7 @@ def main() -> None:
                 _copy_missing(RunPaths(shared, seed).classifier(track),
                               RunPaths(args.out / precision, seed).classifier(track))
     jobs = [Job(f"{variant} {track} seed {seed} {precision}", _gan_job,
-                (profile_name, overrides, seed, args.out / precision, track, "phantom", variant, precision))
+                (baseline, seed, args.out / precision, track, "phantom", variant, precision))
             for track in args.tracks for variant in args.variants for seed in args.seeds for precision in PRECISIONS]
     rows = run_jobs(jobs, "cpu", desc="GANs")
 

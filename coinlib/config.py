@@ -806,18 +806,22 @@ PROFILES["lesson"] = replace(
 # at every 5th step, batch norm in train mode), protocol and compiled step, with seeds, scans,
 # steps, epochs and saliency sizes cut so that notebooks 00-11 run on 2 CPU cores in minutes.
 # Derived from `paper` here, so it cannot drift from it; it is what a GPU machine runs first
-# (benchmarks/gpu_check.sh), and not yet in CI (docs/development.md says why). Its numbers mean
-# nothing; that it runs does.
+# (benchmarks/gpu_check.sh) and what CI runs after the tests (docs/development.md). Its numbers
+# mean nothing; that it runs does.
 PROFILES["paper-mini"] = replace(
     PROFILES["paper"],
     name="paper-mini",
     seeds=(0,),
-    # coarser voxels than the datasets' (still 256 px slices): fewer slices for every GAN to score
-    phantom=replace(PROFILES["paper"].phantom, subjects=6, kits_cases=10, spacing_mm=4.0, kits_inplane_mm=1.5,
-                    kits_slice_mm=5.0),
+    # coarser voxels than the datasets' (still 256 px slices): a full-width GAN takes seconds per
+    # 256 px slice on one CPU thread, and every GAN scores every validation and test slice, so
+    # the slice count sets the run's length (here 14 test + 13 validation slices on the synthetic
+    # track, 25 + 11 on the tumour track)
+    phantom=replace(PROFILES["paper"].phantom, subjects=6, kits_cases=10, spacing_mm=6.0, kits_inplane_mm=1.5,
+                    kits_slice_mm=10.0),
     classifier=replace(PROFILES["paper"].classifier, max_epochs=1, steps_per_epoch=2, batch_size=4),
     tumour_classifier=replace(PROFILES["paper"].tumour_classifier, max_epochs=1, steps_per_epoch=2, batch_size=4),
-    train=replace(PROFILES["paper"].train, steps=5, batch_size=2, log_every=1, eval_every=5, checkpoint_every=5),
+    # two steps: the compiled step with the generator (step 1 of every 5) and without it
+    train=replace(PROFILES["paper"].train, steps=2, batch_size=2, log_every=1, eval_every=2, checkpoint_every=2),
     eval=replace(PROFILES["paper"].eval, batch_size=8, sweep_points=21),
     saliency=replace(PROFILES["paper"].saliency, rise_masks=8, rise_batch_size=8, max_images=1),
     # ten small phantom cases leave no validation lesion above the authors' 608 mm2: the paper
