@@ -64,6 +64,7 @@ from .prepared import PreparedSlices, open_prepared
 from .progress import tqdm
 from .provenance import run_differences, weights_id
 from .runtime import (
+    CheckpointError,
     ResumableSampler,
     autocast,
     distributed_context,
@@ -329,7 +330,7 @@ def build_networks(gan: GANConfig, train: CounterfactualConfig, classifier: nn.M
     return generator, discriminator, build_optimizers(generator, discriminator, train, device)
 
 
-SPEED_ONLY = ("compile",)  # CounterfactualConfig fields that change speed, not results
+SPEED_ONLY = ("compile", "keep_resume_state")  # CounterfactualConfig fields that change speed or disk, not results
 
 
 def _run_config(gan: GANConfig, train: CounterfactualConfig, anomaly: AnomalyConfig | None,
@@ -392,8 +393,11 @@ def train_counterfactual(
     modules = {"generator": generator, "discriminator": discriminator}
 
     step, history = 0, []
+    resumable = True
     if (out / LAST).is_file():
-        saved = load_checkpoint(out / LAST, modules, optimizers, map_location=device, restore_rng=True)
+        saved = load_checkpoint(out / LAST, modules, optimizers, map_location=device, restore_rng=True,
+                                record_only=True)
+        resumable = saved.get("resume_state", True)
         if changed := "; ".join(run_differences(saved["config"], run_config, ("data", "classifier"))):
             raise ValueError(
                 f"{out / LAST} was written with a different config ({changed}); "
@@ -404,6 +408,9 @@ def train_counterfactual(
         broken = unreadable_checkpoint(out / FINAL) if (out / FINAL).exists() else None
         if (out / FINAL).exists() and broken is None:
             return out / FINAL
+        if broken is not None and not resumable:
+            raise CheckpointError(f"{broken}; {out / LAST} records a finished training without its weights "
+                                  f"(train.keep_resume_state off): delete {out} to train it again")
         if broken is not None:  # the loop below runs no step and writes it again from the last checkpoint
             warnings.warn(f"{broken}; rebuilding it from {out / LAST}, which holds the same final weights",
                           stacklevel=2)
@@ -472,7 +479,11 @@ def train_counterfactual(
     bar.close()
     if ctx.is_main:
         save_checkpoint(out / FINAL, {"generator": generator}, run_config, state={"step": step})
-    checkpoint(out / LAST)
+    if train.keep_resume_state:
+        checkpoint(out / LAST)
+    elif ctx.is_main:  # written after the generator: a kill in between leaves the full last checkpoint
+        save_checkpoint(out / LAST, {}, run_config, state={"step": step, "history": history, "resume_state": False})
+        write_json(out / HISTORY, history)
     ctx.barrier()  # no rank returns before the files it will read exist
     return out / FINAL
 

@@ -89,13 +89,18 @@ def _adopt_new_keys(saved: dict, current: dict) -> bool:
     return added
 
 
-def recorded_profile(run_dir: str | os.PathLike) -> str:
-    """The name of the profile that ``run_dir``'s ``run.json`` records (:func:`claim_run_folder`)."""
+def _run_record(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``run_dir``'s ``run.json``; ``FileNotFoundError`` naming it and what to give instead."""
     record = Path(run_dir) / RUN_RECORD
     if not record.is_file():
         raise FileNotFoundError(f"{record}: no run record; give a run folder that a stage has written into "
                                 "(e.g. runs/quick after `make reproduce`)")
-    return read_json(record)["profile"]
+    return read_json(record)
+
+
+def recorded_profile(run_dir: str | os.PathLike) -> str:
+    """The name of the profile that ``run_dir``'s ``run.json`` records (:func:`claim_run_folder`)."""
+    return _run_record(run_dir)["profile"]
 
 
 def run_profile(run_dir: str | os.PathLike, overrides: dict[str, dict] | None = None) -> Profile:
@@ -104,8 +109,8 @@ def run_profile(run_dir: str | os.PathLike, overrides: dict[str, dict] | None = 
     named profile's (a replicate's seeds are no part of the record, ``REPLICATE_SEEDS``), as are
     the speed-only fields; a recorded field that the code no longer has is no setting any more.
     """
-    name = recorded_profile(run_dir)  # names the folder when it has no record
-    record = read_json(Path(run_dir) / RUN_RECORD)
+    record = _run_record(run_dir)
+    name = record["profile"]
     named = get_profile(name)
     merged: dict[str, dict] = {}
     for section, values in record.get("settings", {}).items():

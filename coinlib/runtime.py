@@ -353,14 +353,20 @@ def load_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer] | None = None,
     map_location: Any = "cpu",
     restore_rng: bool = False,
+    record_only: bool = False,
 ) -> dict[str, Any]:
     """Load weights (and optimizer states) saved by :func:`save_checkpoint`; return ``state``.
+
+    ``record_only``: a checkpoint saved without any module weights (a finished training's
+    record) is accepted, its state returned and nothing loaded.
 
     Raises :class:`CheckpointError` naming the file when it is missing, unreadable, lacks a
     module, or holds tensors of the wrong shape.
     """
     path = Path(path)
     payload = _read_checkpoint(path, map_location)
+    if record_only and not payload.get("modules"):
+        return {**payload.get("state", {}), "config": payload.get("config", {})}
     for name, module in modules.items():
         if name not in payload.get("modules", {}):
             raise CheckpointError(f"{path} has no weights for {name!r} (has {sorted(payload['modules'])})")

@@ -26,6 +26,7 @@ from coinlib.counterfactual import (
 )
 from coinlib.data import SliceDataset
 from coinlib.gan import build_gan
+from coinlib.runtime import CheckpointError
 from coinlib.variants import VARIANTS, apply_variant
 
 TINY_GAN = GANConfig(widths=(8, 8, 16, 16, 32), stem_width=8, disc_widths=(8, 8, 16, 16, 32))
@@ -140,6 +141,24 @@ def test_finished_run_is_reused_and_config_change_is_refused(tiny_prepared, clas
     assert train_counterfactual(train=TRAIN, **common).stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="different config"):
         train_counterfactual(train=dataclasses.replace(TRAIN, lambda_tv=0.0), **common)
+
+
+def test_dropping_the_resume_state_keeps_the_generator_and_the_finished_record(tiny_prepared, classifier, tmp_path):
+    common = dict(prepared=tiny_prepared, gan=TINY_GAN, anomaly=ANOMALY, classifier=classifier,
+                  classifier_path=tmp_path / "clf.pt", device="cpu", progress=False)
+    kept = train_counterfactual(train=TRAIN, out_dir=tmp_path / "kept", **common)
+    slim_train = dataclasses.replace(TRAIN, keep_resume_state=False)
+    slim = train_counterfactual(train=slim_train, out_dir=tmp_path / "slim", **common)
+    a, b = _weights(kept)["generator"], _weights(slim)["generator"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same generator either way
+    record = torch.load(tmp_path / "slim" / "counterfactual_last.pt", weights_only=True)
+    assert record["modules"] == {} and record["optimizers"] == {} and record["state"]["step"] == TRAIN.steps
+    assert (tmp_path / "slim" / "counterfactual_last.pt").stat().st_size < (tmp_path / "kept" / "counterfactual_last.pt").stat().st_size / 4
+    stamp = slim.stat().st_mtime_ns
+    assert train_counterfactual(train=slim_train, out_dir=tmp_path / "slim", **common).stat().st_mtime_ns == stamp
+    slim.write_bytes(slim.read_bytes()[:100])  # a truncated generator cannot be rebuilt from the record
+    with pytest.raises(CheckpointError, match="keep_resume_state"):
+        train_counterfactual(train=slim_train, out_dir=tmp_path / "slim", **common)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
