@@ -482,7 +482,7 @@ class CounterfactualConfig(Checked):
     # disk only, not part of a run's identity: False drops a finished training's resume state
     # (the discriminator and both optimizers' moments) from its last checkpoint, keeping the
     # generator (counterfactual.pt) and a record of the finished training. At the paper's widths
-    # that state is 1.10 of the 1.31 GB a GAN leaves on disk, and a run trains 51 GANs.
+    # that state is 1.10 of the 1.31 GB a GAN leaves on disk, and a run trains 42 GANs.
     keep_resume_state: bool = True
 
 
