@@ -90,14 +90,14 @@ def main() -> None:
     from coinlib.files import atomic_path, write_json
     from coinlib.jobs import Job, run_jobs
     from coinlib.pipeline import LAYOUT_OF_TRACK, RunPaths
-    from coinlib.provenance import recorded_profile, run_profile
+    from coinlib.provenance import run_profile
     from coinlib.runtime import cpu_bf16_instructions, hardware_summary, pick_device
     from coinlib.tables import seed_range
     from coinlib.verdicts import collapsed, seed_estimate
 
-    profile_name = recorded_profile(args.baseline)
     # the baseline's recorded settings (a `coin reproduce --set` is kept), then this command's --set
     baseline = run_profile(args.baseline, parse_overrides(args.overrides))
+    profile_name = baseline.name
     shared = args.out / "shared"
     for folder in (shared, *(args.out / p for p in PRECISIONS)):
         for track in args.tracks:

@@ -436,9 +436,13 @@ def train_counterfactual(
             yield from loader
             epoch, position = epoch + 1, 0
 
-    def checkpoint(path: Path) -> None:
+    def checkpoint(path: Path, resume_state: bool = True) -> None:
+        """The training's state; without ``resume_state``, only the record of a finished one."""
         if ctx.is_main:
-            save_checkpoint(path, modules, run_config, optimizers, {"step": step, "history": history})
+            if resume_state:
+                save_checkpoint(path, modules, run_config, optimizers, {"step": step, "history": history})
+            else:
+                save_checkpoint(path, {}, run_config, state={"step": step, "history": history, "resume_state": False})
             write_json(out / HISTORY, history)
 
     losses = step_losses(train, device)
@@ -479,11 +483,8 @@ def train_counterfactual(
     bar.close()
     if ctx.is_main:
         save_checkpoint(out / FINAL, {"generator": generator}, run_config, state={"step": step})
-    if train.keep_resume_state:
-        checkpoint(out / LAST)
-    elif ctx.is_main:  # written after the generator: a kill in between leaves the full last checkpoint
-        save_checkpoint(out / LAST, {}, run_config, state={"step": step, "history": history, "resume_state": False})
-        write_json(out / HISTORY, history)
+    # written after the generator: a kill in between leaves the full last checkpoint
+    checkpoint(out / LAST, resume_state=train.keep_resume_state)
     ctx.barrier()  # no rank returns before the files it will read exist
     return out / FINAL
 
